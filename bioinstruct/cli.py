@@ -1,0 +1,152 @@
+"""The ``bioinstruct`` command: one verb per pipeline stage.
+
+    bioinstruct quickstart                       # the whole pipeline on CPU, tiny model, offline
+    bioinstruct doctor                           # what this machine offers
+    bioinstruct <verb> --help                    # inputs, outputs and config of a verb
+
+Stage verbs share the config syntax: ``--config FILE.yaml`` then dotted
+``key=value`` overrides (``lora.r=16 data.max_length=1024``); ``--print-config``
+shows the resolved config without running anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import os
+import sys
+import textwrap
+
+from . import __version__
+from .errors import NotReady, UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Verb:
+    name: str
+    summary: str
+    module: str | None = None  # implemented: a module with __doc__, add_arguments, main
+    issue: int | None = None  # not yet implemented: the issue that builds it
+    contract: str = ""  # not yet implemented: what it will read and write
+
+
+VERBS = [
+    Verb("generate", "grow instructions from seed tasks with GPT-4 (self-instruct), CPU job", issue=3,
+         contract="""
+         Reads: a seed-task JSONL (80 biomedical seeds ship with the package; any file with
+           id, name, instruction, instances:[{input, output}], category), a prompt template,
+           an OpenAI-compatible endpoint (key from the environment, never written anywhere).
+         Writes (RUN_DIR/generate/): responses.jsonl (every raw response, before parsing),
+           instructions.jsonl (accepted {instruction, input, output} + provenance),
+           decisions.jsonl (each candidate's filter decision), usage.json (tokens, cost).
+         Backends: openai (live), openai-batch (Batch API, half price), offline (synthetic).
+         Re-running the same command resumes; budget limits stop it cleanly."""),
+    Verb("filter", "ROUGE-L near-duplicate and rule filters on any instruction JSONL", issue=4,
+         contract="""
+         Reads: --in candidates.jsonl ({instruction, input, output} per line),
+           optionally --pool seeds.jsonl (instructions already in the pool).
+         Writes: --out kept.jsonl (kept records, input order), --decisions decisions.jsonl
+           (every candidate: kept or the reason code, nearest pool instruction and score),
+           and prints a summary table of reasons. Default threshold: ROUGE-L F > 0.7."""),
+    Verb("classify", "label each instruction QA / IE / generation / other", issue=5,
+         contract="""
+         Reads: an instruction JSONL (a filter output, or biomed_instruct_25k.json).
+         Writes (RUN_DIR/classify/): labelled.jsonl (records + category + provenance),
+           responses.jsonl (raw LLM answers), usage.json."""),
+    Verb("subsets", "write the training subsets for the ablations (categories, data sizes)", issue=5,
+         contract="""
+         Reads: RUN_DIR/classify/labelled.jsonl (or any labelled JSONL).
+         Writes (RUN_DIR/subsets/<name>/): one dataset per subset (single categories, pairs,
+           all-but-one, all, nested data sizes, size-matched controls) + manifest.json
+           (name, filter, size, seed, sha256)."""),
+    Verb("train", "LoRA instruction tuning with DeepSpeed (one model x one subset)", issue=6,
+         contract="""
+         Reads: --config configs/train/<family>/<size>_lora.yaml (model path, subset, LoRA,
+           optimisation, DeepSpeed config) + key=value overrides.
+         Writes (RUN_DIR/train/<model>__<subset>/): adapter/ (save_pretrained), checkpoints/,
+           metrics.jsonl (loss, lr, grad norm, tokens/s, MFU), TensorBoard events.
+         SIGUSR2/SIGTERM checkpoint on all ranks and exit for requeue; resume is automatic."""),
+    Verb("evaluate", "score base and tuned models on the paper's nine tasks", issue=7,
+         contract="""
+         Reads: --model MODEL_DIR [--adapter ADAPTER_DIR] --tasks medqa,pubmedqa,...,
+           task data files (paths in the task configs) [--shard i/n].
+         Writes (--out DIR): predictions.jsonl (appended per example; a restart skips what
+           is done), results.json (metrics with n and confidence intervals).
+           --merge DIR combines shards and refuses an incomplete set."""),
+    Verb("report", "the paper's tables and figures from a run directory", issue=10,
+         contract="""
+         Reads: RUN_DIR/**/results.json.
+         Writes (--out DIR): Markdown and CSV tables (QA/NLI, IE, generation), Figure 2
+           (task-subset ablation) and Figure 3 (data-size curve) as PNG/PDF, index.html."""),
+    Verb("launch", "submit a sweep to Slurm (or run it locally) with submitit", issue=8,
+         contract="""
+         Reads: a sweep YAML from launch/ (stages, grids, resources, container).
+         Writes: RUN_DIR/sweep.json (job ids per array task), Slurm logs; --dry-run prints
+           the jobs, dependencies and exact sbatch scripts without submitting."""),
+    Verb("status", "per-task state of a launched sweep", issue=8,
+         contract="""
+         Reads: RUN_DIR/sweep.json and Slurm's accounting.
+         Prints: per array task pending / running / done / failed / requeued, log paths."""),
+    Verb("quickstart", "the whole pipeline on CPU with a tiny model, offline, in minutes",
+         module="bioinstruct.quickstart"),
+    Verb("doctor", "what this machine offers: torch, CUDA, DeepSpeed, Slurm, Apptainer, API key",
+         module="bioinstruct.doctor"),
+    Verb("make-tiny-model", "build the tiny LLaMA used by tests and the quickstart",
+         module="bioinstruct.tiny_model"),
+]
+
+
+def _describe_planned(verb: Verb) -> str:
+    return (f"{verb.summary}.\n\nNot implemented yet: issue #{verb.issue} builds it.\n"
+            + textwrap.dedent(verb.contract))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bioinstruct",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"bioinstruct {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", title="verbs (pipeline order)")
+    for verb in VERBS:
+        if verb.module:
+            module = importlib.import_module(verb.module)
+            p = sub.add_parser(verb.name, help=verb.summary, description=module.__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+            module.add_arguments(p)
+            p.set_defaults(_main=module.main)
+        else:
+            p = sub.add_parser(verb.name, help=verb.summary, description=_describe_planned(verb),
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+            p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            p.set_defaults(_main=lambda args, verb=verb: _not_ready(verb))
+    return parser
+
+
+def _not_ready(verb: Verb) -> int:
+    raise NotReady(f"'bioinstruct {verb.name}' is not implemented yet (issue #{verb.issue}); "
+                   f"see 'bioinstruct {verb.name} --help' for what it will do")
+
+
+def _quiet_deepspeed_on_cpu() -> None:
+    # Without a GPU DeepSpeed guesses its accelerator and prints a warning on stdout
+    # (transformers imports it when saving a model); tell it instead.
+    if "DS_ACCELERATOR" not in os.environ and not any(
+            os.path.exists(dev) for dev in ("/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd")):
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_deepspeed_on_cpu()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.verb:
+        parser.print_help()
+        return 2
+    try:
+        return args._main(args) or 0
+    except UserError as e:
+        print(f"bioinstruct {args.verb}: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,267 @@
+"""Stage configs: one dataclass per stage, filled from YAML and ``key=value`` overrides.
+
+    cfg = load_config(TrainConfig, "configs/train/llama2/7b_lora.yaml",
+                      ["lora.r=16", "data.max_length=1024"])
+
+Values in overrides are parsed as YAML scalars (``16`` is an int, ``[a, b]`` a list,
+``null`` is None). Every key is checked against the dataclass: an unknown key or a
+value of the wrong type raises :class:`ConfigError` naming the source (file:line or
+the override), the dotted key and, for unknown keys, the closest valid one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Literal, TypeVar, Union
+
+import yaml
+
+from .errors import ConfigError
+from .io import load_yaml, read_yaml
+
+T = TypeVar("T")
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        key = prefix + f.name
+        keys.append(key)
+        tp = _hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            keys.extend(_all_keys(tp, key + "."))
+    return keys
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def closest_key(key: str, valid: list[str]) -> str | None:
+    """The valid key nearest to ``key``: by whole dotted path, else by its last part."""
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    if match:
+        return match[0]
+    leaf = key.rsplit(".", 1)[-1]
+    by_leaf = {k.rsplit(".", 1)[-1]: k for k in valid}
+    match = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.6)
+    return by_leaf[match[0]] if match else None
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+class _Sources(dict):
+    """Where each dotted key was set (``file:line`` or the override); unset keys
+    report their closest parent that was set."""
+
+    def __missing__(self, key: str) -> str:
+        key = key.split("[", 1)[0]
+        while key:
+            if dict.__contains__(self, key):
+                return dict.__getitem__(self, key)
+            key = key.rsplit(".", 1)[0] if "." in key else ""
+        return "config"
+
+
+@dataclasses.dataclass
+class _Builder:
+    root: type
+    sources: _Sources
+
+    def build(self, cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+        hints = _hints(cls)
+        kwargs = {}
+        for name, value in data.items():
+            key = prefix + str(name)
+            if name not in {f.name for f in dataclasses.fields(cls)}:
+                # Search all keys of the top-level config, so a key put in the wrong
+                # section ('r' instead of 'lora.r') is still found.
+                hint = closest_key(key, _all_keys(self.root))
+                suggestion = f" (closest valid key: '{hint}')" if hint else ""
+                raise ConfigError(f"{self.sources[key]}: unknown key '{key}'{suggestion}")
+            kwargs[name] = self.coerce(value, hints[name], key)
+        for f in dataclasses.fields(cls):
+            no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if no_default and f.name not in kwargs:
+                raise ConfigError(f"{self.sources[prefix.rstrip('.')]}: missing required key '{prefix}{f.name}'")
+        try:
+            return cls(**kwargs)
+        except ValueError as e:
+            # __post_init__ validation: name the section being built.
+            section = prefix.rstrip(".") or "config"
+            raise ConfigError(f"{self.sources[section]}: {section}: {e}") from None
+
+    def coerce(self, value: Any, tp: Any, key: str) -> Any:
+        """Check ``value`` against the annotation ``tp``; return it in canonical form."""
+
+        def fail() -> typing.NoReturn:
+            raise ConfigError(f"{self.sources[key]}: key '{key}' expects {_type_name(tp)}, "
+                              f"got {value!r} ({type(value).__name__})")
+
+        origin = typing.get_origin(tp)
+        if tp is Any:
+            return value
+        if origin in (Union, types.UnionType):
+            args = typing.get_args(tp)
+            if value is None and type(None) in args:
+                return None
+            for arg in args:
+                if arg is not type(None):
+                    try:
+                        return self.coerce(value, arg, key)
+                    except ConfigError:
+                        pass
+            fail()
+        if origin is Literal:
+            if value in typing.get_args(tp):
+                return value
+            choices = ", ".join(repr(c) for c in typing.get_args(tp))
+            raise ConfigError(f"{self.sources[key]}: key '{key}' must be one of {choices}, got {value!r}")
+        if origin in (list, tuple):
+            if not isinstance(value, (list, tuple)):
+                fail()
+            (item_tp, *_) = typing.get_args(tp) or (Any,)
+            return [self.coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        if origin is dict:
+            if not isinstance(value, dict):
+                fail()
+            _, val_tp = typing.get_args(tp) or (Any, Any)
+            return {str(k): self.coerce(v, val_tp, f"{key}.{k}") for k, v in value.items()}
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                fail()
+            return self.build(tp, value, key + ".")
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            fail()
+        if tp is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            fail()
+        if tp is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            fail()
+        if tp is str:
+            # YAML reads `seed_file: 2024` as an int; names and paths are strings,
+            # so accept plain numbers and keep their text.
+            if isinstance(value, str):
+                return value
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return str(value)
+            fail()
+        raise TypeError(f"unsupported config annotation {tp!r} for key '{key}'")
+
+
+def _yaml_key_lines(path: Path) -> dict[str, int]:
+    """Map every dotted key of a YAML mapping to the line it is on."""
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = prefix + str(k.value)
+                lines[key] = k.start_mark.line + 1
+                walk(v, key + ".")
+
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, "")
+    return lines
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value (e.g. lora.r=16)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = load_yaml(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        key = prefix + str(k)
+        out[key] = v
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+    return out
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
+    """Build ``cls`` from its defaults, then the YAML file at ``path``, then overrides."""
+    tree: dict[str, Any] = {}
+    sources = _Sources()
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        tree = read_yaml(path) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}:1: a config file must be a mapping of keys to values")
+        lines = _yaml_key_lines(path)
+        sources.update({k: f"{path}:{lines.get(k, 1)}" for k in _flatten(tree)})
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+        sources[key] = f"override '{text}'"
+        if isinstance(value, dict):
+            sources.update({f"{key}.{k}": f"override '{text}'" for k in _flatten(value)})
+    return _Builder(cls, sources).build(cls, tree)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The config arguments every stage verb takes."""
+    parser.add_argument("--config", metavar="FILE.yaml", help="stage config file (defaults apply to keys it omits)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted overrides applied after --config, e.g. lora.r=16")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config and exit without running")
+    parser.add_argument("--force", action="store_true",
+                        help="redo the stage even if its output is complete with another config")
+
+
+def config_from_args(cls: type, args: argparse.Namespace) -> Any:
+    cfg = load_config(cls, args.config, args.overrides)
+    if args.print_config:
+        sys.stdout.write(dump_config(cfg))
+        raise SystemExit(0)
+    return cfg

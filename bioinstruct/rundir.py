@@ -1,0 +1,130 @@
+"""The run directory contract.
+
+Stages talk to each other only through files under one run directory::
+
+    runs/<name>/
+        generate/   instructions.jsonl ...       (each stage writes only its own folder)
+        filter/     kept.jsonl decisions.jsonl ...
+        train/<model>__<subset>/ adapter/ ...
+        <stage>/manifest.json                     status, config, version, times
+        <stage>/config.yaml                       the resolved config the stage ran with
+
+A stage whose manifest says ``complete`` with the same config is skipped, which is
+what makes re-running a whole sweep (or a requeued Slurm job) safe. A complete stage
+asked to run with a *different* config is refused unless ``force`` is given, so
+results are never silently mixed from two configs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+from .config import dump_config, to_dict
+from .errors import StageConflict
+from .io import atomic_write_json, atomic_write_text, read_json
+
+MANIFEST = "manifest.json"
+CONFIG = "config.yaml"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def git_revision() -> str | None:
+    """The commit of the bioinstruct source tree, with ``-dirty`` if it has local edits."""
+    src = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev + ("-dirty" if dirty else "")
+
+
+def config_hash(cfg: Any) -> str:
+    canonical = json.dumps(to_dict(cfg), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def read_manifest(stage_dir: str | os.PathLike) -> dict | None:
+    path = Path(stage_dir) / MANIFEST
+    return read_json(path) if path.exists() else None
+
+
+def is_complete(stage_dir: str | os.PathLike) -> bool:
+    manifest = read_manifest(stage_dir)
+    return bool(manifest) and manifest.get("status") == "complete"
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _changed_keys(a, b, f"{prefix}{k}.")
+        elif a != b:
+            keys.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return keys
+
+
+def run_stage(stage_dir: str | os.PathLike, stage: str, cfg: Any,
+              body: Callable[[Path], dict | None], *, force: bool = False) -> dict:
+    """Run ``body(stage_dir)`` under the contract; return the final manifest.
+
+    ``body`` writes the stage's outputs into ``stage_dir`` and may return a small
+    summary (counts, metrics) kept in the manifest. If it raises, the manifest says
+    ``failed`` with the error and the exception propagates. A stage left ``running``
+    by a killed process simply runs again: bodies resume from their own files.
+    """
+    stage_dir = Path(stage_dir)
+    previous = read_manifest(stage_dir)
+    if previous and previous.get("status") == "complete" and not force:
+        if previous.get("config_hash") == config_hash(cfg):
+            print(f"[{stage}] already complete in {stage_dir}; nothing to do", file=sys.stderr)
+            return previous
+        changes = "\n  ".join(_changed_keys(previous.get("config", {}), to_dict(cfg)))
+        raise StageConflict(
+            f"{stage_dir} holds a complete '{stage}' made with another config:\n  {changes}\n"
+            f"Use a new run directory, or --force to redo it with the new config.")
+
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stage_dir / CONFIG, dump_config(cfg))
+    manifest = {
+        "stage": stage,
+        "status": "running",
+        "config": to_dict(cfg),
+        "config_hash": config_hash(cfg),
+        "version": __version__,
+        "git_revision": git_revision(),
+        "host": socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "attempt": (previous or {}).get("attempt", 0) + 1,
+        "started": _now(),
+        "ended": None,
+    }
+    atomic_write_json(stage_dir / MANIFEST, manifest)
+    try:
+        summary = body(stage_dir)
+    except BaseException as e:
+        # A signal or Ctrl-C is not a failure of the stage: it will be run again.
+        status = "failed" if isinstance(e, Exception) else "interrupted"
+        manifest.update(status=status, ended=_now(),
+                        error="".join(traceback.format_exception_only(type(e), e)).strip())
+        atomic_write_json(stage_dir / MANIFEST, manifest)
+        raise
+    manifest.update(status="complete", ended=_now(), summary=summary or {})
+    atomic_write_json(stage_dir / MANIFEST, manifest)
+    return manifest

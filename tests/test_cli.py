@@ -1,0 +1,65 @@
+import subprocess
+import sys
+
+import pytest
+
+from bioinstruct.cli import VERBS, main
+
+pytestmark = pytest.mark.unit
+
+ISSUE_VERBS = ["generate", "filter", "classify", "subsets", "train", "evaluate", "report", "launch",
+               "status", "quickstart", "doctor", "make-tiny-model"]
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "bioinstruct", *args], capture_output=True, text=True,
+                          env=env)
+
+
+def test_help_lists_every_verb():
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for verb in ISSUE_VERBS:
+        assert f"    {verb}" in out.stdout
+    assert {v.name for v in VERBS} == set(ISSUE_VERBS)
+
+
+@pytest.mark.parametrize("verb", ISSUE_VERBS)
+def test_each_verb_help_describes_its_contract(verb, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([verb, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert f"usage: bioinstruct {verb}" in text
+    # Every contract says what the verb reads or writes (or prints, for reports on screen).
+    assert any(w in text for w in ("Reads:", "Input", "Output", "Writes", "Prints", "Print"))
+
+
+def test_planned_verb_says_which_issue_and_fails(capsys):
+    assert main(["train", "lora.r=16"]) == 2
+    err = capsys.readouterr().err
+    assert "not implemented yet (issue #6)" in err
+
+
+def test_config_error_is_one_clear_line(tmp_path, capsys):
+    assert main(["make-tiny-model", str(tmp_path / "m"), "pretrain_step=5"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'pretrain_step'" in err and "closest valid key: 'pretrain_steps'" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_print_config_shows_resolved_values(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["quickstart", "tiny_model.seed=7", "--print-config"])
+    assert e.value.code == 0
+    assert "seed: 7" in capsys.readouterr().out
+
+
+def test_doctor_never_prints_the_key():
+    import os
+    secret = "sk-test-0123456789abcdef-never-print"
+    out = run_cli("doctor", env={**os.environ, "OPENAI_API_KEY": secret})
+    assert out.returncode == 0, out.stderr
+    assert "set (value hidden)" in out.stdout and "torch build" in out.stdout
+    assert secret not in out.stdout + out.stderr

@@ -1,0 +1,23 @@
+import subprocess
+import sys
+
+import pytest
+
+from bioinstruct.rundir import read_manifest
+
+pytestmark = pytest.mark.integration
+
+
+def test_quickstart_runs_end_to_end_and_reruns_as_a_no_op(tmp_path):
+    run_dir = tmp_path / "qs"
+    cmd = [sys.executable, "-m", "bioinstruct", "quickstart", f"run_dir={run_dir}",
+           "tiny_model.pretrain_steps=20"]
+    first = subprocess.run(cmd, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    m = read_manifest(run_dir / "tiny-model")
+    assert m["status"] == "complete"
+    assert m["config"]["pretrain_steps"] == 20
+    second = subprocess.run(cmd, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    assert "already complete" in second.stderr
+    assert read_manifest(run_dir / "tiny-model")["attempt"] == 1

@@ -1,0 +1,65 @@
+import dataclasses
+
+import pytest
+
+from bioinstruct.errors import StageConflict
+from bioinstruct.rundir import is_complete, read_manifest, run_stage
+
+pytestmark = pytest.mark.unit
+
+
+@dataclasses.dataclass
+class Cfg:
+    n: int = 3
+    name: str = "x"
+
+
+def body_counting(calls):
+    def body(out):
+        calls.append(out)
+        (out / "result.txt").write_text("ok")
+        return {"n": 3}
+    return body
+
+
+def test_manifest_and_idempotent_rerun(tmp_path, capsys):
+    calls = []
+    m = run_stage(tmp_path / "filter", "filter", Cfg(), body_counting(calls))
+    assert m["status"] == "complete" and m["summary"] == {"n": 3}
+    assert m["stage"] == "filter" and m["config"] == {"n": 3, "name": "x"}
+    assert m["version"] and m["started"] and m["ended"] and m["attempt"] == 1
+    assert (tmp_path / "filter" / "config.yaml").read_text() == "n: 3\nname: x\n"
+    assert is_complete(tmp_path / "filter")
+    run_stage(tmp_path / "filter", "filter", Cfg(), body_counting(calls))
+    assert len(calls) == 1
+    assert "already complete" in capsys.readouterr().err
+
+
+def test_other_config_is_refused_unless_forced(tmp_path):
+    calls = []
+    run_stage(tmp_path / "s", "s", Cfg(), body_counting(calls))
+    with pytest.raises(StageConflict, match=r"n: 3 -> 4"):
+        run_stage(tmp_path / "s", "s", Cfg(n=4), body_counting(calls))
+    m = run_stage(tmp_path / "s", "s", Cfg(n=4), body_counting(calls), force=True)
+    assert len(calls) == 2 and m["config"]["n"] == 4 and m["attempt"] == 2
+
+
+def test_failure_is_recorded_and_next_run_retries(tmp_path):
+    def broken(out):
+        raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError):
+        run_stage(tmp_path / "s", "s", Cfg(), broken)
+    m = read_manifest(tmp_path / "s")
+    assert m["status"] == "failed" and "disk full" in m["error"]
+    assert not is_complete(tmp_path / "s")
+    calls = []
+    assert run_stage(tmp_path / "s", "s", Cfg(), body_counting(calls))["status"] == "complete"
+    assert len(calls) == 1
+
+
+def test_signal_is_interrupted_not_failed(tmp_path):
+    def preempted(out):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(tmp_path / "s", "s", Cfg(), preempted)
+    assert read_manifest(tmp_path / "s")["status"] == "interrupted"
