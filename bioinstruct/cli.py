@@ -32,23 +32,10 @@ class Verb:
 
 
 VERBS = [
-    Verb("generate", "grow instructions from seed tasks with GPT-4 (self-instruct), CPU job", issue=3,
-         contract="""
-         Reads: a seed-task JSONL (80 biomedical seeds ship with the package; any file with
-           id, name, instruction, instances:[{input, output}], category), a prompt template,
-           an OpenAI-compatible endpoint (key from the environment, never written anywhere).
-         Writes (RUN_DIR/generate/): responses.jsonl (every raw response, before parsing),
-           instructions.jsonl (accepted {instruction, input, output} + provenance),
-           decisions.jsonl (each candidate's filter decision), usage.json (tokens, cost).
-         Backends: openai (live), openai-batch (Batch API, half price), offline (synthetic).
-         Re-running the same command resumes; budget limits stop it cleanly."""),
-    Verb("filter", "ROUGE-L near-duplicate and rule filters on any instruction JSONL", issue=4,
-         contract="""
-         Reads: --in candidates.jsonl ({instruction, input, output} per line),
-           optionally --pool seeds.jsonl (instructions already in the pool).
-         Writes: --out kept.jsonl (kept records, input order), --decisions decisions.jsonl
-           (every candidate: kept or the reason code, nearest pool instruction and score),
-           and prints a summary table of reasons. Default threshold: ROUGE-L F > 0.7."""),
+    Verb("generate", "grow instructions from seed tasks with GPT-4 (self-instruct), CPU job",
+         module="bioinstruct.generate"),
+    Verb("filter", "ROUGE-L near-duplicate and rule filters on any instruction JSONL",
+         module="bioinstruct.filter"),
     Verb("classify", "label each instruction QA / IE / generation / other", issue=5,
          contract="""
          Reads: an instruction JSONL (a filter output, or biomed_instruct_25k.json).

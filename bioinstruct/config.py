@@ -218,8 +218,10 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
-    """Build ``cls`` from its defaults, then the YAML file at ``path``, then overrides."""
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = (),
+                flags: dict[str, Any] | None = None) -> T:
+    """Build ``cls`` from its defaults, then the YAML file at ``path``, then ``flags``
+    (typed values from a verb's own options, e.g. ``--in``), then ``key=value`` overrides."""
     tree: dict[str, Any] = {}
     sources = _Sources()
     if path is not None:
@@ -231,6 +233,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
             raise ConfigError(f"{path}:1: a config file must be a mapping of keys to values")
         lines = _yaml_key_lines(path)
         sources.update({k: f"{path}:{lines.get(k, 1)}" for k in _flatten(tree)})
+    for key, value in (flags or {}).items():
+        _set_dotted(tree, key, value)
+        sources[key] = f"command-line option for '{key}'"
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
@@ -259,8 +264,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="redo the stage even if its output is complete with another config")
 
 
-def config_from_args(cls: type, args: argparse.Namespace) -> Any:
-    cfg = load_config(cls, args.config, args.overrides)
+def config_from_args(cls: type, args: argparse.Namespace, flags: dict[str, Any] | None = None) -> Any:
+    """The config of a verb: --config, then the verb's own options (``flags``, unset ones
+    left out), then overrides; --print-config prints it and exits."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    cfg = load_config(cls, args.config, args.overrides, flags)
     if args.print_config:
         sys.stdout.write(dump_config(cfg))
         raise SystemExit(0)

@@ -17,5 +17,9 @@ class StageConflict(UserError):
     """A stage's output is complete but was made with a different config."""
 
 
+class StageStopped(UserError):
+    """A stage stopped cleanly before its end (a budget limit); re-running continues it."""
+
+
 class NotReady(UserError):
     """A verb whose issue has not landed yet."""

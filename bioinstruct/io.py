@@ -214,8 +214,8 @@ def append_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> None:
         out.write_many(records)
 
 
-def iter_jsonl(path: str | os.PathLike, *, allow_torn_tail: bool = False) -> Iterator[Any]:
-    """Yield the records of a JSONL file; blank lines are skipped.
+def iter_jsonl_numbered(path: str | os.PathLike, *, allow_torn_tail: bool = False) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line_number, record)`` for each record of a JSONL file; blank lines are skipped.
 
     A malformed line raises DataError naming ``file:line``. With
     ``allow_torn_tail``, a malformed *last* line without a trailing newline (what a
@@ -228,11 +228,16 @@ def iter_jsonl(path: str | os.PathLike, *, allow_torn_tail: bool = False) -> Ite
         if not line.strip():
             continue
         try:
-            yield json.loads(line)
+            yield lineno, json.loads(line)
         except json.JSONDecodeError as e:
             if allow_torn_tail and lineno == len(lines) and not line.endswith("\n"):
                 return
             raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+
+
+def iter_jsonl(path: str | os.PathLike, *, allow_torn_tail: bool = False) -> Iterator[Any]:
+    for _, record in iter_jsonl_numbered(path, allow_torn_tail=allow_torn_tail):
+        yield record
 
 
 def read_jsonl(path: str | os.PathLike, *, allow_torn_tail: bool = False) -> list[Any]:

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .config import dump_config, to_dict
-from .errors import StageConflict
+from .errors import StageConflict, StageStopped
 from .io import atomic_write_json, atomic_write_text, read_json
 
 MANIFEST = "manifest.json"
@@ -120,7 +120,8 @@ def run_stage(stage_dir: str | os.PathLike, stage: str, cfg: Any,
         summary = body(stage_dir)
     except BaseException as e:
         # A signal or Ctrl-C is not a failure of the stage: it will be run again.
-        status = "failed" if isinstance(e, Exception) else "interrupted"
+        status = ("stopped" if isinstance(e, StageStopped) else
+                  "failed" if isinstance(e, Exception) else "interrupted")
         manifest.update(status=status, ended=_now(),
                         error="".join(traceback.format_exception_only(type(e), e)).strip())
         atomic_write_json(stage_dir / MANIFEST, manifest)

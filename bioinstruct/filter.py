@@ -1,0 +1,227 @@
+"""Filter instruction candidates: rule filters, then ROUGE-L near-duplicates against a pool.
+
+    bioinstruct filter --in candidates.jsonl --out runs/x/filter/kept.jsonl --pool seeds.jsonl
+    bioinstruct filter --in biomed_instruct_25k.json --out runs/x/filter/kept.jsonl threshold=0.6
+
+Input: --in, any JSONL (or JSON list) of {instruction, input, output} records;
+optionally --pool, a JSONL of records with an "instruction" (e.g. the seed tasks) that
+starts the similarity pool. Candidates are taken in order; a kept candidate joins the pool
+at once (pool=seeds+accepted, the Alpaca loop), so near-duplicates inside the file are caught.
+Output: --out, the kept records in input order; --decisions (default: decisions.jsonl beside
+--out), one line per candidate with kept / the reason code, the nearest pool instruction and
+its ROUGE-L score (kept ones also get their top-k most similar and the mean similarity);
+summary.json and a printed table of reasons; manifest.json and config.yaml beside --out.
+
+Reason codes, in the order they are checked (the first that applies is recorded):
+  empty_instruction, too_short, too_long, blacklist, write_a_program,
+  starts_with_punctuation, starts_with_non_ascii, empty_output, output_equals_input,
+  ends_with_colon, duplicate, rouge_similar.
+The generate stage runs the same filter online (bioinstruct.filter.CandidateFilter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import re
+import string
+from pathlib import Path
+from typing import Iterable, Literal
+
+from .config import add_config_arguments, config_from_args
+from .errors import ConfigError
+from .io import atomic_write_json, write_jsonl
+from .progress import progress
+from .records import read_records
+from .rougel import RougeLPool
+from .rundir import run_stage
+from .table import format_table
+
+# The paper names image, picture and graph; plurals are separate words to a
+# word-boundary match, so they are listed too.
+PAPER_BLACKLIST = ["image", "images", "picture", "pictures", "graph", "graphs"]
+# Stanford Alpaca's generate_instruction.py list: tasks a text-only model cannot do.
+ALPACA_BLACKLIST = ["image", "images", "graph", "graphs", "picture", "pictures", "file", "files",
+                    "map", "maps", "draw", "plot", "go to", "video", "audio", "music",
+                    "flowchart", "diagram"]
+BLACKLISTS = {"paper": PAPER_BLACKLIST, "alpaca": ALPACA_BLACKLIST, "none": []}
+
+REASONS = ["empty_instruction", "too_short", "too_long", "blacklist", "write_a_program",
+           "starts_with_punctuation", "starts_with_non_ascii", "empty_output", "output_equals_input",
+           "ends_with_colon", "duplicate", "rouge_similar"]
+
+
+@dataclasses.dataclass
+class RuleConfig:
+    blacklist: Literal["paper", "alpaca", "none"] = "paper"
+    extra_blacklist: list[str] = dataclasses.field(default_factory=list)
+    # Whitespace-split word counts of the instruction. Alpaca drops <= 3 and > 150 words;
+    # these bounds keep exactly what Alpaca keeps.
+    min_instruction_words: int = 4
+    max_instruction_words: int = 150
+    # Self-Instruct's instance filters and Alpaca's prefix filters.
+    reject_empty_output: bool = True
+    reject_output_equals_input: bool = True
+    reject_ending_colon: bool = True
+    reject_write_a_program: bool = True
+    reject_punctuation_start: bool = True
+    reject_non_ascii_start: bool = True
+    reject_duplicates: bool = True  # the same instruction + input seen before
+
+    def __post_init__(self):
+        if self.min_instruction_words > self.max_instruction_words:
+            raise ValueError("min_instruction_words exceeds max_instruction_words")
+
+
+@dataclasses.dataclass
+class Criteria:
+    """What decides a candidate; shared by the filter and generate stages."""
+    threshold: float = 0.7  # reject when max ROUGE-L F against the pool is > threshold
+    pool_growth: Literal["seeds+accepted", "seeds"] = "seeds+accepted"
+    top_k: int = 10  # most similar pool instructions recorded for kept candidates
+    rules: RuleConfig = dataclasses.field(default_factory=RuleConfig)
+
+    def __post_init__(self):
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be within [0, 1], got {self.threshold}")
+
+
+@dataclasses.dataclass
+class FilterConfig(Criteria):
+    input: str | None = None  # candidates (JSONL or JSON list)
+    output: str = "runs/default/filter/kept.jsonl"
+    decisions: str | None = None  # default: decisions.jsonl beside output
+    pool: str | None = None  # records whose instructions start the pool (e.g. seed tasks)
+
+
+class CandidateFilter:
+    """The decision procedure, one candidate at a time; shared by ``filter`` and ``generate``.
+
+    ``decide`` returns the decision record and, when the candidate is kept and the pool
+    grows, adds it to the pool, exactly as Alpaca's loop does.
+    """
+
+    def __init__(self, criteria: Criteria, seeds: Iterable[str] = ()):
+        self.rules = rules = criteria.rules
+        self.grow = criteria.pool_growth == "seeds+accepted"
+        words = BLACKLISTS[rules.blacklist] + rules.extra_blacklist
+        self._blacklist = (re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.I)
+                           if words else None)
+        self.pool = RougeLPool(threshold=criteria.threshold, top_k=criteria.top_k)
+        self.pool_texts: list[str] = []
+        self._seen: set[tuple[str, str]] = set()
+        for text in seeds:
+            self._add_to_pool(text)
+
+    def _add_to_pool(self, instruction: str) -> None:
+        self.pool.add(instruction)
+        self.pool_texts.append(instruction)
+
+    def rule_reason(self, record: dict) -> tuple[str, str] | None:
+        """The first rule that rejects the record, as (reason code, detail)."""
+        r = self.rules
+        inst = record["instruction"].strip()
+        inp = record.get("input", "").strip()
+        out = record.get("output", "").strip()
+        if not inst:
+            return "empty_instruction", ""
+        n_words = len(inst.split())
+        if n_words < r.min_instruction_words:
+            return "too_short", f"{n_words} words < {r.min_instruction_words}"
+        if n_words > r.max_instruction_words:
+            return "too_long", f"{n_words} words > {r.max_instruction_words}"
+        if self._blacklist and (m := self._blacklist.search(inst)):
+            return "blacklist", m.group(0)
+        if r.reject_write_a_program and inst.lower().startswith("write a program"):
+            return "write_a_program", ""
+        if r.reject_punctuation_start and inst[0] in string.punctuation:
+            return "starts_with_punctuation", inst[0]
+        if r.reject_non_ascii_start and not inst[0].isascii():
+            return "starts_with_non_ascii", inst[0]
+        if r.reject_empty_output and not out:
+            return "empty_output", ""
+        if r.reject_output_equals_input and inp and out == inp:
+            return "output_equals_input", ""
+        if r.reject_ending_colon and (inp.endswith(":") or out.endswith(":")):
+            return "ends_with_colon", "input" if inp.endswith(":") else "output"
+        if r.reject_duplicates and (inst, inp) in self._seen:
+            return "duplicate", ""
+        return None
+
+    def decide(self, record: dict) -> dict:
+        rejected = self.rule_reason(record)
+        if rejected:
+            return {"kept": False, "reason": rejected[0], "detail": rejected[1]}
+        self._seen.add((record["instruction"].strip(), record.get("input", "").strip()))
+        verdict = self.pool.check(record["instruction"])
+        nearest = ({"instruction": self.pool_texts[verdict.nearest.index], "score": verdict.nearest.score}
+                   if verdict.nearest else None)
+        if not verdict.keep:
+            return {"kept": False, "reason": "rouge_similar", "detail": f"> {self.pool.threshold}",
+                    "nearest": nearest}
+        decision = {"kept": True, "reason": None, "nearest": nearest,
+                    "most_similar": {self.pool_texts[m.index]: m.score for m in verdict.top},
+                    "mean_similarity": verdict.mean}
+        if self.grow:
+            self._add_to_pool(record["instruction"])
+        return decision
+
+
+def pool_instructions(path: str | None) -> list[str]:
+    if not path:
+        return []
+    return [r["instruction"] for r in read_records(path, required=("instruction",))]
+
+
+def run(cfg: FilterConfig, *, force: bool = False) -> dict:
+    """Validate the inputs, then filter under the run-directory contract."""
+    if not cfg.input:
+        raise ConfigError("no input: give --in FILE (or input=FILE)")
+    candidates = read_records(cfg.input)
+    seeds = pool_instructions(cfg.pool)
+    out = Path(cfg.output)
+    decisions_path = Path(cfg.decisions) if cfg.decisions else out.with_name("decisions.jsonl")
+
+    def body(stage_dir: Path) -> dict:
+        filt = CandidateFilter(cfg, seeds)
+        kept, decisions = [], []
+        for i, record in enumerate(progress(candidates, desc="filter", unit="cand")):
+            d = filt.decide(record)
+            decisions.append({"index": i, "instruction": record["instruction"], **d})
+            if d["kept"]:
+                kept.append(record)
+        write_jsonl(out, kept)
+        write_jsonl(decisions_path, decisions)
+        counts = collections.Counter(d["reason"] or "kept" for d in decisions)
+        summary = {"candidates": len(candidates), "kept": len(kept), "pool_seeds": len(seeds),
+                   "reasons": {r: counts[r] for r in ["kept"] + REASONS if counts[r]}}
+        atomic_write_json(stage_dir / "summary.json", summary)
+        return summary
+
+    return run_stage(out.parent, "filter", cfg, body, force=force)
+
+
+def summary_table(summary: dict) -> str:
+    n = max(summary["candidates"], 1)
+    rows = [(reason, count, f"{100 * count / n:.1f}%") for reason, count in summary["reasons"].items()]
+    rows.append(("total", summary["candidates"], "100.0%"))
+    return format_table(["decision", "count", "share"], rows)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--in", dest="input", metavar="FILE", help="candidates, JSONL or JSON list")
+    parser.add_argument("--out", dest="output", metavar="FILE", help="kept records (JSONL)")
+    parser.add_argument("--pool", metavar="FILE", help="records whose instructions start the pool (seed tasks)")
+    parser.add_argument("--threshold", type=float, help="ROUGE-L F above which a candidate is rejected (0.7)")
+    parser.add_argument("--decisions", metavar="FILE", help="per-candidate decisions (JSONL)")
+    add_config_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    flags = {k: getattr(args, k) for k in ("input", "output", "pool", "threshold", "decisions")}
+    cfg = config_from_args(FilterConfig, args, flags)
+    manifest = run(cfg, force=args.force)
+    print(summary_table(manifest["summary"]))
+    print(f"kept {manifest['summary']['kept']} of {manifest['summary']['candidates']} -> {cfg.output}")
+    return 0

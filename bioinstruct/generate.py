@@ -1,0 +1,351 @@
+"""Grow biomedical instructions with self-instruct: 3 seed tasks per prompt, new tasks back.
+
+    bioinstruct generate run_dir=runs/v1 target=25005                     # GPT-4, key in $OPENAI_API_KEY
+    bioinstruct generate run_dir=runs/v1 llm.backend=openai-batch         # Batch API, half price
+    bioinstruct generate run_dir=runs/v1 llm.base_url=http://localhost:8000/v1 llm.model=my-model
+    bioinstruct generate run_dir=runs/v1 llm.budget.max_cost=50           # stop cleanly at $50
+    bioinstruct generate run_dir=runs/v1 --reparse                        # re-parse, send nothing
+
+Input: seed tasks (seed_tasks=FILE; default: the 80 biomedical seeds in the package,
+JSONL of {id, name, instruction, instances:[{input, output}], category}), a prompt
+template (prompt_template=FILE.yaml with system and user messages).
+Output (run_dir/generate/):
+  responses.jsonl    every raw response, appended before parsing (what was paid for)
+  instructions.jsonl accepted {instruction, input, output} + request id, demo seed ids,
+                     model, sampling parameters, token usage
+  decisions.jsonl    every parsed candidate: kept, or the reason (parse or filter)
+  failures.jsonl     requests that ran out of attempts (sent again on the next run)
+  usage.json         tokens, requests, retries, failures, cost, acceptance rate
+Re-running the same command continues where the last run stopped (after a budget stop,
+a Slurm preemption or kill -9): nothing accepted is lost or duplicated, and no answered
+request is paid for twice. llm.backend=offline answers with a deterministic local
+recombination of the demos: synthetic text for the quickstart and tests, marked as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import itertools
+import random
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+from .config import add_config_arguments, config_from_args
+from .errors import ConfigError, DataError, StageStopped
+from .filter import Criteria, CandidateFilter
+from .io import JsonlAppender, iter_jsonl_numbered, read_yaml, write_jsonl
+from .llm import Engine, LLMConfig, Request, preflight
+from .progress import progress
+from .rundir import run_stage
+
+DATA = Path(__file__).parent / "data"
+DEFAULT_SEEDS = DATA / "seed_tasks.jsonl"
+DEFAULT_TEMPLATE = DATA / "prompts" / "generate.yaml"
+CATEGORIES = ("qa", "ie", "generation", "other")
+
+
+@dataclasses.dataclass
+class GenerateConfig:
+    run_dir: str = "runs/default"
+    target: int = 25005  # accepted instructions to reach (the paper's count)
+    seed_tasks: str | None = None  # None: the package's 80 biomedical seeds
+    prompt_template: str | None = None  # None: the package's template
+    num_demos: int = 3  # seed tasks shown per prompt (the paper's 3)
+    num_tasks: int = 20  # tasks asked for per prompt, demos included (Alpaca's 20)
+    seed: int = 0  # demo sampling; prompt i is the same on every run
+    stall_after: int = 500  # responses in a row without an accepted candidate stop the run
+    llm: LLMConfig = dataclasses.field(
+        default_factory=lambda: LLMConfig(backend="openai", temperature=1.0, top_p=1.0, max_tokens=3072))
+    filter: Criteria = dataclasses.field(default_factory=Criteria)
+
+    def __post_init__(self):
+        if self.target < 1:
+            raise ValueError("target must be >= 1")
+        if not 1 <= self.num_demos < self.num_tasks:
+            raise ValueError("need 1 <= num_demos < num_tasks")
+
+
+# ---- seeds and prompt ------------------------------------------------------------------
+
+def load_seeds(path: str | Path | None) -> list[dict]:
+    """Seed tasks, validated line by line before any request is sent."""
+    path = Path(path) if path else DEFAULT_SEEDS
+    if not path.exists():
+        raise DataError(f"{path}: seed file not found")
+    seeds, ids = [], set()
+    for lineno, seed in iter_jsonl_numbered(path):
+        where = f"{path}:{lineno}"
+        if not isinstance(seed, dict):
+            raise DataError(f"{where}: a seed task must be a JSON object")
+        for field in ("id", "instruction", "instances"):
+            if field not in seed:
+                raise DataError(f"{where}: seed task has no '{field}'")
+        if not isinstance(seed["instruction"], str) or not seed["instruction"].strip():
+            raise DataError(f"{where}: 'instruction' must be a non-empty string")
+        instances = seed["instances"]
+        if not isinstance(instances, list) or not instances or not all(
+                isinstance(i, dict) and isinstance(i.get("input", ""), str) and isinstance(i.get("output"), str)
+                for i in instances):
+            raise DataError(f"{where}: 'instances' must be a non-empty list of {{input, output}} strings")
+        if seed.get("category") is not None and seed["category"] not in CATEGORIES:
+            raise DataError(f"{where}: category '{seed['category']}' is not one of {', '.join(CATEGORIES)}")
+        if seed["id"] in ids:
+            raise DataError(f"{where}: duplicate id '{seed['id']}'")
+        ids.add(seed["id"])
+        seeds.append(seed)
+    if not seeds:
+        raise DataError(f"{path}: no seed tasks")
+    return seeds
+
+
+@dataclasses.dataclass
+class PromptTemplate:
+    system: str
+    user: str
+    sha256: str
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> "PromptTemplate":
+        path = Path(path) if path else DEFAULT_TEMPLATE
+        if not path.exists():
+            raise ConfigError(f"prompt_template: {path} not found")
+        data = read_yaml(path)
+        if not isinstance(data, dict) or not isinstance(data.get("user"), str):
+            raise ConfigError(f"{path}: a prompt template needs a 'user' message (and may have 'system')")
+        if "{tasks}" not in data["user"]:
+            raise ConfigError(f"{path}: the 'user' message must contain the placeholder {{tasks}}")
+        return cls(data.get("system") or "", data["user"],
+                   hashlib.sha256(path.read_bytes()).hexdigest()[:16])
+
+    def messages(self, demos: list[dict], num_tasks: int) -> list[dict[str, str]]:
+        blocks = []
+        for n, demo in enumerate(demos, 1):
+            instance = demo["instances"][0]
+            blocks.append(f"###\n{n}. Instruction: {demo['instruction'].strip()}\n"
+                          f"{n}. Input:\n{instance.get('input', '').strip() or '<noinput>'}\n"
+                          f"{n}. Output:\n{instance['output'].strip()}\n")
+        blocks.append(f"###\n{len(demos) + 1}. Instruction:")
+        user = self.user.replace("{num_tasks}", str(num_tasks)).replace("{tasks}", "".join(blocks))
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return system + [{"role": "user", "content": user}]
+
+
+def demo_indices(cfg: GenerateConfig, n_seeds: int, i: int) -> list[int]:
+    """The seeds shown in prompt i: a function of (seed, i) alone, so a resumed run asks
+    exactly what the first run would have asked."""
+    return random.Random(f"{cfg.seed}:{i}").sample(range(n_seeds), cfg.num_demos)
+
+
+# ---- parsing ---------------------------------------------------------------------------
+
+# "4. Instruction:", "**4. Input:**", "### 5) Output:", "Instruction:" (number optional).
+_HEADER = re.compile(r"^[ \t>#*_]*(?:(\d+)\s*[.):]\s*)?[*_]*\s*(instruction|input|output)\s*[*_]*\s*:[*_]*[ \t]*",
+                     re.I | re.M)
+_INLINE_HEADER = re.compile(r"\b\d+\s*[.)]\s*[*_]*\s*(?:instruction|input|output)\s*[*_]*\s*:", re.I)
+_NO_INPUT = re.compile(r"^\s*(?:<\s*no\s*input\s*>|n/?a|none|no input|\(none\))\.?\s*$", re.I)
+
+
+def _clean(text: str) -> str:
+    lines = text.strip().splitlines()
+    while lines and re.fullmatch(r"\s*(#{2,}|-{3,}|\*{3,})\s*", lines[-1]):
+        lines.pop()  # the separator before the next item
+    text = "\n".join(lines).strip()
+    return re.sub(r"^[*_]{2}(.*)[*_]{2}$", r"\1", text, flags=re.S).strip()
+
+
+def parse_response(content: str | None, first_number: int, finish_reason: str | None
+                   ) -> list[dict[str, Any]]:
+    """Split a model's numbered tasks into items: each {number, instruction, input, output}
+    or {number, reject: reason}. Robust to markdown, missing or reordered fields,
+    <noinput>, a truncated last item and the next item leaking into a field."""
+    text = (content or "").strip()
+    if not _HEADER.match(text):  # the prompt ended with "N. Instruction:"; the answer continues it
+        text = f"{first_number}. Instruction: {text}"
+    items: list[dict[str, Any]] = []
+    current: dict[str, Any] | None = None
+    matches = list(_HEADER.finditer(text))
+    for m, nxt in zip(matches, matches[1:] + [None]):
+        number = int(m.group(1)) if m.group(1) else None
+        field = m.group(2).lower()
+        value = text[m.end(): nxt.start() if nxt else len(text)]
+        new_item = (current is None or (number is not None and number != current["number"])
+                    or (number is None and field == "instruction" and "instruction" in current["fields"]))
+        if new_item:
+            current = {"number": number if number is not None else
+                       (current["number"] + 1 if current else first_number), "fields": {}, "repeated": False}
+            items.append(current)
+        if field in current["fields"]:
+            current["repeated"] = True
+        current["fields"][field] = value
+    if finish_reason in ("length", "content_filter") and items:
+        items[-1]["truncated"] = True
+    return [_finish(item) for item in items]
+
+
+def _finish(item: dict) -> dict[str, Any]:
+    fields = item["fields"]
+    out: dict[str, Any] = {"number": item["number"]}
+    raw = " ".join(fields.values())
+    if item.get("truncated"):
+        return {**out, "reject": "truncated"}
+    if item["repeated"]:
+        return {**out, "reject": "repeated_field"}
+    if _INLINE_HEADER.search(raw) or re.search(r"^\s*#{2,}\s*$", "\n".join(_clean(v) for v in fields.values()), re.M):
+        return {**out, "reject": "leaked_next_item"}
+    instruction = _clean(fields.get("instruction", ""))
+    output = _clean(fields.get("output", ""))
+    if not instruction:
+        return {**out, "reject": "missing_instruction"}
+    if "output" not in fields:
+        return {**out, "reject": "missing_output"}
+    inp = _clean(fields.get("input", ""))
+    return {**out, "instruction": instruction, "input": "" if _NO_INPUT.match(inp) else inp, "output": output}
+
+
+# ---- offline responder -----------------------------------------------------------------
+
+_TERMS = ["hypertension", "asthma", "sepsis", "pneumonia", "diabetes", "gout", "migraine", "anaemia",
+          "cirrhosis", "tuberculosis", "epilepsy", "psoriasis", "glaucoma", "osteoporosis", "lupus",
+          "metformin", "warfarin", "amoxicillin", "insulin", "aspirin", "lisinopril", "atorvastatin"]
+_VERBS = ["Identify", "List", "Explain", "Summarize", "Determine", "Extract", "Describe", "Classify",
+          "Rewrite", "Answer", "Write", "Name"]
+
+
+def offline_responder(body: dict) -> str:
+    """A deterministic stand-in for GPT-4: recombine and perturb the demos in the prompt.
+
+    Its tasks are synthetic (half of one demo's instruction joined to half of another's,
+    terms and leading verbs swapped); they exercise parsing, filtering and resume, not
+    biomedical quality.
+    """
+    prompt = body["messages"][-1]["content"]
+    demos = [d for d in parse_response(prompt.split("###", 1)[-1], 1, "stop") if "output" in d]
+    if not demos:
+        return ""
+    n_total = int(re.search(r"set of (\d+)", prompt).group(1)) if re.search(r"set of (\d+)", prompt) else 20
+    rng = random.Random(hashlib.sha256(prompt.encode()).hexdigest())
+    first = len(demos) + 1
+    parts = []
+    for number in range(first, max(n_total, first + 1) + 1):
+        a, b = rng.sample(demos, 2) if len(demos) > 1 else (demos[0], demos[0])
+        wa, wb = a["instruction"].split(), b["instruction"].split()
+        words = wa[: rng.randint(1, max(1, len(wa) - 1))] + wb[rng.randint(0, max(0, len(wb) - 1)):]
+        if words[0] in _VERBS:
+            words[0] = rng.choice(_VERBS)
+        swap = lambda m: rng.choice(_TERMS) if m.group(0).lower() in _TERMS else m.group(0)  # noqa: E731
+        instruction = re.sub(r"[A-Za-z]+", swap, " ".join(words))
+        output = re.sub(r"[A-Za-z]+", swap, a["output"])
+        inp = rng.choice([a["input"], b["input"]]) or "<noinput>"
+        head = "" if number == first else f"{number}. Instruction: "
+        parts.append(f"{head}{instruction}\n{number}. Input:\n{inp}\n{number}. Output:\n{output}\n###\n")
+    return "".join(parts)
+
+
+# ---- the loop --------------------------------------------------------------------------
+
+class Collector:
+    """Turns responses into decisions and accepted instructions, in response order."""
+
+    def __init__(self, cfg: GenerateConfig, seeds: list[dict], instructions: JsonlAppender,
+                 decisions: JsonlAppender):
+        self.cfg = cfg
+        self.filter = CandidateFilter(cfg.filter, [s["instruction"] for s in seeds])
+        self.instructions, self.decisions = instructions, decisions
+        self.accepted = self.candidates = self.since_accept = 0
+        self.bar = progress(total=cfg.target, desc="accepted", unit="inst")
+
+    def __call__(self, response: dict) -> bool:
+        """Handle one response; True once the target is reached."""
+        accepted_before = self.accepted
+        first = self.cfg.num_demos + 1
+        for k, item in enumerate(parse_response(response["content"], first, response["finish_reason"])):
+            if self.accepted >= self.cfg.target:
+                break
+            self.candidates += 1
+            cid = f"{response['id']}-{k}"
+            if "reject" in item:
+                self.decisions.write({"id": cid, "request_id": response["id"], "kept": False,
+                                      "reason": f"parse:{item['reject']}"})
+                continue
+            record = {"instruction": item["instruction"], "input": item["input"], "output": item["output"]}
+            decision = self.filter.decide(record)
+            self.decisions.write({"id": cid, "request_id": response["id"], "instruction": item["instruction"],
+                                  **decision})
+            if decision["kept"]:
+                self.accepted += 1
+                self.instructions.write({
+                    "id": cid, **record, "request_id": response["id"],
+                    "demo_seed_ids": response["meta"]["demo_seed_ids"], "model": response["model"],
+                    "backend": response["backend"], "params": response["params"], "usage": response["usage"],
+                    **({"synthetic": True} if response.get("synthetic") else {})})
+        self.bar.update(self.accepted - accepted_before)
+        self.since_accept = 0 if self.accepted > accepted_before else self.since_accept + 1
+        if self.since_accept >= self.cfg.stall_after:
+            raise StageStopped(f"{self.since_accept} responses in a row gave no new instruction; "
+                               f"the pool looks saturated (lower the target or change the seeds)")
+        return self.accepted >= self.cfg.target
+
+
+def requests(cfg: GenerateConfig, seeds: list[dict], template: PromptTemplate) -> Iterator[Request]:
+    for i in itertools.count():
+        demos = [seeds[j] for j in demo_indices(cfg, len(seeds), i)]
+        yield Request(f"gen-{i:07d}", template.messages(demos, cfg.num_tasks),
+                      {"demo_seed_ids": [d["id"] for d in demos], "template_sha256": template.sha256})
+
+
+def run(cfg: GenerateConfig, *, reparse: bool = False, force: bool = False) -> dict:
+    seeds = load_seeds(cfg.seed_tasks)
+    template = PromptTemplate.load(cfg.prompt_template)
+    if cfg.num_demos > len(seeds):
+        raise ConfigError(f"num_demos={cfg.num_demos} but the seed file has {len(seeds)} tasks")
+    if not reparse:
+        preflight(cfg.llm)
+
+    def body(stage_dir: Path) -> dict:
+        engine = Engine(cfg.llm, stage_dir, responder=offline_responder)
+        # instructions.jsonl and decisions.jsonl are a function of responses.jsonl: rebuild
+        # them from it, so a kill at any moment loses or duplicates nothing.
+        for name in ("instructions.jsonl", "decisions.jsonl"):
+            write_jsonl(stage_dir / name, [])
+        with JsonlAppender(stage_dir / "instructions.jsonl") as inst, \
+                JsonlAppender(stage_dir / "decisions.jsonl") as dec:
+            collect = Collector(cfg, seeds, inst, dec)
+            reached = False
+            for response in engine.replay():
+                if collect(response):
+                    reached = True
+                    break
+            try:
+                if not reached and not reparse:
+                    reached = engine.run(requests(cfg, seeds, template), collect) == "done"
+            finally:
+                collect.bar.close()
+                engine.ledger.extra = {"accepted": collect.accepted, "candidates": collect.candidates,
+                                       "acceptance_rate": round(collect.accepted / max(collect.candidates, 1), 4),
+                                       "target": cfg.target}
+                engine.ledger.save()
+        if not reached:
+            raise StageStopped(f"{collect.accepted} of {cfg.target} instructions so far"
+                               + ("; --reparse sends nothing: run without it to continue" if reparse else ""))
+        return engine.ledger.snapshot()
+
+    return run_stage(Path(cfg.run_dir) / "generate", "generate", cfg, body, force=force or reparse)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reparse", action="store_true",
+                        help="rebuild instructions.jsonl and decisions.jsonl from responses.jsonl; send nothing")
+    add_config_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = config_from_args(GenerateConfig, args)
+    manifest = run(cfg, reparse=args.reparse, force=args.force)
+    s = manifest["summary"]
+    print(f"generate: {s['accepted']} instructions ({s['acceptance_rate']:.0%} of {s['candidates']} candidates) "
+          f"from {s['requests']} requests, {s['prompt_tokens'] + s['completion_tokens']:,} tokens, "
+          f"${s['cost_usd']:.2f} -> {Path(cfg.run_dir) / 'generate' / 'instructions.jsonl'}")
+    return 0

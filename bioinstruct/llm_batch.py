@@ -1,0 +1,146 @@
+"""The ``openai-batch`` backend of :class:`bioinstruct.llm.Engine`: the Batch API at half price.
+
+Requests go up in chunks of ``llm.batch_size`` as a JSONL file; the batch id and the
+chunk's request ids are saved in ``batch.json`` *before* polling starts, so a job killed
+or preempted while the batch runs resumes polling it on restart instead of paying again.
+Results come back unordered; they are matched by ``custom_id`` and handled in submission
+order, so the outcome does not depend on the order the provider chose. Requests that
+failed inside the batch, or were left undone by an expired batch, go into the next chunk,
+up to ``llm.max_attempts`` each.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import time
+from typing import Callable, Iterator
+
+from .errors import UserError
+from .io import atomic_write_json, read_json
+from .llm import ApiFatal, BudgetExhausted, Engine, Request
+from .progress import progress
+
+ENDPOINT = "/v1/chat/completions"
+
+
+def _request_line(engine: Engine, request: Request) -> str:
+    body = {"model": engine.cfg.model, "messages": request.messages, **engine.cfg.sampling()}
+    return json.dumps({"custom_id": request.id, "method": "POST", "url": ENDPOINT, "body": body})
+
+
+def _submit(engine: Engine, client, chunk: list[Request], attempts: dict[str, int]) -> dict:
+    payload = "".join(_request_line(engine, r) + "\n" for r in chunk).encode()
+    upload = client.files.create(file=("requests.jsonl", io.BytesIO(payload)), purpose="batch")
+    batch = client.batches.create(input_file_id=upload.id, endpoint=ENDPOINT, completion_window="24h",
+                                  metadata={"bioinstruct": engine.out_dir.name})
+    state = {"batch_id": batch.id, "input_file_id": upload.id, "collected": False,
+             "requests": [{"id": r.id, "messages": r.messages, "meta": r.meta,
+                           "attempts": attempts.get(r.id, 1)} for r in chunk]}
+    atomic_write_json(engine.out_dir / "batch.json", state)
+    print(f"submitted batch {batch.id} with {len(chunk)} requests", file=sys.stderr)
+    return state
+
+
+def _wait(engine: Engine, client, batch_id: str):
+    bar = progress(desc=f"batch {batch_id}", unit="req")
+    try:
+        while True:
+            batch = client.batches.retrieve(batch_id)
+            counts = batch.request_counts
+            if counts is not None:
+                bar.total = counts.total
+                bar.n = counts.completed + counts.failed
+                bar.refresh()
+            if batch.status in ("completed", "failed", "expired", "cancelled"):
+                return batch
+            time.sleep(engine.cfg.batch_poll_seconds)
+    finally:
+        bar.close()
+
+
+def _read_file(client, file_id: str | None) -> list[dict]:
+    if not file_id:
+        return []
+    text = client.files.content(file_id).text
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _collect(engine: Engine, client, state: dict, on_response) -> tuple[bool, list[tuple[Request, int]]]:
+    """Record the batch's results in submission order; return (stop?, requests to send again)."""
+    batch = _wait(engine, client, state["batch_id"])
+    if batch.status == "failed":
+        errors = [e.message for e in (batch.errors.data if batch.errors else [])][:3]
+        raise ApiFatal(f"batch {batch.id} failed validation: {'; '.join(errors) or 'no detail'}")
+    results = {line["custom_id"]: line for line in
+               _read_file(client, batch.output_file_id) + _read_file(client, batch.error_file_id)}
+    stop, again = False, []
+    for saved in state["requests"]:
+        request = Request(saved["id"], saved["messages"], saved["meta"])
+        if request.id in engine.done:  # recorded before a kill, and replayed since
+            continue
+        line = results.get(request.id)
+        response = (line or {}).get("response") or {}
+        body = response.get("body") or {}
+        if response.get("status_code") == 200 and body.get("choices"):
+            choice = body["choices"][0]
+            usage = body.get("usage") or {}
+            record = engine.record(request, choice["message"].get("content"), choice.get("finish_reason"),
+                                   {"prompt_tokens": usage.get("prompt_tokens", 0),
+                                    "completion_tokens": usage.get("completion_tokens", 0)},
+                                   saved["attempts"], body.get("id"))
+            stop = on_response(record) or stop
+            continue
+        error = ((line or {}).get("error") or body.get("error") or
+                 {"message": f"no result (batch {batch.status})"})
+        message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
+        if saved["attempts"] >= engine.cfg.max_attempts:
+            engine.fail(request, message, saved["attempts"])
+        else:
+            again.append((request, saved["attempts"] + 1))
+    state["collected"] = True
+    atomic_write_json(engine.out_dir / "batch.json", state)
+    engine.ledger.save()
+    return stop, again
+
+
+def run_batches(engine: Engine, pending: Iterator[Request], on_response: Callable[[dict], bool]) -> str:
+    from openai import OpenAI
+
+    # The client's own retries cover the few control calls (upload, create, poll).
+    client = OpenAI(api_key=os.environ[engine.cfg.api_key_env], base_url=engine.cfg.base_url,
+                    timeout=engine.cfg.timeout, max_retries=5)
+    state_path = engine.out_dir / "batch.json"
+    again: list[tuple[Request, int]] = []
+    state = read_json(state_path) if state_path.exists() else None
+    if state and not state["collected"]:
+        print(f"resuming batch {state['batch_id']} saved by an earlier run", file=sys.stderr)
+        stop, again = _collect(engine, client, state, on_response)
+        if stop:
+            return "done"
+    budget_error: UserError | None = None
+    while True:
+        chunk, attempts = [], {}
+        for request, attempt in again:
+            chunk.append(request)
+            attempts[request.id] = attempt
+        again = []
+        while len(chunk) < engine.cfg.batch_size and budget_error is None:
+            request = next(pending, None)
+            if request is None:
+                break
+            try:
+                engine.check_budget(request, chunk)
+            except BudgetExhausted as e:
+                budget_error = e
+                break
+            chunk.append(request)
+        if not chunk:
+            if budget_error:
+                raise budget_error
+            return "exhausted"
+        stop, again = _collect(engine, client, _submit(engine, client, chunk, attempts), on_response)
+        if stop:
+            return "done"

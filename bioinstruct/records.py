@@ -1,0 +1,56 @@
+"""Instruction records: ``{instruction, input, output}`` plus whatever provenance a stage adds.
+
+Every stage from filter on reads them through :func:`read_records`, which accepts JSONL
+(our stages' outputs) and a JSON list (the released ``biomed_instruct_25k.json``, Alpaca
+data) and names the file and line (or record) of the first bad one, before any work starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+from .io import iter_jsonl_numbered
+
+FIELDS = ("instruction", "input", "output")
+
+
+def _check(record: Any, where: str, required: tuple[str, ...]) -> dict:
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object with {', '.join(FIELDS)}, got {type(record).__name__}")
+    for field in required:
+        if field not in record:
+            raise DataError(f"{where}: record has no '{field}' (keys: {', '.join(record) or 'none'})")
+    for field in FIELDS:
+        if field in record and not isinstance(record[field], str):
+            raise DataError(f"{where}: '{field}' must be a string, got {type(record[field]).__name__}")
+    if not record.get("instruction", "x").strip():
+        raise DataError(f"{where}: empty 'instruction'")
+    return record
+
+
+def read_records(path: str | os.PathLike, required: tuple[str, ...] = FIELDS) -> list[dict]:
+    """All records of a JSONL or JSON-list file; ``input`` defaults to "" when absent
+    from the required fields. Raises DataError at the first malformed record."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of records (or use .jsonl, one per line)")
+        located = ((f"{path}: record {i}", r) for i, r in enumerate(data))
+    else:
+        located = ((f"{path}:{n}", r) for n, r in iter_jsonl_numbered(path))
+    records = []
+    for where, record in located:
+        record = _check(record, where, required)
+        record.setdefault("input", "")
+        records.append(record)
+    return records
