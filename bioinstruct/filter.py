@@ -94,6 +94,11 @@ class FilterConfig(Criteria):
     decisions: str | None = None  # default: decisions.jsonl beside output
     pool: str | None = None  # records whose instructions start the pool (e.g. seed tasks)
 
+    @classmethod
+    def with_criteria(cls, criteria: Criteria, **paths: str | None) -> "FilterConfig":
+        """The filter stage deciding as ``criteria`` (e.g. generate's) does."""
+        return cls(**{f.name: getattr(criteria, f.name) for f in dataclasses.fields(Criteria)}, **paths)
+
 
 class CandidateFilter:
     """The decision procedure, one candidate at a time; shared by ``filter`` and ``generate``.

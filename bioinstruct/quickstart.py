@@ -7,8 +7,10 @@ It runs every stage that exists so far, each in its own folder of the run direct
 (see README "Run directories"); a second run finds them complete and does nothing.
 Stages still to come (their issues are open) are listed at the end.
 
-Output (run_dir): tiny-model/ (tokenizer + LLaMA weights), one folder per stage,
-each with manifest.json and config.yaml.
+Stages, in order (each folder has manifest.json and config.yaml):
+  tiny-model/   tokenizer + LLaMA weights (make-tiny-model)
+  generate/     self-instruct with the offline responder (synthetic text, no API key)
+  filter/       the standalone filter over the generated instructions, pool = seeds
 """
 
 from __future__ import annotations
@@ -18,18 +20,27 @@ import dataclasses
 import time
 from pathlib import Path
 
+from . import filter as filter_stage
+from . import generate
 from .config import add_config_arguments, config_from_args
+from .llm import LLMConfig
 from .tiny_model import TinyModelConfig, make_tiny_model
+
+
+def _offline_generation() -> generate.GenerateConfig:
+    return generate.GenerateConfig(target=60, llm=LLMConfig(backend="offline"))
 
 
 @dataclasses.dataclass
 class QuickstartConfig:
     run_dir: str = "runs/quickstart"
     tiny_model: TinyModelConfig = dataclasses.field(default_factory=TinyModelConfig)
+    # generate.run_dir is ignored: every stage writes under run_dir.
+    generate: generate.GenerateConfig = dataclasses.field(default_factory=_offline_generation)
 
 
 # Verbs whose issues have not landed; the quickstart grows as each one does.
-NOT_YET = ["generate", "filter", "classify", "subsets", "train", "evaluate", "report"]
+NOT_YET = ["classify", "subsets", "train", "evaluate", "report"]
 
 
 def run(cfg: QuickstartConfig, *, force: bool = False) -> dict[str, dict]:
@@ -37,6 +48,14 @@ def run(cfg: QuickstartConfig, *, force: bool = False) -> dict[str, dict]:
     manifests = {}
     t0 = time.perf_counter()
     manifests["tiny-model"] = make_tiny_model(run_dir / "tiny-model", cfg.tiny_model, force=force)
+    gen = dataclasses.replace(cfg.generate, run_dir=str(run_dir))
+    manifests["generate"] = generate.run(gen, force=force)
+    filt = filter_stage.FilterConfig.with_criteria(
+        gen.filter,
+        input=str(run_dir / "generate" / "instructions.jsonl"),
+        output=str(run_dir / "filter" / "kept.jsonl"),
+        pool=gen.seed_tasks or str(generate.DEFAULT_SEEDS))
+    manifests["filter"] = filter_stage.run(filt, force=force)
     print(f"quickstart: {len(manifests)} stage(s) complete in {run_dir} "
           f"({time.perf_counter() - t0:.1f} s)")
     for name, m in manifests.items():

@@ -32,9 +32,9 @@ def _check(record: Any, where: str, required: tuple[str, ...]) -> dict:
     return record
 
 
-def read_records(path: str | os.PathLike, required: tuple[str, ...] = FIELDS) -> list[dict]:
-    """All records of a JSONL or JSON-list file; ``input`` defaults to "" when absent
-    from the required fields. Raises DataError at the first malformed record."""
+def read_records(path: str | os.PathLike, required: tuple[str, ...] = ("instruction", "output")) -> list[dict]:
+    """All records of a JSONL or JSON-list file; a missing ``input`` means "" (as in
+    Alpaca data). Raises DataError at the first malformed record."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")

@@ -2,28 +2,33 @@
 
 Stanford Alpaca's generate_instruction.py keeps a candidate instruction when its maximum
 ROUGE-L F-measure (Google's ``rouge-score``: ``RougeScorer(["rougeL"], use_stemmer=False)``)
-against the pool of seed and already accepted instructions is ``<= 0.7``; a kept candidate
+against the pool of seed and already kept instructions is ``<= 0.7``; a kept candidate
 joins the pool at once. In pure Python that is ~47 µs per pair, and a 25k-instruction run
-is ~5e8 pairs. :class:`RougeLPool` makes the same decisions and returns the same float
-scores:
+is ~5e8 pairs. :class:`RougeLPool` makes the same decisions and reports the same float
+scores, hundreds of times faster:
 
-* tokens become one code point each (the pool's token ids), so rapidfuzz's C++
-  bit-parallel LCS compares integers instead of hashing strings;
-* one ``rapidfuzz.process.cdist`` call scores a candidate against the whole pool;
-  :meth:`RougeLPool.offer_many` scores blocks of candidates per call, which lets rapidfuzz
-  pack several candidates into SIMD lanes and amortises the per-call cost of reading the
-  pool (candidates accepted inside a block are scored against each other separately);
-* F is computed from the LCS length with numpy in exactly the library's float operations,
-  because at exact ties (lcs / (m + n) = 0.35) the library's rounding decides the verdict
-  and an "equivalent" formula does not;
-* with ``details=False`` only pool items that could exceed the threshold are scored: the
-  length and multiset-overlap bounds (LCS <= shared tokens) are evaluated against the
-  library's own float formula, so pruning never changes a decision.
+* tokens become one code point each, so rapidfuzz's C++ bit-parallel LCS compares integers
+  instead of hashing strings. Ids are handed out by document frequency (re-ranked as the
+  pool doubles) because rapidfuzz looks code points below 256 up in a table, others in a
+  hash map;
+* one ``rapidfuzz.process.cdist`` call scores a whole block of candidates against the whole
+  pool (:meth:`RougeLPool.offer_many`): rapidfuzz packs candidates into SIMD lanes and runs
+  on every core, and reads the pool once per block instead of once per candidate.
+  Candidates kept inside a block are then scored against each other;
+* the verdict and the reported scores use the library's own float arithmetic, because at
+  exact ties (lcs / (m + n) = 0.35) its rounding decides the verdict and an "equivalent"
+  formula does not. ``2 * lcs / (m + n)`` only pre-selects which items to score exactly,
+  with a margin a million times wider than its rounding error;
+* with ``details=False`` only pool items that could exceed the threshold are scored: a
+  length bound and a multiset-overlap bound (LCS <= shared tokens, used as a prefix filter
+  on the pool's inverted index), both checked with the library's float formula, so pruning
+  never changes a decision.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 from array import array
 from collections import Counter
@@ -40,10 +45,18 @@ from rapidfuzz.distance import LCSseq
 _TOKEN_RE = re.compile(r"[a-z0-9]+")
 
 # Code point for a query token the pool has never seen: it can match no pool item, and
-# real token ids start above it, so unseen tokens of rejected candidates cost no ids.
+# real ids start above it, so the new words of rejected candidates take no ids.
 _UNSEEN = "\0"
-# A length whose required LCS is unreachable.
+# Required LCS for a pool length at which F can never exceed the threshold.
 _NEVER = np.iinfo(np.int64).max
+
+
+def _cpus() -> int:
+    # The CPUs this process may use (a Slurm allocation), not all of the node's.
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
 
 
 def tokenize(text: str) -> list[str]:
@@ -52,7 +65,8 @@ def tokenize(text: str) -> list[str]:
 
 
 def _fmeasure(lcs: int, m: int, n: int) -> float:
-    # rouge_scorer._score_lcs + scoring.fmeasure, operation for operation.
+    # rouge_scorer._score_lcs + scoring.fmeasure, operation for operation, with
+    # precision = lcs / len(prediction) = lcs / n and recall = lcs / len(target) = lcs / m.
     if m == 0 or n == 0:
         return 0.0
     precision = lcs / n
@@ -60,24 +74,13 @@ def _fmeasure(lcs: int, m: int, n: int) -> float:
     return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
 
 
-def _fmeasure_array(lcs: np.ndarray, m: int, n: np.ndarray) -> np.ndarray:
-    # The same float operations element-wise (IEEE division and products are correctly
-    # rounded in numpy as in Python, and ints this small convert to float64 exactly).
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = lcs / n
-        recall = lcs / m
-        f = 2 * precision * recall / (precision + recall)
-    f[lcs == 0] = 0.0
-    return f
-
-
 def rouge_l_f(a_tokens: Sequence[str], b_tokens: Sequence[str]) -> float:
     """ROUGE-L F of two token lists, equal to ``RougeScorer(["rougeL"]).score(a, b)``.
 
     ``a`` is rouge-score's *target* (recall = lcs / len(a)) and ``b`` its *prediction*
-    (precision = lcs / len(b)); Alpaca calls ``_score_lcs(new_instruction, pool_item)``,
-    i.e. the candidate is the target. The result is symmetric anyway: ``2 * p * r`` is
-    exact up to one rounding of the commuted product ``p * r``.
+    (precision = lcs / len(b)); Alpaca calls ``_score_lcs(new_instruction, pool_item)``, so
+    the candidate is the target. The value is symmetric anyway: ``2 * p * r`` is exact up to
+    one rounding of ``p * r``, and float products and sums commute.
     """
     if not a_tokens or not b_tokens:
         return 0.0
@@ -95,7 +98,7 @@ class Verdict:
     keep: bool  # max score <= threshold, or the pool is empty
     nearest: Match | None  # highest score, ties to the lowest index; None when all are 0
     top: list[Match] = field(default_factory=list)  # best top_k with score > 0, descending
-    mean: float = 0.0  # mean over the whole pool (0.0 when empty; nan when details=False)
+    mean: float = 0.0  # mean over the whole pool; 0.0 when empty, nan when details=False
 
 
 class RougeLPool:
@@ -106,23 +109,31 @@ class RougeLPool:
     ``details=False`` skips ``top`` and ``mean`` and scores only the pool items that could
     exceed the threshold; ``keep`` is the same, and a rejection's ``nearest`` is then the
     lowest-index item over the threshold rather than the most similar one.
+    ``block``: candidates scored per rapidfuzz call by :meth:`offer_many`.
+    ``workers``: rapidfuzz threads (default: the CPUs this process may run on).
     """
 
     def __init__(self, threshold: float = 0.7, top_k: int = 10, details: bool = True,
-                 block: int = 64):
+                 block: int = 256, workers: int | None = None):
         if not 0.0 <= threshold <= 1.0:
-            # Outside [0, 1] a pair with no common token (F = 0) could decide the verdict,
-            # which the pruning below assumes it cannot.
+            # Outside [0, 1] a pair without a common token (F = 0) could decide a verdict,
+            # which the pruning assumes it never does.
             raise ValueError(f"threshold must be within [0, 1], got {threshold}")
         self.threshold = threshold
         self.top_k = top_k
         self.details = details
         self.block = block
+        self.workers = workers or _cpus()
         self._chars: dict[str, str] = {}  # token -> its code point
         self._codes: list[str] = []  # pool items as code-point strings
-        self._lens = array("q")  # token counts of the pool items
-        self._postings: dict[str, array] = {}  # code point -> pool indices holding it
-        self._need: dict[int, np.ndarray] = {}  # m -> minimum LCS to reject, by pool length
+        self._lens = array("i")  # token counts of the pool items
+        self._max_len = 0
+        # Scores are looked up by lcs * width + n (width > every length), per query length.
+        self._width = 64
+        self._tables: dict[int, np.ndarray] = {}
+        self._postings: dict[str, array] = {}  # code point -> indices of items holding it
+        self._need: dict[int, np.ndarray] = {}  # m -> minimum LCS to reject, by length n
+        self._rerank_at = 256
 
     def __len__(self) -> int:
         return len(self._codes)
@@ -133,18 +144,21 @@ class RougeLPool:
 
     def check(self, text: str) -> Verdict:
         """The verdict for ``text`` against the current pool; the pool is unchanged."""
-        tokens = tokenize(text)
-        return self._verdict(self._query(tokens), len(tokens))
+        return self._run([tokenize(text)], add=False)[0]
 
     def offer(self, text: str) -> Verdict:
         """Check ``text`` and add it to the pool when kept (one step of Alpaca's loop)."""
-        tokens = tokenize(text)
-        verdict = self._verdict(self._query(tokens), len(tokens))
-        if verdict.keep:
-            self._add(tokens)
-        return verdict
+        return self._run([tokenize(text)], add=True)[0]
 
-    # -- internals ------------------------------------------------------------------
+    def offer_many(self, texts: Iterable[str]) -> list[Verdict]:
+        """``[self.offer(t) for t in texts]``, computed a block of candidates at a time."""
+        token_lists = [tokenize(t) for t in texts]
+        verdicts: list[Verdict] = []
+        for start in range(0, len(token_lists), self.block):
+            verdicts += self._run(token_lists[start:start + self.block], add=True)
+        return verdicts
+
+    # -- pool ---------------------------------------------------------------------
 
     def _query(self, tokens: list[str]) -> str:
         chars = self._chars
@@ -160,49 +174,119 @@ class RougeLPool:
         index = len(self._codes)
         self._codes.append(code)
         self._lens.append(len(code))
+        self._max_len = max(self._max_len, len(code))
+        if self._max_len >= self._width:
+            self._width = 2 ** self._max_len.bit_length()
+            self._tables.clear()
         for c in set(code):
             self._postings.setdefault(c, array("q")).append(index)
+        if len(self._codes) >= self._rerank_at:
+            self._rerank()
         return index
 
-    def _verdict(self, query: str, m: int) -> Verdict:
-        if not self._codes or m == 0:
-            # Empty tokens score 0 against everything (rouge-score returns 0 early).
-            return Verdict(keep=True, nearest=None, top=[],
-                           mean=0.0 if self.details else math.nan)
-        if self.details:
-            return self._detailed(query, m)
-        return self._fast(query, m)
+    def _rerank(self) -> None:
+        """Give the most frequent tokens the smallest code points (see the module doc)."""
+        order = sorted(self._postings, key=lambda c: -len(self._postings[c]))
+        table = {ord(old): chr(new) for new, old in enumerate(order, start=1)}
+        self._codes = [code.translate(table) for code in self._codes]
+        self._chars = {t: table[ord(c)] for t, c in self._chars.items()}
+        self._postings = {table[ord(c)]: ids for c, ids in self._postings.items()}
+        self._rerank_at *= 2
 
-    def _detailed(self, query: str, m: int) -> Verdict:
-        lcs = process.cdist([query], self._codes, scorer=LCSseq.similarity,
-                            dtype=np.int32, workers=1)[0]
-        lens = np.frombuffer(self._lens, dtype=np.int64)
-        f = _fmeasure_array(lcs, m, lens)
-        return self._summarise(f)
+    def _lengths(self) -> np.ndarray:
+        return np.frombuffer(self._lens, dtype=np.int32)
 
-    def _summarise(self, f: np.ndarray) -> Verdict:
-        best = int(np.argmax(f))  # first maximum: ties go to the lowest index
-        top_score = float(f[best])
-        nearest = Match(best, top_score) if top_score > 0 else None
-        hits = np.flatnonzero(f)
-        if len(hits) > self.top_k:
-            kth = np.partition(f[hits], len(hits) - self.top_k)[len(hits) - self.top_k]
-            hits = hits[f[hits] >= kth]
-        order = hits[np.lexsort((hits, -f[hits]))][: self.top_k]
-        # np.mean over the pool in insertion order: bit-identical to Alpaca's np.mean.
-        return Verdict(keep=top_score <= self.threshold, nearest=nearest,
-                       top=[Match(int(i), float(f[i])) for i in order], mean=float(np.mean(f)))
+    # -- verdicts -----------------------------------------------------------------
+
+    def _run(self, token_lists: list[list[str]], add: bool) -> list[Verdict]:
+        """Verdicts for candidates taken in order, each added when kept if ``add``."""
+        if not self.details:
+            verdicts = []
+            for tokens in token_lists:
+                verdicts.append(self._fast(self._query(tokens), len(tokens)))
+                if add and verdicts[-1].keep:
+                    self._add(tokens)
+            return verdicts
+        return self._detailed(token_lists, add)
+
+    def _detailed(self, token_lists: list[list[str]], add: bool) -> list[Verdict]:
+        start = len(self._codes)
+        lcs = np.zeros((len(token_lists), start), dtype=np.int32)
+        if start:
+            lcs = process.cdist([self._query(t) for t in token_lists], self._codes,
+                                scorer=LCSseq.similarity, dtype=np.int32, workers=self.workers)
+        inner = lcs[:, :0]
+        if add and len(token_lists) > 1:
+            # Candidates kept inside this block are not in ``lcs``: score the block against
+            # itself, in a code of its own (their new tokens have no pool ids yet).
+            local: dict[str, str] = {}
+            codes = ["".join([local.setdefault(t, chr(len(local) + 1)) for t in tokens])
+                     for tokens in token_lists]
+            inner = process.cdist(codes, codes, scorer=LCSseq.similarity, dtype=np.int32,
+                                  workers=self.workers)
+        kept: list[int] = []  # block positions of the candidates added so far
+        verdicts = []
+        for j, tokens in enumerate(token_lists):
+            verdict = self._summarise(np.concatenate((lcs[j], inner[j, kept])), len(tokens))
+            if add and verdict.keep:
+                self._add(tokens)
+                kept.append(j)
+            verdicts.append(verdict)
+        return verdicts
+
+    def _scores_table(self, m: int) -> np.ndarray:
+        """The library's F for a query of m tokens, at ``lcs * width + n``."""
+        table = self._tables.get(m)
+        if table is None:
+            lcs = np.arange(m + 1)[:, None]
+            n = np.arange(self._width)[None, :]
+            # _fmeasure element-wise: numpy's float64 division and products are correctly
+            # rounded like Python's, and these small ints convert to float exactly.
+            with np.errstate(divide="ignore", invalid="ignore"):
+                precision = lcs / n
+                recall = lcs / m
+                table = 2 * precision * recall / (precision + recall)
+            table[(lcs == 0) | (n == 0) | (lcs > n)] = 0.0
+            table = self._tables[m] = table.ravel()
+        return table
+
+    def _summarise(self, lcs: np.ndarray, m: int) -> Verdict:
+        """The detailed verdict from the LCS lengths against every pool item."""
+        if len(lcs) == 0 or m == 0:
+            # rouge-score returns 0 early when either side has no tokens.
+            return Verdict(keep=True, nearest=None, mean=0.0)
+        scores = self._scores_table(m).take(lcs * self._width + self._lengths())
+        best = int(np.argmax(scores))  # the first maximum: ties go to the lowest index
+        # np.mean of the scores in pool order, as Alpaca computes it: bit-identical.
+        mean = float(np.mean(scores))
+        if scores[best] == 0.0:
+            return Verdict(keep=True, nearest=None, mean=mean)
+        # The best k: shortlist the items within a fraction of the best score (usually a
+        # handful), then all items tied with the k-th best of those, then order them.
+        k = self.top_k
+        for fraction in (1.0, 0.9, 0.7, 0.5, 0.3, 0.0):
+            short = np.flatnonzero(scores >= scores[best] * fraction)
+            if len(short) >= k:
+                break
+        if len(short) > k > 0:
+            kth = np.partition(scores[short], len(short) - k)[len(short) - k]
+            short = short[scores[short] >= kth]
+        short = short[scores[short] > 0]
+        top = short[np.lexsort((short, -scores[short]))][:k]
+        return Verdict(keep=bool(scores[best] <= self.threshold),
+                       nearest=Match(best, float(scores[best])),
+                       top=[Match(i, s) for i, s in zip(top.tolist(), scores[top].tolist())],
+                       mean=mean)
 
     def _need_by_length(self, m: int) -> np.ndarray:
         """Minimum LCS with F > threshold, per pool length n (``_NEVER`` if none)."""
-        max_len = max(self._lens)
         need = self._need.get(m)
-        if need is None or len(need) <= max_len:
-            need = np.full(max_len + 1, _NEVER, dtype=np.int64)
-            for n in range(1, max_len + 1):
-                # F(l) is 2l/(m+n) up to a few ulps and consecutive l differ by 2/(m+n),
-                # so F is increasing in l and the float F at l = bound - 1 is below the
-                # threshold: start there and step with the library's own arithmetic.
+        if need is None or len(need) <= self._max_len:
+            need = np.full(self._max_len + 1, _NEVER, dtype=np.int64)
+            for n in range(1, self._max_len + 1):
+                # F(l) is 2l/(m+n) to a few ulps and consecutive l differ by 2/(m+n), so F
+                # increases with l and is below the threshold at l = bound - 1: start there
+                # and step up with the library's own arithmetic.
                 lcs = max(1, math.floor(self.threshold * (m + n) / 2) - 1)
                 while lcs <= min(m, n) and _fmeasure(lcs, m, n) <= self.threshold:
                     lcs += 1
@@ -212,35 +296,38 @@ class RougeLPool:
         return need
 
     def _fast(self, query: str, m: int) -> Verdict:
+        """Keep or reject, scoring only the pool items that could exceed the threshold."""
+        keep = Verdict(keep=True, nearest=None, mean=math.nan)
+        if not self._codes or m == 0:
+            return keep
         need = self._need_by_length(m)
         least = int(need.min())
         if least == _NEVER:
-            return Verdict(keep=True, nearest=None, mean=math.nan)
-        # A pool item with LCS >= least shares >= least tokens (as a multiset) with the
-        # query, so it holds at least one token of any set of query tokens whose counts add
-        # up to m - least + 1 (prefix filtering). Taking the rarest tokens keeps the set of
-        # pool items to score small.
-        postings = self._postings
-        empty = array("q")
+            return keep
+        # An item with LCS >= least shares >= least tokens (as multisets) with the query,
+        # so it holds one of any query tokens whose counts add up to m - least + 1 (prefix
+        # filtering); the rarest tokens leave the fewest items to score.
+        postings, empty = self._postings, array("q")
         counts = sorted(Counter(query).items(), key=lambda kv: len(postings.get(kv[0], empty)))
         lists, covered = [], 0
-        for c, k in counts:
+        for c, count in counts:
             lists.append(np.frombuffer(postings.get(c, empty), dtype=np.int64))
-            covered += k
+            covered += count
             if covered >= m - least + 1:
                 break
         candidates = np.unique(np.concatenate(lists))
-        lens = np.frombuffer(self._lens, dtype=np.int64)
+        lens = self._lengths()
         required = need[lens[candidates]]
-        candidates = candidates[required < _NEVER]
+        feasible = required < _NEVER
+        candidates, required = candidates[feasible], required[feasible]
         if len(candidates) == 0:
-            return Verdict(keep=True, nearest=None, mean=math.nan)
+            return keep
         codes = self._codes
         lcs = process.cdist([query], [codes[i] for i in candidates], scorer=LCSseq.similarity,
                             dtype=np.int32, workers=1, score_cutoff=least)[0]
-        over = np.flatnonzero(lcs >= need[lens[candidates]])
+        over = np.flatnonzero(lcs >= required)
         if len(over) == 0:
-            return Verdict(keep=True, nearest=None, mean=math.nan)
+            return keep
         i = int(candidates[over[0]])
-        return Verdict(keep=False, nearest=Match(i, _fmeasure(int(lcs[over[0]]), m, int(lens[i]))),
-                       mean=math.nan)
+        score = _fmeasure(int(lcs[over[0]]), m, int(lens[i]))
+        return Verdict(keep=False, nearest=Match(i, score), mean=math.nan)

@@ -1,0 +1,129 @@
+"""The filter stage: rule reasons, decisions, the CLI and bad input."""
+
+import json
+
+import pytest
+
+from bioinstruct.cli import main
+from bioinstruct.errors import DataError
+from bioinstruct.filter import CandidateFilter, Criteria, FilterConfig, RuleConfig, run
+from bioinstruct.io import read_jsonl
+
+pytestmark = pytest.mark.unit
+
+
+def rec(instruction, input="", output="An answer."):
+    return {"instruction": instruction, "input": input, "output": output}
+
+
+@pytest.mark.parametrize("record, reason", [
+    (rec("   "), "empty_instruction"),
+    (rec("List statins."), "too_short"),
+    (rec(" ".join(["word"] * 151)), "too_long"),
+    (rec("Describe the chest X-ray image of this patient."), "blacklist"),
+    (rec("Plot the Graph of glucose over time."), "blacklist"),
+    (rec("Write a program that computes the BMI of a patient."), "write_a_program"),
+    (rec("- Name the first-line drug for hypertension."), "starts_with_punctuation"),
+    (rec("β-blockers: name two of them please."), "starts_with_non_ascii"),
+    (rec("Name the first-line drug for hypertension.", output="  "), "empty_output"),
+    (rec("Repeat the sentence given in the input.", "Aspirin is an antiplatelet drug.",
+         "Aspirin is an antiplatelet drug."), "output_equals_input"),
+    (rec("Complete the list of loop diuretics below.", "Loop diuretics:"), "ends_with_colon"),
+])
+def test_each_rule_has_its_reason(record, reason):
+    decision = CandidateFilter(Criteria()).decide(record)
+    assert decision["kept"] is False and decision["reason"] == reason
+
+
+def test_blacklist_is_word_bounded_and_presets_differ():
+    f = CandidateFilter(Criteria())
+    assert f.decide(rec("Summarize the imaging findings in plain words."))["kept"]  # 'imaging' != 'image'
+    assert f.decide(rec("Draw conclusions about the study design and its bias."))["kept"]
+    alpaca = CandidateFilter(Criteria(rules=RuleConfig(blacklist="alpaca")))
+    assert alpaca.decide(rec("Draw conclusions about the study design and its bias."))["reason"] == "blacklist"
+
+
+def test_word_bounds_match_alpaca():
+    f = CandidateFilter(Criteria())
+    assert f.decide(rec("Name three loop diuretics."))["kept"]  # 4 words: Alpaca keeps it
+    assert f.decide(rec("Name loop diuretics."))["reason"] == "too_short"  # 3 words: Alpaca drops it
+
+
+def test_duplicates_and_near_duplicates_within_the_stream():
+    f = CandidateFilter(Criteria(), seeds=["Summarize the discharge summary in three sentences."])
+    near = f.decide(rec("Summarize this discharge summary in three sentences."))
+    assert near["reason"] == "rouge_similar"
+    assert near["nearest"]["instruction"] == "Summarize the discharge summary in three sentences."
+    assert near["nearest"]["score"] > 0.7
+    first = f.decide(rec("Which antibiotic treats community-acquired pneumonia in adults?"))
+    assert first["kept"] and "mean_similarity" in first
+    assert f.decide(rec("Which antibiotic treats community-acquired pneumonia in adults?"))["reason"] == "duplicate"
+    # The same instruction with another input is not a duplicate, but is too similar.
+    other = f.decide(rec("Which antibiotic treats community-acquired pneumonia in adults?", "Allergic to penicillin."))
+    assert other["reason"] == "rouge_similar"
+
+
+def test_seeds_only_pool_does_not_grow():
+    f = CandidateFilter(Criteria(pool_growth="seeds"))
+    assert f.decide(rec("Which antibiotic treats community-acquired pneumonia in adults?"))["kept"]
+    assert f.decide(rec("Which antibiotic treats community-acquired pneumonia in children?"))["kept"]
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_cli_writes_kept_in_order_decisions_and_summary(tmp_path, capsys):
+    cands = write_jsonl(tmp_path / "cands.jsonl", [
+        rec("Explain what an HbA1c of 9% means for a patient with diabetes."),
+        rec("Explain what an HbA1c of 9 % means for a patient with diabetes."),
+        rec("List statins."),
+        rec("Extract every drug name and dose from the medication list.", "metformin 500 mg", "metformin: 500 mg"),
+    ])
+    pool = write_jsonl(tmp_path / "seeds.jsonl", [{"id": "s1", "instruction": "Translate the note into Spanish.",
+                                                  "instances": []}])
+    out = tmp_path / "run" / "filter" / "kept.jsonl"
+    assert main(["filter", "--in", str(cands), "--out", str(out), "--pool", str(pool), "--threshold", "0.7"]) == 0
+    table = capsys.readouterr().out
+    assert "rouge_similar" in table and "too_short" in table and "kept 2 of 4" in table
+    kept = read_jsonl(out)
+    assert [k["instruction"][:7] for k in kept] == ["Explain", "Extract"]
+    decisions = read_jsonl(out.with_name("decisions.jsonl"))
+    assert [d["reason"] for d in decisions] == [None, "rouge_similar", "too_short", None]
+    assert decisions[1]["nearest"]["instruction"].startswith("Explain what an HbA1c")
+    summary = json.loads((out.parent / "summary.json").read_text())
+    assert summary == {"candidates": 4, "kept": 2, "pool_seeds": 1,
+                       "reasons": {"kept": 2, "too_short": 1, "rouge_similar": 1}}
+    assert json.loads((out.parent / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_json_list_input_like_the_released_dataset(tmp_path):
+    data = tmp_path / "biomed_instruct_25k.json"
+    data.write_text(json.dumps([rec("Explain what an HbA1c of 9% means for a patient with diabetes."),
+                                {"instruction": "Name three loop diuretics.", "output": "furosemide"}]))
+    m = run(FilterConfig(input=str(data), output=str(tmp_path / "f" / "kept.jsonl")))
+    assert m["summary"]["kept"] == 2
+    assert read_jsonl(tmp_path / "f" / "kept.jsonl")[1]["input"] == ""
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"instruction": "a b c d", "input": "", "output": "x"}\n{"instruction": "a b c d e"\n',
+     r"cands.jsonl:2: invalid JSON"),
+    ('{"instruction": "a b c d", "input": "", "output": "x"}\n\n{"input": "", "output": "x"}\n',
+     r"cands.jsonl:3: record has no 'instruction'"),
+    ('{"instruction": "a b c d", "input": 3, "output": "x"}\n', r"cands.jsonl:1: 'input' must be a string"),
+    ('["a", "b"]\n', r"cands.jsonl:1: expected a JSON object"),
+])
+def test_malformed_input_names_file_and_line_and_writes_nothing(tmp_path, content, message):
+    cands = tmp_path / "cands.jsonl"
+    cands.write_text(content)
+    out = tmp_path / "f" / "kept.jsonl"
+    with pytest.raises(DataError, match=message):
+        run(FilterConfig(input=str(cands), output=str(out)))
+    assert not out.parent.exists()
+
+
+def test_missing_input_is_a_clear_cli_error(capsys):
+    assert main(["filter"]) == 2
+    assert "no input: give --in FILE" in capsys.readouterr().err
