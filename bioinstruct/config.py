@@ -78,9 +78,12 @@ class _Builder:
     root: type
     sources: _Sources
 
-    def build(self, cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    def build(self, cls: type[T], data: dict[str, Any], prefix: str = "", default: Any = None) -> T:
+        """``cls`` from ``data`` on top of ``default`` (the enclosing config's value for this
+        section, so ``generate.llm.base_url=X`` keeps generate's own ``llm`` defaults)."""
         hints = _hints(cls)
-        kwargs = {}
+        kwargs = ({f.name: getattr(default, f.name) for f in dataclasses.fields(cls)}
+                  if isinstance(default, cls) else {})
         for name, value in data.items():
             key = prefix + str(name)
             if name not in {f.name for f in dataclasses.fields(cls)}:
@@ -89,7 +92,7 @@ class _Builder:
                 hint = closest_key(key, _all_keys(self.root))
                 suggestion = f" (closest valid key: '{hint}')" if hint else ""
                 raise ConfigError(f"{self.sources[key]}: unknown key '{key}'{suggestion}")
-            kwargs[name] = self.coerce(value, hints[name], key)
+            kwargs[name] = self.coerce(value, hints[name], key, kwargs.get(name))
         for f in dataclasses.fields(cls):
             no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             if no_default and f.name not in kwargs:
@@ -101,7 +104,7 @@ class _Builder:
             section = prefix.rstrip(".") or "config"
             raise ConfigError(f"{self.sources[section]}: {section}: {e}") from None
 
-    def coerce(self, value: Any, tp: Any, key: str) -> Any:
+    def coerce(self, value: Any, tp: Any, key: str, default: Any = None) -> Any:
         """Check ``value`` against the annotation ``tp``; return it in canonical form."""
 
         def fail() -> typing.NoReturn:
@@ -140,7 +143,7 @@ class _Builder:
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
                 fail()
-            return self.build(tp, value, key + ".")
+            return self.build(tp, value, key + ".", default)
         if tp is bool:
             if isinstance(value, bool):
                 return value
@@ -162,6 +165,13 @@ class _Builder:
                 return str(value)
             fail()
         raise TypeError(f"unsupported config annotation {tp!r} for key '{key}'")
+
+
+def _default_instance(cls: type) -> Any:
+    try:
+        return cls()
+    except (TypeError, ValueError):  # required keys: nothing to start from
+        return None
 
 
 def _yaml_key_lines(path: Path) -> dict[str, int]:
@@ -242,7 +252,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
         sources[key] = f"override '{text}'"
         if isinstance(value, dict):
             sources.update({f"{key}.{k}": f"override '{text}'" for k in _flatten(value)})
-    return _Builder(cls, sources).build(cls, tree)
+    return _Builder(cls, sources).build(cls, tree, default=_default_instance(cls))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -57,6 +57,18 @@ def test_defaults_file_then_overrides(tmp_path):
     assert cfg.run_name is None
 
 
+@dataclasses.dataclass
+class Stage:
+    lora: Lora = dataclasses.field(default_factory=lambda: Lora(r=64, target_modules=["o_proj"]))
+
+
+def test_override_inside_a_section_keeps_the_sections_own_defaults(tmp_path):
+    cfg = load_config(Stage, None, ["lora.alpha=8"])
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.target_modules) == (64, 8, ["o_proj"])
+    cfg = load_config(Stage, write(tmp_path, "lora:\n  dropout: 0.1\n"))
+    assert (cfg.lora.r, cfg.lora.dropout) == (64, 0.1)
+
+
 def test_int_accepted_for_float_and_number_for_str():
     cfg = load_config(Cfg, None, ["lr=1", "model=2024"])
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float)

@@ -198,23 +198,24 @@ def test_client_retries_ride_out_rate_limits(serve):
 
 
 def test_requests_per_minute_enforced(serve):
-    server = serve(requests_per_minute=30)
+    server = serve(requests_per_minute=10)
     client = client_for(server)
     raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=HELLO)
-    assert raw.headers["x-ratelimit-limit-requests"] == "30"
-    assert raw.headers["x-ratelimit-remaining-requests"] == "29"
+    assert raw.headers["x-ratelimit-limit-requests"] == "10"
+    assert raw.headers["x-ratelimit-remaining-requests"] == "9"
     ok, limited = 1, None
-    for _ in range(40):
+    for _ in range(15):
         try:
             ask(client)
             ok += 1
         except openai.RateLimitError as err:
             limited = err
             break
-    assert ok == 30 and limited is not None
+    assert ok == 10 and limited is not None  # the whole minute's budget, then no more
     retry_after = float(limited.response.headers["retry-after"])
-    assert 1.0 < retry_after <= 2.0  # one request's worth of a 30/minute refill
+    assert 3.0 < retry_after <= 6.0  # one request's worth of a 10/minute refill
     assert limited.response.headers["x-ratelimit-remaining-requests"] == "0"
+    assert server.stats.outcomes == {"ok": 10, "rate_limited": 1}
 
 
 def test_tokens_per_minute_enforced(serve):
@@ -298,6 +299,9 @@ def test_raw_http_keep_alive_and_chunked_bodies(serve):
                  headers={"Content-Type": "application/json"}, encode_chunked=True)
     response = conn.getresponse()
     assert response.status == 200 and json.loads(response.read())["choices"]
+    conn.request("PUT", "/v1/files", body=b"{}")
+    response = conn.getresponse()
+    assert response.status == 404 and json.loads(response.read())["error"]["message"] == "Invalid URL (PUT /v1/files)"
     conn.close()
 
 

@@ -22,14 +22,15 @@ Two uses:
        python -m bioinstruct.testing.openai_server --port 8000 --latency 0.2 --rpm 500 \\
            --fault-rate-limit 0.05 --fault-server-error 0.01
 
-       # in another shell: the openai client reads both variables; any key works
-       # unless the server was started with --api-key
-       export OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_API_KEY=sk-local
-       bioinstruct generate ...
+       # in another shell; any key works unless the server was started with --api-key
+       OPENAI_API_KEY=sk-local bioinstruct generate run_dir=runs/rehearsal \
+           llm.base_url=http://127.0.0.1:8000/v1 target=200
 
-   (or set the generate config's ``base_url`` to ``http://127.0.0.1:8000/v1``). Ctrl-C
-   stops the server and prints what it served. ``--responder pkg.module:function``
-   plugs in a function ``(request_body: dict) -> str`` for realistic answers.
+   (any other program using the ``openai`` client: ``OPENAI_BASE_URL=http://127.0.0.1:8000/v1``).
+   Ctrl-C (or SIGTERM) stops the server and prints what it served. ``--port 0`` picks a
+   free port and prints it. ``--responder pkg.module:function`` plugs in a function
+   ``(request_body: dict) -> str`` for realistic answers (the default echo will not parse
+   as generated tasks).
 
 In Python::
 
@@ -65,6 +66,7 @@ import logging
 import math
 import random
 import re
+import signal
 import socket
 import sys
 import threading
@@ -426,13 +428,19 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._serve()
 
+    do_PUT = do_PATCH = do_DELETE  # only to answer them with the API's JSON 404, not http.server's HTML 501
+
     def _serve(self) -> None:
         # Read the whole body first, whatever the answer: bytes left unread would be parsed
         # as the next request on this keep-alive connection.
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            body = _read_chunked(self.rfile)
-        else:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                body = _read_chunked(self.rfile)
+            else:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        except ValueError:
+            self.send_error(400, "Bad Content-Length or chunk size")  # also closes: the framing is lost
+            return
         headers = {k: v for k, v in self.headers.items()}
         reply = self.server.app._handle(self.command, self.path, headers, body)
         if reply.drop:
@@ -664,6 +672,8 @@ class OpenAIServer:
         if wait:
             self._count("rate_limited")
             return self._rate_limited(wait, limit_headers)
+        # Faults are drawn after admission: a request that fails still used its slot, as an
+        # answered-with-an-error request does on the real API.
         with self._lock:
             fault = self._draw(self._rng, self.faults)
             jitter = self._rng.random()
@@ -1052,12 +1062,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="probability that a request inside a batch fails with a 500")
     parser.add_argument("--batch-expire", action="store_true", help="batches expire half-way")
     args = parser.parse_args(argv)
-    faults = Faults(seed=args.seed, slow_seconds=args.slow_seconds, retry_after=args.retry_after,
-                    **{kind: getattr(args, f"fault_{kind}") for kind in Faults.KINDS})
+    try:
+        faults = Faults(seed=args.seed, slow_seconds=args.slow_seconds, retry_after=args.retry_after,
+                        **{kind: getattr(args, f"fault_{kind}") for kind in Faults.KINDS})
+    except ValueError as exc:
+        parser.error(str(exc))
     server = OpenAIServer(_load_responder(args.responder) if args.responder else None, faults,
                           batch_faults=BatchFaults(args.batch_request_error, args.batch_expire, seed=args.seed),
                           latency=args.latency, requests_per_minute=args.rpm, tokens_per_minute=args.tpm,
                           api_key=args.api_key, batch_delay=args.batch_delay, host=args.host, port=args.port)
+    if threading.current_thread() is threading.main_thread():
+        # A shell starts background jobs with SIGINT ignored, and batch schedulers stop jobs
+        # with SIGTERM: both should end in the same clean shutdown and summary as Ctrl-C.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.default_int_handler)
     with server:
         print(f"serving the OpenAI protocol at {server.base_url} (Ctrl-C stops)", flush=True)
         try:
