@@ -372,6 +372,7 @@ class Engine:
                              timeout=self.cfg.timeout, max_retries=0)
         limiter = RateLimiter(self.cfg.requests_per_minute, self.cfg.tokens_per_minute)
         in_flight: dict[asyncio.Task, Request] = {}
+        self._on_the_wire: set[str] = set()
         stop: str | None = None
         try:
             while True:
@@ -392,12 +393,20 @@ class Engine:
                 finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 for task in finished:
                     request = in_flight.pop(task)
+                    if task.cancelled():
+                        continue
                     outcome = task.result()
                     if isinstance(outcome, dict):
                         if on_response(outcome) and stop is None:
                             stop = "done"
                     else:
                         self.fail(request, *outcome)
+                if stop is not None:
+                    # Requests still queued for the rate limiter cost nothing yet: drop them.
+                    # Those on the wire are awaited, so their paid answers get recorded.
+                    for task, request in in_flight.items():
+                        if request.id not in self._on_the_wire:
+                            task.cancel()
                 self.ledger.save()
         finally:
             for task in in_flight:
@@ -415,11 +424,12 @@ class Engine:
         error = ""
         for attempt in range(1, self.cfg.max_attempts + 1):
             await limiter.acquire(tokens)
+            self._on_the_wire.add(request.id)
             try:
                 response = await client.chat.completions.create(
                     model=self.cfg.model, messages=request.messages, **self.cfg.sampling())
-                if not response.choices:
-                    raise EmptyResponse("the response has no choices")
+                if not getattr(response, "choices", None):
+                    raise EmptyResponse("the response has no choices (or is not a chat completion)")
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError,
                     openai.BadRequestError) as e:
                 raise ApiFatal(f"the API refused the request: {describe(e)}") from None
@@ -432,6 +442,7 @@ class Engine:
                     limiter.pause(wait)
                 else:
                     wait = random.uniform(0, min(self.cfg.backoff_max, self.cfg.backoff_base * 2 ** (attempt - 1)))
+                self._on_the_wire.discard(request.id)
                 if attempt < self.cfg.max_attempts:
                     await asyncio.sleep(wait)
                 continue
