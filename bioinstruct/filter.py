@@ -34,7 +34,7 @@ from .errors import ConfigError
 from .io import atomic_write_json, write_jsonl
 from .progress import progress
 from .records import read_records
-from .rougel import RougeLPool
+from .rougel import TOKENIZERS, RougeLPool
 from .rundir import run_stage
 from .table import format_table
 
@@ -46,6 +46,8 @@ ALPACA_BLACKLIST = ["image", "images", "graph", "graphs", "picture", "pictures",
                     "map", "maps", "draw", "plot", "go to", "video", "audio", "music",
                     "flowchart", "diagram"]
 BLACKLISTS = {"paper": PAPER_BLACKLIST, "alpaca": ALPACA_BLACKLIST, "none": []}
+
+CHUNK = 1024  # candidates per progress-bar step; decisions do not depend on it
 
 REASONS = ["empty_instruction", "too_short", "too_long", "blacklist", "write_a_program",
            "starts_with_punctuation", "starts_with_non_ascii", "empty_output", "output_equals_input",
@@ -80,6 +82,8 @@ class Criteria:
     threshold: float = 0.7  # reject when max ROUGE-L F against the pool is > threshold
     pool_growth: Literal["seeds+accepted", "seeds"] = "seeds+accepted"
     top_k: int = 10  # most similar pool instructions recorded for kept candidates
+    # rouge-score's (the reference), or "unicode", which keeps Greek letters and accents.
+    tokenizer: Literal["rouge-score", "unicode"] = "rouge-score"
     rules: RuleConfig = dataclasses.field(default_factory=RuleConfig)
 
     def __post_init__(self):
@@ -101,10 +105,11 @@ class FilterConfig(Criteria):
 
 
 class CandidateFilter:
-    """The decision procedure, one candidate at a time; shared by ``filter`` and ``generate``.
+    """The decision procedure, shared by ``filter`` and ``generate``.
 
-    ``decide`` returns the decision record and, when the candidate is kept and the pool
-    grows, adds it to the pool, exactly as Alpaca's loop does.
+    Candidates are decided in order; a kept one joins the pool before the next is
+    decided (pool_growth=seeds+accepted, Alpaca's loop). :meth:`decide_many` gives the
+    same decisions as calling :meth:`decide` on each record in turn, ~10x faster.
     """
 
     def __init__(self, criteria: Criteria, seeds: Iterable[str] = ()):
@@ -113,15 +118,13 @@ class CandidateFilter:
         words = BLACKLISTS[rules.blacklist] + rules.extra_blacklist
         self._blacklist = (re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.I)
                            if words else None)
-        self.pool = RougeLPool(threshold=criteria.threshold, top_k=criteria.top_k)
+        self.pool = RougeLPool(threshold=criteria.threshold, top_k=criteria.top_k,
+                               tokenizer=TOKENIZERS[criteria.tokenizer])
         self.pool_texts: list[str] = []
         self._seen: set[tuple[str, str]] = set()
         for text in seeds:
-            self._add_to_pool(text)
-
-    def _add_to_pool(self, instruction: str) -> None:
-        self.pool.add(instruction)
-        self.pool_texts.append(instruction)
+            self.pool.add(text)
+            self.pool_texts.append(text)
 
     def rule_reason(self, record: dict) -> tuple[str, str] | None:
         """The first rule that rejects the record, as (reason code, detail)."""
@@ -152,25 +155,37 @@ class CandidateFilter:
             return "ends_with_colon", "input" if inp.endswith(":") else "output"
         if r.reject_duplicates and (inst, inp) in self._seen:
             return "duplicate", ""
+        self._seen.add((inst, inp))
         return None
 
     def decide(self, record: dict) -> dict:
-        rejected = self.rule_reason(record)
-        if rejected:
-            return {"kept": False, "reason": rejected[0], "detail": rejected[1]}
-        self._seen.add((record["instruction"].strip(), record.get("input", "").strip()))
-        verdict = self.pool.check(record["instruction"])
-        nearest = ({"instruction": self.pool_texts[verdict.nearest.index], "score": verdict.nearest.score}
-                   if verdict.nearest else None)
-        if not verdict.keep:
-            return {"kept": False, "reason": "rouge_similar", "detail": f"> {self.pool.threshold}",
-                    "nearest": nearest}
-        decision = {"kept": True, "reason": None, "nearest": nearest,
-                    "most_similar": {self.pool_texts[m.index]: m.score for m in verdict.top},
-                    "mean_similarity": verdict.mean}
-        if self.grow:
-            self._add_to_pool(record["instruction"])
-        return decision
+        return self.decide_many([record])[0]
+
+    def decide_many(self, records: list[dict]) -> list[dict]:
+        # The rules do not depend on the pool, so they run first; the survivors then go
+        # through the pool in one call, which scores them a block at a time.
+        decisions: list[dict | None] = []
+        survivors: list[int] = []
+        for i, record in enumerate(records):
+            rejected = self.rule_reason(record)
+            decisions.append({"kept": False, "reason": rejected[0], "detail": rejected[1]} if rejected else None)
+            if not rejected:
+                survivors.append(i)
+        texts = [records[i]["instruction"] for i in survivors]
+        verdicts = self.pool.offer_many(texts) if self.grow else [self.pool.check(t) for t in texts]
+        for i, text, verdict in zip(survivors, texts, verdicts):
+            nearest = ({"instruction": self.pool_texts[verdict.nearest.index], "score": verdict.nearest.score}
+                       if verdict.nearest else None)
+            if not verdict.keep:
+                decisions[i] = {"kept": False, "reason": "rouge_similar", "detail": f"> {self.pool.threshold}",
+                                "nearest": nearest}
+                continue
+            decisions[i] = {"kept": True, "reason": None, "nearest": nearest,
+                            "most_similar": {self.pool_texts[m.index]: m.score for m in verdict.top},
+                            "mean_similarity": verdict.mean}
+            if self.grow:  # offer_many added it, at the next index
+                self.pool_texts.append(text)
+        return decisions
 
 
 def pool_instructions(path: str | None) -> list[str]:
@@ -191,11 +206,15 @@ def run(cfg: FilterConfig, *, force: bool = False) -> dict:
     def body(stage_dir: Path) -> dict:
         filt = CandidateFilter(cfg, seeds)
         kept, decisions = [], []
-        for i, record in enumerate(progress(candidates, desc="filter", unit="cand")):
-            d = filt.decide(record)
-            decisions.append({"index": i, "instruction": record["instruction"], **d})
-            if d["kept"]:
-                kept.append(record)
+        bar = progress(total=len(candidates), desc="filter", unit="cand")
+        for start in range(0, len(candidates), CHUNK):
+            chunk = candidates[start:start + CHUNK]
+            for i, (record, d) in enumerate(zip(chunk, filt.decide_many(chunk)), start):
+                decisions.append({"index": i, "instruction": record["instruction"], **d})
+                if d["kept"]:
+                    kept.append(record)
+            bar.update(len(chunk))
+        bar.close()
         write_jsonl(out, kept)
         write_jsonl(decisions_path, decisions)
         counts = collections.Counter(d["reason"] or "kept" for d in decisions)

@@ -261,26 +261,34 @@ class Collector:
         """Handle one response; True once the target is reached."""
         accepted_before = self.accepted
         first = self.cfg.num_demos + 1
-        for k, item in enumerate(parse_response(response["content"], first, response["finish_reason"])):
-            if self.accepted >= self.cfg.target:
-                break
-            self.candidates += 1
+        items = parse_response(response["content"], first, response["finish_reason"])
+        parsed = [i for i in items if "reject" not in i]
+        decided = iter(self.filter.decide_many(
+            [{"instruction": i["instruction"], "input": i["input"], "output": i["output"]} for i in parsed]))
+        decisions, accepted = [], []
+        for k, item in enumerate(items):
             cid = f"{response['id']}-{k}"
+            self.candidates += 1
             if "reject" in item:
-                self.decisions.write({"id": cid, "request_id": response["id"], "kept": False,
-                                      "reason": f"parse:{item['reject']}"})
+                decisions.append({"id": cid, "request_id": response["id"], "kept": False,
+                                  "reason": f"parse:{item['reject']}"})
                 continue
-            record = {"instruction": item["instruction"], "input": item["input"], "output": item["output"]}
-            decision = self.filter.decide(record)
-            self.decisions.write({"id": cid, "request_id": response["id"], "instruction": item["instruction"],
-                                  **decision})
+            decision = next(decided)
+            if decision["kept"] and self.accepted >= self.cfg.target:
+                # Kept by the filter (and pooled) but past the target: not an instruction.
+                decision = {"kept": False, "reason": "target_reached"}
+            decisions.append({"id": cid, "request_id": response["id"], "instruction": item["instruction"],
+                              **decision})
             if decision["kept"]:
                 self.accepted += 1
-                self.instructions.write({
-                    "id": cid, **record, "request_id": response["id"],
+                accepted.append({
+                    "id": cid, "instruction": item["instruction"], "input": item["input"],
+                    "output": item["output"], "request_id": response["id"],
                     "demo_seed_ids": response["meta"]["demo_seed_ids"], "model": response["model"],
                     "backend": response["backend"], "params": response["params"], "usage": response["usage"],
                     **({"synthetic": True} if response.get("synthetic") else {})})
+        self.decisions.write_many(decisions)
+        self.instructions.write_many(accepted)
         self.bar.update(self.accepted - accepted_before)
         self.since_accept = 0 if self.accepted > accepted_before else self.since_accept + 1
         if self.since_accept >= self.cfg.stall_after:

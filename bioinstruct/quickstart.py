@@ -7,7 +7,7 @@ It runs every stage that exists so far, each in its own folder of the run direct
 (see README "Run directories"); a second run finds them complete and does nothing.
 Stages still to come (their issues are open) are listed at the end.
 
-Stages, in order (each folder has manifest.json and config.yaml):
+Output (run_dir), one folder per stage, each with manifest.json and config.yaml:
   tiny-model/   tokenizer + LLaMA weights (make-tiny-model)
   generate/     self-instruct with the offline responder (synthetic text, no API key)
   filter/       the standalone filter over the generated instructions, pool = seeds

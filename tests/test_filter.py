@@ -127,3 +127,23 @@ def test_malformed_input_names_file_and_line_and_writes_nothing(tmp_path, conten
 def test_missing_input_is_a_clear_cli_error(capsys):
     assert main(["filter"]) == 2
     assert "no input: give --in FILE" in capsys.readouterr().err
+
+
+def test_decide_many_equals_one_at_a_time():
+    import random
+    rng = random.Random(0)
+    words = "patient dose drug renal acute chronic list explain summarize the of a in note trial".split()
+    records = [rec(" ".join(rng.choice(words) for _ in range(rng.randint(2, 9))), output=rng.choice(["x", ""]))
+               for _ in range(400)]
+    seeds = ["Summarize the note of the patient.", "List the drug dose."]
+    one = CandidateFilter(Criteria(), seeds)
+    many = CandidateFilter(Criteria(), seeds)
+    assert [one.decide(r) for r in records] == many.decide_many(records)
+    assert one.pool_texts == many.pool_texts
+
+
+def test_unicode_tokenizer_sees_greek_letters():
+    a, b = "Name the β-blocker given after the infarction.", "Name the α-blocker given after the infarction."
+    assert CandidateFilter(Criteria(), [a]).decide(rec(b))["reason"] == "rouge_similar"
+    unicode = CandidateFilter(Criteria(tokenizer="unicode", threshold=0.9), [a]).decide(rec(b))
+    assert unicode["kept"] and unicode["nearest"]["score"] < 0.9

@@ -148,17 +148,17 @@ def test_budget_stops_cleanly_and_a_rerun_continues(tmp_path):
 @pytest.mark.integration
 def test_kill_9_at_random_moments_then_rerun_gives_the_uninterrupted_result(tmp_path):
     reference = tmp_path / "ref"
-    run(offline_cfg(reference, target=1500))
+    run(offline_cfg(reference, target=4000))
     expected = (reference / "generate" / "instructions.jsonl").read_bytes()
 
     victim = tmp_path / "victim"
-    cmd = [sys.executable, "-m", "bioinstruct", "generate", f"run_dir={victim}", "target=1500",
+    cmd = [sys.executable, "-m", "bioinstruct", "generate", f"run_dir={victim}", "target=4000",
            "llm.backend=offline"]
-    # A whole run takes ~4 s here; each kill lands somewhere inside one.
+    # A whole run takes ~8 s here; each kill lands somewhere inside one.
     rng = random.Random(0)
     for _ in range(3):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.5, 3.0))
+        time.sleep(rng.uniform(2.0, 4.5))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     partial = read_jsonl(victim / "generate" / "responses.jsonl", allow_torn_tail=True)
