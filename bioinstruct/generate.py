@@ -37,7 +37,7 @@ from .config import add_config_arguments, config_from_args
 from .errors import ConfigError, DataError, StageStopped
 from .filter import Criteria, CandidateFilter
 from .io import JsonlAppender, iter_jsonl_numbered, read_yaml, write_jsonl
-from .llm import Engine, LLMConfig, Request, preflight
+from .llm import Engine, Ledger, LLMConfig, Request, preflight
 from .progress import progress
 from .rundir import run_stage
 
@@ -250,8 +250,8 @@ class Collector:
     """Turns responses into decisions and accepted instructions, in response order."""
 
     def __init__(self, cfg: GenerateConfig, seeds: list[dict], instructions: JsonlAppender,
-                 decisions: JsonlAppender):
-        self.cfg = cfg
+                 decisions: JsonlAppender, ledger: Ledger):
+        self.cfg, self.ledger = cfg, ledger
         self.filter = CandidateFilter(cfg.filter, [s["instruction"] for s in seeds])
         self.instructions, self.decisions = instructions, decisions
         self.accepted = self.candidates = self.since_accept = 0
@@ -289,6 +289,8 @@ class Collector:
                     **({"synthetic": True} if response.get("synthetic") else {})})
         self.decisions.write_many(decisions)
         self.instructions.write_many(accepted)
+        self.bar.set_postfix(requests=self.ledger.requests, tokens=f"{self.ledger.tokens:,}",
+                             cost=f"${self.ledger.cost:.2f}", refresh=False)
         self.bar.update(self.accepted - accepted_before)
         self.since_accept = 0 if self.accepted > accepted_before else self.since_accept + 1
         if self.since_accept >= self.cfg.stall_after:
@@ -320,7 +322,7 @@ def run(cfg: GenerateConfig, *, reparse: bool = False, force: bool = False) -> d
             write_jsonl(stage_dir / name, [])
         with JsonlAppender(stage_dir / "instructions.jsonl") as inst, \
                 JsonlAppender(stage_dir / "decisions.jsonl") as dec:
-            collect = Collector(cfg, seeds, inst, dec)
+            collect = Collector(cfg, seeds, inst, dec, engine.ledger)
             reached = False
             for response in engine.replay():
                 if collect(response):

@@ -152,6 +152,17 @@ def test_batch_api_with_per_request_errors(tmp_path, api_key):
     assert m["summary"]["cost_usd"] == pytest.approx(full / 2, rel=1e-6)
 
 
+def test_expired_batches_resend_what_they_left_undone(tmp_path, api_key):
+    with OpenAIServer(offline_responder, batch_faults=BatchFaults(expire=True, expire_after=0.5),
+                      batch_delay=0.05) as server:
+        cfg = batch_cfg(tmp_path, server, target=20)
+        cfg.num_tasks = 5
+        m = run(cfg)
+    assert m["status"] == "complete"
+    inst, responses = assert_complete_without_duplicates(tmp_path, 20)
+    assert any(r["attempts"] > 1 for r in responses)
+
+
 def test_batch_resumes_polling_after_kill_instead_of_paying_again(tmp_path, api_key):
     with OpenAIServer(offline_responder, batch_delay=3.0) as server:
         cfg = batch_cfg(tmp_path, server, target=5, batch_size=10)
