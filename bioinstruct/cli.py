@@ -41,6 +41,14 @@ VERBS = [
          Reads: an instruction JSONL (a filter output, or biomed_instruct_25k.json).
          Writes (RUN_DIR/classify/): labelled.jsonl (records + category + provenance),
            responses.jsonl (raw LLM answers), usage.json."""),
+    Verb("agreement", "Krippendorff's alpha between label sets; annotation sheets", issue=5,
+         contract="""
+         Reads: --labels a.jsonl b.jsonl [...] (records with id and category).
+         Prints: alpha (nominal), confusion matrix, per-category counts."""),
+    Verb("stats", "the dataset card: sizes, categories, lengths, truncation, similarity", issue=5,
+         contract="""
+         Reads: a labelled (or plain) instruction JSONL.
+         Writes (RUN_DIR/stats/): card.md, stats.json, PNG figures."""),
     Verb("subsets", "write the training subsets for the ablations (categories, data sizes)", issue=5,
          contract="""
          Reads: RUN_DIR/classify/labelled.jsonl (or any labelled JSONL).

@@ -7,7 +7,7 @@ from bioinstruct.cli import VERBS, main
 
 pytestmark = pytest.mark.unit
 
-ISSUE_VERBS = ["generate", "filter", "classify", "subsets", "train", "evaluate", "report", "launch",
+ISSUE_VERBS = ["generate", "filter", "classify", "agreement", "stats", "subsets", "train", "evaluate", "report", "launch",
                "status", "quickstart", "doctor", "make-tiny-model"]
 
 
