@@ -36,25 +36,13 @@ VERBS = [
          module="bioinstruct.generate"),
     Verb("filter", "ROUGE-L near-duplicate and rule filters on any instruction JSONL",
          module="bioinstruct.filter"),
-    Verb("classify", "label each instruction QA / IE / generation / other", issue=5,
-         contract="""
-         Reads: an instruction JSONL (a filter output, or biomed_instruct_25k.json).
-         Writes (RUN_DIR/classify/): labelled.jsonl (records + category + provenance),
-           responses.jsonl (raw LLM answers), usage.json."""),
-    Verb("agreement", "Krippendorff's alpha between label sets; annotation sheets", issue=5,
-         contract="""
-         Reads: --labels a.jsonl b.jsonl [...] (records with id and category).
-         Prints: alpha (nominal), confusion matrix, per-category counts."""),
-    Verb("stats", "the dataset card: sizes, categories, lengths, truncation, similarity", issue=5,
-         contract="""
-         Reads: a labelled (or plain) instruction JSONL.
-         Writes (RUN_DIR/stats/): card.md, stats.json, PNG figures."""),
-    Verb("subsets", "write the training subsets for the ablations (categories, data sizes)", issue=5,
-         contract="""
-         Reads: RUN_DIR/classify/labelled.jsonl (or any labelled JSONL).
-         Writes (RUN_DIR/subsets/<name>/): one dataset per subset (single categories, pairs,
-           all-but-one, all, nested data sizes, size-matched controls) + manifest.json
-           (name, filter, size, seed, sha256)."""),
+    Verb("classify", "label each instruction QA / IE / generation / other", module="bioinstruct.classify"),
+    Verb("agreement", "Krippendorff's alpha between label sets; annotation sheets",
+         module="bioinstruct.agreement"),
+    Verb("stats", "the dataset card: sizes, categories, lengths, truncation, similarity",
+         module="bioinstruct.stats"),
+    Verb("subsets", "write the training subsets for the ablations (categories, data sizes)",
+         module="bioinstruct.subsets"),
     Verb("train", "LoRA instruction tuning with DeepSpeed (one model x one subset)", issue=6,
          contract="""
          Reads: --config configs/train/<family>/<size>_lora.yaml (model path, subset, LoRA,
@@ -136,7 +124,13 @@ def _quiet_deepspeed_on_cpu() -> None:
 def main(argv: list[str] | None = None) -> int:
     _quiet_deepspeed_on_cpu()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse hands key=value overrides written after an option (--in X lora.r=16) back
+    # as unknown: they are overrides all the same.
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not args.verb:
         parser.print_help()
         return 2

@@ -36,14 +36,14 @@ from typing import Any, Iterator
 from .config import add_config_arguments, config_from_args
 from .errors import ConfigError, DataError, StageStopped
 from .filter import Criteria, CandidateFilter
-from .io import JsonlAppender, iter_jsonl_numbered, read_yaml, write_jsonl
+from .io import JsonlAppender, iter_jsonl_numbered, write_jsonl
 from .llm import Engine, Ledger, LLMConfig, Request, preflight
 from .progress import progress
+from .prompts import PromptTemplate
 from .rundir import run_stage
 
 DATA = Path(__file__).parent / "data"
 DEFAULT_SEEDS = DATA / "seed_tasks.jsonl"
-DEFAULT_TEMPLATE = DATA / "prompts" / "generate.yaml"
 CATEGORIES = ("qa", "ie", "generation", "other")
 
 
@@ -101,36 +101,20 @@ def load_seeds(path: str | Path | None) -> list[dict]:
     return seeds
 
 
-@dataclasses.dataclass
-class PromptTemplate:
-    system: str
-    user: str
-    sha256: str
+def load_template(path: str | None) -> PromptTemplate:
+    return PromptTemplate.load(path, "generate.yaml", ("tasks",))
 
-    @classmethod
-    def load(cls, path: str | Path | None) -> "PromptTemplate":
-        path = Path(path) if path else DEFAULT_TEMPLATE
-        if not path.exists():
-            raise ConfigError(f"prompt_template: {path} not found")
-        data = read_yaml(path)
-        if not isinstance(data, dict) or not isinstance(data.get("user"), str):
-            raise ConfigError(f"{path}: a prompt template needs a 'user' message (and may have 'system')")
-        if "{tasks}" not in data["user"]:
-            raise ConfigError(f"{path}: the 'user' message must contain the placeholder {{tasks}}")
-        return cls(data.get("system") or "", data["user"],
-                   hashlib.sha256(path.read_bytes()).hexdigest()[:16])
 
-    def messages(self, demos: list[dict], num_tasks: int) -> list[dict[str, str]]:
-        blocks = []
-        for n, demo in enumerate(demos, 1):
-            instance = demo["instances"][0]
-            blocks.append(f"###\n{n}. Instruction: {demo['instruction'].strip()}\n"
-                          f"{n}. Input:\n{instance.get('input', '').strip() or '<noinput>'}\n"
-                          f"{n}. Output:\n{instance['output'].strip()}\n")
-        blocks.append(f"###\n{len(demos) + 1}. Instruction:")
-        user = self.user.replace("{num_tasks}", str(num_tasks)).replace("{tasks}", "".join(blocks))
-        system = [{"role": "system", "content": self.system}] if self.system else []
-        return system + [{"role": "user", "content": user}]
+def prompt_messages(template: PromptTemplate, demos: list[dict], num_tasks: int) -> list[dict[str, str]]:
+    """The self-instruct prompt: numbered demos, then the next number for the model to continue."""
+    blocks = []
+    for n, demo in enumerate(demos, 1):
+        instance = demo["instances"][0]
+        blocks.append(f"###\n{n}. Instruction: {demo['instruction'].strip()}\n"
+                      f"{n}. Input:\n{instance.get('input', '').strip() or '<noinput>'}\n"
+                      f"{n}. Output:\n{instance['output'].strip()}\n")
+    blocks.append(f"###\n{len(demos) + 1}. Instruction:")
+    return template.messages(num_tasks=str(num_tasks), tasks="".join(blocks))
 
 
 def demo_indices(cfg: GenerateConfig, n_seeds: int, i: int) -> list[int]:
@@ -302,13 +286,13 @@ class Collector:
 def requests(cfg: GenerateConfig, seeds: list[dict], template: PromptTemplate) -> Iterator[Request]:
     for i in itertools.count():
         demos = [seeds[j] for j in demo_indices(cfg, len(seeds), i)]
-        yield Request(f"gen-{i:07d}", template.messages(demos, cfg.num_tasks),
+        yield Request(f"gen-{i:07d}", prompt_messages(template, demos, cfg.num_tasks),
                       {"demo_seed_ids": [d["id"] for d in demos], "template_sha256": template.sha256})
 
 
 def run(cfg: GenerateConfig, *, reparse: bool = False, force: bool = False) -> dict:
     seeds = load_seeds(cfg.seed_tasks)
-    template = PromptTemplate.load(cfg.prompt_template)
+    template = load_template(cfg.prompt_template)
     if cfg.num_demos > len(seeds):
         raise ConfigError(f"num_demos={cfg.num_demos} but the seed file has {len(seeds)} tasks")
     if not reparse:

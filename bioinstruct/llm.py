@@ -401,7 +401,7 @@ class Engine:
                             stop = "done"
                     else:
                         self.fail(request, *outcome)
-                if stop is not None:
+                if stop is not None and stop != "exhausted":
                     # Requests still queued for the rate limiter cost nothing yet: drop them.
                     # Those on the wire are awaited, so their paid answers get recorded.
                     for task, request in in_flight.items():

@@ -11,6 +11,8 @@ Output (run_dir), one folder per stage, each with manifest.json and config.yaml:
   tiny-model/   tokenizer + LLaMA weights (make-tiny-model)
   generate/     self-instruct with the offline responder (synthetic text, no API key)
   filter/       the standalone filter over the generated instructions, pool = seeds
+  classify/     categories from the offline rule-based classifier
+  subsets/      the ablation subsets (categories, pairs, sizes, size-matched)
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import dataclasses
 import time
 from pathlib import Path
 
+from . import classify, generate, subsets
 from . import filter as filter_stage
-from . import generate
 from .config import add_config_arguments, config_from_args
 from .llm import LLMConfig
 from .tiny_model import TinyModelConfig, make_tiny_model
@@ -37,10 +39,11 @@ class QuickstartConfig:
     tiny_model: TinyModelConfig = dataclasses.field(default_factory=TinyModelConfig)
     # generate.run_dir is ignored: every stage writes under run_dir.
     generate: generate.GenerateConfig = dataclasses.field(default_factory=_offline_generation)
+    subset_sizes: list[int] = dataclasses.field(default_factory=lambda: [20, 40])
 
 
 # Verbs whose issues have not landed; the quickstart grows as each one does.
-NOT_YET = ["classify", "subsets", "train", "evaluate", "report"]
+NOT_YET = ["train", "evaluate", "report"]
 
 
 def run(cfg: QuickstartConfig, *, force: bool = False) -> dict[str, dict]:
@@ -56,6 +59,10 @@ def run(cfg: QuickstartConfig, *, force: bool = False) -> dict[str, dict]:
         output=str(run_dir / "filter" / "kept.jsonl"),
         pool=gen.seed_tasks or str(generate.DEFAULT_SEEDS))
     manifests["filter"] = filter_stage.run(filt, force=force)
+    manifests["classify"] = classify.run(
+        classify.ClassifyConfig(run_dir=str(run_dir), llm=LLMConfig(backend="offline")), force=force)
+    manifests["subsets"] = subsets.run(
+        subsets.SubsetsConfig(run_dir=str(run_dir), sizes=cfg.subset_sizes), force=force)
     print(f"quickstart: {len(manifests)} stage(s) complete in {run_dir} "
           f"({time.perf_counter() - t0:.1f} s)")
     for name, m in manifests.items():

@@ -7,6 +7,7 @@ data) and names the file and line (or record) of the first bad one, before any w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -34,8 +35,9 @@ def _check(record: Any, where: str, required: tuple[str, ...]) -> dict:
 
 def read_records(path: str | os.PathLike, required: tuple[str, ...] = ("instruction", "output")) -> list[dict]:
     """All records of a JSONL or JSON-list file; a missing ``input`` means "" (as in
-    Alpaca data). Raises DataError at the first malformed record."""
-    path = Path(path)
+    Alpaca data). ``hf://OWNER/DATASET/FILE`` reads from the hub (see :func:`resolve_input`).
+    Raises DataError at the first malformed record."""
+    path = resolve_input(str(path))
     if not path.exists():
         raise DataError(f"{path}: no such file")
     if path.suffix == ".json":
@@ -54,3 +56,34 @@ def read_records(path: str | os.PathLike, required: tuple[str, ...] = ("instruct
         record.setdefault("input", "")
         records.append(record)
     return records
+
+
+def record_id(record: dict) -> str:
+    """A record's id: its own ``id``, else a hash of instruction and input, so the same
+    instruction keeps its id across files, orders and re-runs (what label sets join on)."""
+    if record.get("id") is not None:
+        return str(record["id"])
+    digest = hashlib.sha256((record["instruction"] + "\0" + record.get("input", "")).encode()).hexdigest()
+    return f"sha:{digest[:16]}"
+
+
+HUB_PREFIX = "hf://"
+RELEASED = "hf://bio-nlp-umass/bioinstruct/biomed_instruct_25k.json"
+
+
+def resolve_input(spec: str) -> Path:
+    """A local path for ``spec``: a file, or ``hf://OWNER/DATASET/FILE`` downloaded from
+    the Hugging Face hub (when online; cached in HF_HOME, never in $HOME on clusters
+    that set it). The released BioInstruct data is ``hf://bio-nlp-umass/bioinstruct/biomed_instruct_25k.json``."""
+    if not spec.startswith(HUB_PREFIX):
+        return Path(spec)
+    parts = spec[len(HUB_PREFIX):].split("/", 2)
+    if len(parts) != 3:
+        raise DataError(f"{spec}: a hub input is hf://OWNER/DATASET/FILE")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id=f"{parts[0]}/{parts[1]}", filename=parts[2], repo_type="dataset"))
+    except Exception as e:  # noqa: BLE001 - offline, gated, missing: all mean "bring the file"
+        raise DataError(f"{spec}: could not download it ({type(e).__name__}); on a machine without "
+                        f"internet download {parts[2]} elsewhere and pass its path instead") from None

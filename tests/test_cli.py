@@ -63,3 +63,14 @@ def test_doctor_never_prints_the_key():
     assert out.returncode == 0, out.stderr
     assert "set (value hidden)" in out.stdout and "torch build" in out.stdout
     assert secret not in out.stdout + out.stderr
+
+
+def test_overrides_may_follow_options(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["filter", "--in", "x.jsonl", "threshold=0.5", "--out", "y.jsonl", "rules.min_instruction_words=2",
+              "--print-config"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "threshold: 0.5" in out and "min_instruction_words: 2" in out and "input: x.jsonl" in out
+    with pytest.raises(SystemExit):
+        main(["filter", "--in", "x.jsonl", "--bogus"])

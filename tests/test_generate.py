@@ -11,8 +11,8 @@ import time
 import pytest
 
 from bioinstruct.errors import ConfigError, DataError, StageStopped
-from bioinstruct.generate import (GenerateConfig, PromptTemplate, load_seeds, offline_responder,
-                                  parse_response, run)
+from bioinstruct.generate import (GenerateConfig, load_seeds, load_template, offline_responder,
+                                  parse_response, prompt_messages, run)
 from bioinstruct.io import read_jsonl
 from bioinstruct.rundir import read_manifest
 
@@ -90,9 +90,8 @@ def test_template_must_have_the_tasks_placeholder(tmp_path):
     t = tmp_path / "t.yaml"
     t.write_text("user: Write {num_tasks} tasks.\n")
     with pytest.raises(ConfigError, match="placeholder"):
-        PromptTemplate.load(t)
-    template = PromptTemplate.load(None)
-    messages = template.messages(load_seeds(None)[:3], 20)
+        load_template(str(t))
+    messages = prompt_messages(load_template(None), load_seeds(None)[:3], 20)
     assert [m["role"] for m in messages] == ["system", "user"]
     user = messages[1]["content"]
     assert "set of 20 diverse" in user and user.endswith("###\n4. Instruction:")
@@ -100,7 +99,7 @@ def test_template_must_have_the_tasks_placeholder(tmp_path):
 
 
 def test_offline_responder_answers_in_the_numbered_format():
-    messages = PromptTemplate.load(None).messages(load_seeds(None)[:3], 8)
+    messages = prompt_messages(load_template(None), load_seeds(None)[:3], 8)
     text = offline_responder({"messages": messages})
     assert text == offline_responder({"messages": messages})  # deterministic
     items = parse_response(text, 4, "stop")
