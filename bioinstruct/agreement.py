@@ -36,16 +36,14 @@ from typing import Any, Hashable, Iterator, Sequence
 
 import numpy as np
 
-from .classify import CATEGORIES
 from .config import add_config_arguments, config_from_args
 from .errors import ConfigError, DataError, UserError
 from .io import atomic_open, atomic_write_json, atomic_write_text, iter_jsonl_numbered
 from .prompts import PromptTemplate
-from .records import read_records, record_id
+from .records import CATEGORIES, LABELS, UNKNOWN, read_records, record_id
 from .table import format_table
 
-UNKNOWN = "unknown"  # classify's label for an answer that named no category
-VALID = (*CATEGORIES, UNKNOWN)
+
 PAPER_ALPHA = 0.83  # GPT-4 vs human annotators, Tran et al. 2024
 SHEET_TEXT = ("instruction", "input", "output")
 # Excel runs a cell starting with one of these as a formula (a bullet list "- aspirin"
@@ -135,9 +133,9 @@ def _label(value: Any, where: str, label_key: str) -> str | None:
     label = value.strip().lower()
     if not label:
         return None
-    if label not in VALID:
-        closest = difflib.get_close_matches(label, VALID, n=1, cutoff=0.0)[0]
-        raise DataError(f"{where}: {label_key} '{value}' is not one of {', '.join(VALID)} "
+    if label not in LABELS:
+        closest = difflib.get_close_matches(label, LABELS, n=1, cutoff=0.0)[0]
+        raise DataError(f"{where}: {label_key} '{value}' is not one of {', '.join(LABELS)} "
                         f"(closest valid label: '{closest}')")
     return label
 
@@ -226,7 +224,7 @@ def agreement_report(sets: Sequence[LabelSet]) -> dict:
         "ids_in_one_set": sum(1 for uid in ids if sum(uid in s.labels for s in sets) == 1),
         "unknown_labels": sum(s.counts[UNKNOWN] for s in sets),
         "sets": [{"path": s.path, "records": len(s.labels),
-                  "counts": {c: s.counts[c] for c in (*VALID, "blank")}} for s in sets],
+                  "counts": {c: s.counts[c] for c in (*LABELS, "blank")}} for s in sets],
     }
     if len(sets) == 2:
         matrix = [[0] * len(CATEGORIES) for _ in CATEGORIES]
@@ -248,7 +246,7 @@ def format_report(report: dict) -> str:
              f"units (ids): {report['units']}   pairable (labelled in 2+ sets): {report['pairable_units']}   "
              f"in one set only: {report['ids_in_one_set']}   unknown labels: {report['unknown_labels']}",
              "",
-             format_table(["labels", *VALID, "blank", "records"],
+             format_table(["labels", *LABELS, "blank", "records"],
                           [(s["path"], *s["counts"].values(), s["records"]) for s in report["sets"]])]
     if "confusion" in report:
         confusion = report["confusion"]

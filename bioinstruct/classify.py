@@ -36,12 +36,10 @@ from .io import atomic_write_json, write_jsonl
 from .llm import Engine, LLMConfig, Request, preflight
 from .progress import progress
 from .prompts import PromptTemplate
-from .records import read_records, record_id
+from .records import CATEGORIES, PAPER_SHARES, UNKNOWN, read_records, record_id
 from .rundir import run_stage
 from .table import format_table
 
-CATEGORIES = ("qa", "ie", "generation", "other")
-PAPER_SHARES = {"qa": 22.8, "ie": 33.8, "generation": 33.5, "other": 10.0}
 REMINDER = "Answer with exactly one word: qa, ie, generation or other."
 INPUT_PREVIEW = 600  # characters of the input shown; the task type is in the instruction
 
@@ -160,13 +158,13 @@ def run(cfg: ClassifyConfig, *, force: bool = False) -> dict:
         for rid, record in zip(ids, records):
             response = answers.get(rid)
             labelled.append({**record, "id": rid,
-                             "category": parse_label(response["content"]) if response else "unknown",
+                             "category": parse_label(response["content"]) if response else UNKNOWN,
                              "classified_by": {"model": response["model"] if response else None,
                                                "backend": cfg.llm.backend, "prompt_sha256": template.sha256,
                                                "response_id": response["id"] if response else None}})
         write_jsonl(stage_dir / "labelled.jsonl", labelled)
         counts = collections.Counter(r["category"] for r in labelled)
-        summary = {"instructions": len(labelled), "counts": {c: counts[c] for c in (*CATEGORIES, "unknown")},
+        summary = {"instructions": len(labelled), "counts": {c: counts[c] for c in (*CATEGORIES, UNKNOWN)},
                    "shares_percent": {c: round(100 * counts[c] / max(len(labelled), 1), 1) for c in CATEGORIES},
                    "paper_shares_percent": PAPER_SHARES, "usage": engine.ledger.snapshot()}
         atomic_write_json(stage_dir / "summary.json", summary)

@@ -40,11 +40,11 @@ from .io import JsonlAppender, iter_jsonl_numbered, write_jsonl
 from .llm import Engine, Ledger, LLMConfig, Request, preflight
 from .progress import progress
 from .prompts import PromptTemplate
+from .records import CATEGORIES
 from .rundir import run_stage
 
 DATA = Path(__file__).parent / "data"
 DEFAULT_SEEDS = DATA / "seed_tasks.jsonl"
-CATEGORIES = ("qa", "ie", "generation", "other")
 
 
 @dataclasses.dataclass

@@ -17,6 +17,11 @@ from .errors import DataError
 from .io import iter_jsonl_numbered
 
 FIELDS = ("instruction", "input", "output")
+# The paper's four task categories; classify writes "unknown" when the model never gave one.
+CATEGORIES = ("qa", "ie", "generation", "other")
+UNKNOWN = "unknown"
+LABELS = (*CATEGORIES, UNKNOWN)
+PAPER_SHARES = {"qa": 22.8, "ie": 33.8, "generation": 33.5, "other": 10.0}  # percent, Figure 1A
 
 
 def _check(record: Any, where: str, required: tuple[str, ...]) -> dict:

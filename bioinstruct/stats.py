@@ -20,9 +20,10 @@ Output (RUN_DIR/stats/), each file written atomically; manifest.json and config.
 Token lengths are those of the full Alpaca training prompt (instruction, input, response)
 plus EOS; for each max_length the card gives the share of examples longer than it, of tokens
 cut off, and of examples whose prompt alone fills it, so that no response token is trained
-on. Nearest-neighbour similarity is exact (see :func:`nearest_other`); above
-similarity_sample instructions a seeded random sample of them is scored, each against all
-the others. A complete card with the same config is not recomputed.
+on. The similarity of an instruction to its nearest other one is exact (rouge-score's ROUGE-L
+F against every other instruction, not an estimate); above similarity_sample instructions a
+seeded random sample of them is scored, each still against all the others. A complete card
+with the same config is not recomputed.
 """
 
 from __future__ import annotations
@@ -111,8 +112,9 @@ def category_counts(records: list[dict]) -> dict[str, int] | None:
 
 
 def training_prompt(record: dict) -> str:
-    """The Alpaca prompt up to the response (what the trainer masks out of the loss)."""
-    template = PROMPT_INPUT if record["input"].strip() else PROMPT_NO_INPUT
+    """The Alpaca prompt up to the response (what the trainer masks out of the loss); like
+    Alpaca's train.py, any non-empty input, even blank, takes the input template."""
+    template = PROMPT_INPUT if record["input"] else PROMPT_NO_INPUT
     return template.format(instruction=record["instruction"], input=record["input"])
 
 
@@ -216,20 +218,19 @@ def root_verb_object(doc) -> tuple[str | None, str | None]:
     return root.lemma_.lower(), obj.lemma_.lower() if obj is not None else None
 
 
-def verb_objects(instructions: list[str], nlp: Callable) -> dict[str, Any]:
+def verb_objects(instructions: list[str], nlp: Any) -> dict[str, Any]:
     """Top root verbs and their top direct objects, over instructions that have both."""
-    pairs = [root_verb_object(doc) for doc in progress(nlp.pipe(instructions, batch_size=256), total=len(instructions),
-                                                        desc="stats: parse", unit="inst")]
-    with_verb = sum(v is not None for v, _ in pairs)
-    both = collections.Counter((v, o) for v, o in pairs if v is not None and o is not None)
-    verbs = collections.Counter()
-    for (v, _), count in both.items():
-        verbs[v] += count
-    top = [{"verb": v, "count": count,
-            "objects": sorted(((o, c) for (v2, o), c in both.items() if v2 == v), key=lambda oc: (-oc[1], oc[0]))[:TOP_OBJECTS]}
-           for v, count in sorted(verbs.items(), key=lambda vc: (-vc[1], vc[0]))[:TOP_VERBS]]
-    return {"parsed": len(instructions), "with_root_verb": with_verb, "with_verb_and_object": sum(both.values()),
-            "top": top}
+    docs = progress(nlp.pipe(instructions, batch_size=256), total=len(instructions), desc="stats: parse", unit="inst")
+    pairs = [root_verb_object(doc) for doc in docs]
+    objects: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for verb, obj in pairs:
+        if verb is not None and obj is not None:
+            objects[verb][obj] += 1
+    by_count = sorted(objects, key=lambda v: (-objects[v].total(), v))[:TOP_VERBS]
+    top = [{"verb": v, "count": objects[v].total(),
+            "objects": sorted(objects[v].items(), key=lambda oc: (-oc[1], oc[0]))[:TOP_OBJECTS]} for v in by_count]
+    return {"parsed": len(instructions), "with_root_verb": sum(v is not None for v, _ in pairs),
+            "with_verb_and_object": sum(c.total() for c in objects.values()), "top": top}
 
 
 # ---- figures -----------------------------------------------------------------------------
@@ -265,13 +266,12 @@ def plot_categories(counts: dict[str, int], path: Path) -> None:
     save_figure(fig, path)
 
 
-def _clipped_hist(ax, values: np.ndarray, title: str, xlabel: str, clip: float) -> None:
-    """Histogram up to ``clip``; longer values are counted in the last bin, so a long tail
-    does not squeeze the bulk of the distribution into one bar."""
+def _clipped_hist(ax, values: np.ndarray, title: str, xlabel: str, clip: int) -> None:
+    """Histogram of counts up to ``clip``; longer values are counted in the last bin, so a
+    long tail does not squeeze the bulk of the distribution into one bar."""
     # Whole-number bins (values are counts): uneven ones would leave comb-like gaps.
-    upper = max(math.ceil(clip), 1)
-    width = math.ceil((upper + 1) / 50)
-    ax.hist(np.minimum(values, upper), bins=np.arange(0, upper + width + 1, width))
+    width = math.ceil((clip + 1) / 50)
+    ax.hist(np.minimum(values, clip), bins=np.arange(0, clip + width + 1, width))
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("examples")
@@ -285,18 +285,18 @@ def plot_words(words: dict[str, np.ndarray], path: Path) -> None:
         if counts.size == 0:
             ax.set_title(f"{field}: all empty", fontsize=10)
             continue
-        clip = float(np.percentile(counts, 99))
+        clip = math.ceil(np.percentile(counts, 99))
         title = f"{field}{' (non-empty)' if field == 'input' else ''}, n={counts.size:,}"
-        _clipped_hist(ax, counts, title, f"words (last bin: >= p99 = {clip:.0f})", clip)
+        _clipped_hist(ax, counts, title, f"words (last bin: >= {clip}, the p99)", clip)
     save_figure(fig, path)
 
 
 def plot_tokens(full: np.ndarray, rows: list[dict], path: Path) -> None:
     fig = _figure("tokens")
     ax = fig.subplots()
-    clip = float(np.percentile(full, 99.5))
+    clip = math.ceil(np.percentile(full, 99.5))
     _clipped_hist(ax, full, f"Training example length (Alpaca prompt + response + EOS), n={full.size:,}",
-                  f"tokens (last bin: >= p99.5 = {clip:.0f})", clip)
+                  f"tokens (last bin: >= {clip}, the p99.5)", clip)
     # Limits far beyond the data would squeeze the histogram; the card's table has them all.
     for row, color in zip(rows, itertools.cycle(["C1", "C2", "C3", "C4", "C5"])):
         if row["max_length"] <= 1.25 * clip:
@@ -315,8 +315,8 @@ def plot_similarity(sim: dict, path: Path) -> None:
     ax.axvline(sim["scores"]["mean"], color="C1", label=f"mean {sim['scores']['mean']:.3f}")
     ax.axvline(NEAR_DUPLICATE, color="C3", linestyle="--",
                label=f"filter threshold {NEAR_DUPLICATE} ({100 * sim['share_over_threshold']:.1f}% above)")
-    sampled = f", random sample of {sim['scored']:,} of {sim['of']:,}" if sim["sampled"] else ""
-    ax.set_title(f"ROUGE-L F to the nearest other instruction (n={sim['scored']:,}{sampled})", fontsize=10)
+    scope = f"random sample of {sim['scored']:,} of {sim['of']:,}" if sim["sampled"] else f"n={sim['scored']:,}"
+    ax.set_title(f"ROUGE-L F to the nearest other instruction ({scope})", fontsize=10)
     ax.set_xlabel("ROUGE-L F")
     ax.set_ylabel("instructions")
     ax.set_xlim(0, 1)
@@ -486,6 +486,9 @@ def load_dataset(spec: str) -> tuple[Path, list[dict]]:
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
+    if name.startswith(("/", ".")) and not Path(name).is_dir():
+        # transformers would take it for a malformed hub id and say so.
+        raise ConfigError(f"tokenizer: no such directory: {name}")
     try:
         return AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as e:
@@ -562,7 +565,7 @@ def headline(stats: dict) -> dict:
                      None)
     return {"records": stats["records"], "empty_input_share": stats["empty_input"]["share"],
             "mean_nearest_rouge_l": stats["similarity"]["scores"]["mean"],
-            "share_longer_than_512": paper_cut["share_examples_longer"] if paper_cut else None,
+            f"share_longer_than_{PAPER_MAX_LENGTH}": paper_cut["share_examples_longer"] if paper_cut else None,
             "figures": sorted(stats["figures"].values())}
 
 

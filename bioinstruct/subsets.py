@@ -35,12 +35,10 @@ from typing import Literal
 from .config import add_config_arguments, config_from_args
 from .errors import DataError
 from .io import atomic_write_json, write_jsonl
-from .records import read_records
+from .records import CATEGORIES, LABELS, read_records
 from .rundir import run_stage
 from .table import format_table
 
-CATEGORIES = ("qa", "ie", "generation", "other")
-LABELS = (*CATEGORIES, "unknown")
 
 
 @dataclasses.dataclass
