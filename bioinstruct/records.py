@@ -35,6 +35,8 @@ def _check(record: Any, where: str, required: tuple[str, ...]) -> dict:
             raise DataError(f"{where}: '{field}' must be a string, got {type(record[field]).__name__}")
     if not record.get("instruction", "x").strip():
         raise DataError(f"{where}: empty 'instruction'")
+    if record.get("category") is not None and record["category"] not in LABELS:
+        raise DataError(f"{where}: category {record['category']!r} is not one of {', '.join(LABELS)}")
     return record
 
 

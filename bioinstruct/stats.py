@@ -43,26 +43,18 @@ import numpy as np
 from .config import add_config_arguments, config_from_args
 from .errors import ConfigError, DataError
 from .filter import Criteria
-from .generate import CATEGORIES
-from .io import atomic_open, atomic_write_json, atomic_write_text, iter_jsonl_numbered
+from .io import atomic_open, atomic_write_json, atomic_write_text
 from .progress import progress
-from .records import read_records, resolve_input
+from .prompts import alpaca_prompt
+from .records import LABELS, PAPER_SHARES, read_records, resolve_input
 from .rougel import RougeLPool
 from .rundir import run_stage
 from .table import format_table
 
-LABELS = (*CATEGORIES, "unknown")  # what classify writes; "unknown" when it cannot decide
 UNLABELLED = "unlabelled"  # a record without a category
-PAPER_SHARES = {"qa": 0.228, "ie": 0.338, "generation": 0.335, "other": 0.100}  # BioInstruct, Fig. 1A
 PAPER_MAX_LENGTH = 512
 NEAR_DUPLICATE = Criteria.threshold  # the filter's default: Alpaca's 0.7
 TOP_VERBS, TOP_OBJECTS = 20, 4  # the paper's Figure 1B
-
-PROMPT_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
-                "context. Write a response that appropriately completes the request.\n\n"
-                "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
-PROMPT_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately "
-                   "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
 
 DPI = 120
 FIGSIZE = {"categories": (8.0, 4.5), "words": (12.0, 4.0), "tokens": (9.0, 4.5),
@@ -111,13 +103,6 @@ def category_counts(records: list[dict]) -> dict[str, int] | None:
     return {label: counts[label] for label in (*LABELS, UNLABELLED) if counts[label] or label in PAPER_SHARES}
 
 
-def training_prompt(record: dict) -> str:
-    """The Alpaca prompt up to the response (what the trainer masks out of the loss); like
-    Alpaca's train.py, any non-empty input, even blank, takes the input template."""
-    template = PROMPT_INPUT if record["input"] else PROMPT_NO_INPUT
-    return template.format(instruction=record["instruction"], input=record["input"])
-
-
 def token_lengths(records: list[dict], tokenizer) -> tuple[np.ndarray, np.ndarray]:
     """(full example, prompt alone) token counts; the full one includes the EOS the trainer
     appends, both include what the tokenizer adds itself (LLaMA's BOS)."""
@@ -125,7 +110,7 @@ def token_lengths(records: list[dict], tokenizer) -> tuple[np.ndarray, np.ndarra
     bar = progress(total=len(records), desc="stats: tokenize", unit="ex")
     for start in range(0, len(records), TOKENIZE_BATCH):
         batch = records[start:start + TOKENIZE_BATCH]
-        prompts = [training_prompt(r) for r in batch]
+        prompts = [alpaca_prompt(r["instruction"], r["input"]) for r in batch]
         # verbose=False: no warning for examples longer than the tokenizer's model_max_length.
         full += [len(ids) + 1 for ids in tokenizer([p + r["output"] for p, r in zip(prompts, batch)],
                                                    verbose=False)["input_ids"]]
@@ -254,7 +239,7 @@ def plot_categories(counts: dict[str, int], path: Path) -> None:
     labels = list(counts)
     x = np.arange(len(labels))
     ours = [100 * counts[c] / total for c in labels]
-    paper = [100 * PAPER_SHARES[c] if c in PAPER_SHARES else 0.0 for c in labels]
+    paper = [PAPER_SHARES.get(c, 0.0) for c in labels]
     for offset, values, name in ((-0.2, ours, "this dataset"), (0.2, paper, "BioInstruct paper")):
         bars = ax.bar(x + offset, values, width=0.4, label=name)
         ax.bar_label(bars, labels=[f"{v:.1f}" if v else "" for v in values], fontsize=8, padding=2)
@@ -402,7 +387,7 @@ def render_card(stats: dict) -> str:
     if stats["categories"]:
         counts, total = stats["categories"]["counts"], stats["records"]
         out += [_md_table(["category", "count", "share", "paper"],
-                          [(c, f"{n:,}", _pct(n / total), _pct(PAPER_SHARES[c]) if c in PAPER_SHARES else "–")
+                          [(c, f"{n:,}", _pct(n / total), f"{PAPER_SHARES[c]:.1f}%" if c in PAPER_SHARES else "–")
                            for c, n in counts.items()]), "", "![categories](categories.png)", ""]
     else:
         out += [f"*{notes['categories']}*", ""]
@@ -463,23 +448,12 @@ def render_card(stats: dict) -> str:
 
 # ---- the stage ---------------------------------------------------------------------------
 
-def _location(path: Path, index: int) -> str:
-    """Where record ``index`` of ``path`` is, named as read_records names it."""
-    if path.suffix == ".json":
-        return f"{path}: record {index}"
-    lineno = next(itertools.islice((n for n, _ in iter_jsonl_numbered(path)), index, None))
-    return f"{path}:{lineno}"
-
-
 def load_dataset(spec: str) -> tuple[Path, list[dict]]:
     """The local path of the dataset (downloaded if ``hf://``) and its checked records."""
     path = resolve_input(spec)
     records = read_records(path)
     if not records:
         raise DataError(f"{path}: no records")
-    for i, r in enumerate(records):
-        if r.get("category") is not None and r["category"] not in LABELS:
-            raise DataError(f"{_location(path, i)}: category {r['category']!r} is not one of {', '.join(LABELS)}")
     return path, records
 
 
@@ -508,7 +482,7 @@ def compute(records: list[dict], cfg: StatsConfig, tokenizer, out: Path) -> dict
 
     counts = category_counts(records)
     stats["categories"] = {"counts": counts, "shares": {c: k / n for c, k in counts.items()},
-                           "paper": PAPER_SHARES} if counts else None
+                           "paper": {c: round(p / 100, 4) for c, p in PAPER_SHARES.items()}} if counts else None
     if counts:
         figure("categories", plot_categories, counts)
     else:

@@ -15,8 +15,7 @@ from rouge_score import rouge_scorer
 
 from bioinstruct.cli import main
 from bioinstruct.errors import DataError
-from bioinstruct.stats import (DPI, FIGSIZE, StatsConfig, describe, load_spacy, nearest_other, plot_verbs, run,
-                               verb_objects)
+from bioinstruct.stats import DPI, FIGSIZE, StatsConfig, describe, load_spacy, nearest_other, run, verb_objects
 
 pytestmark = pytest.mark.unit
 
@@ -175,15 +174,20 @@ class FakeNlp:
             yield types.SimpleNamespace(sents=iter([types.SimpleNamespace(root=root)]))
 
 
-def test_verb_objects_and_their_figure(tmp_path):
+def test_verb_objects_and_their_figure(tmp_path, monkeypatch):
     instructions = ["List the drugs.", "List the drugs again.", "List the genes.", "Summarize the abstract.",
                     "Extract values.", "Which drug is first-line?"]
     verbs = verb_objects(instructions, FakeNlp())
     assert (verbs["parsed"], verbs["with_root_verb"], verbs["with_verb_and_object"]) == (6, 5, 4)
     assert verbs["top"] == [{"verb": "list", "count": 3, "objects": [("drugs", 2), ("genes", 1)]},
                             {"verb": "summarize", "count": 1, "objects": [("abstract", 1)]}]
-    plot_verbs(verbs, tmp_path / "verbs.png")
-    assert_png(tmp_path / "verbs.png", "verbs")
+    # The whole stage with that parser standing in for spaCy.
+    monkeypatch.setattr("bioinstruct.stats.load_spacy", lambda model: (FakeNlp(), None))
+    stats, card, out = stats_of(tmp_path, spacy_model="fake")
+    assert stats["verbs"]["model"] == "fake" and stats["verbs"]["with_verb_and_object"] == 4
+    assert "| summarize | 2 | abstract (2) |" in card and "| list | 1 | drugs (1) |" in card
+    assert "![verbs](verbs.png)" in card
+    assert_png(out / "verbs.png", "verbs")
 
 
 @pytest.mark.integration

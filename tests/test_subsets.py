@@ -65,6 +65,6 @@ def test_unknown_category_is_an_error_naming_the_record(tmp_path):
     path = tmp_path / "labelled.jsonl"
     path.write_text('{"instruction": "a", "output": "b", "category": "qa"}\n'
                     '{"instruction": "c", "output": "d", "category": "QA-ish"}\n')
-    with pytest.raises(DataError, match=r"labelled.jsonl: record 2: unknown category 'QA-ish'"):
+    with pytest.raises(DataError, match=r"labelled.jsonl:2: category 'QA-ish' is not one of qa, ie"):
         run(SubsetsConfig(run_dir=str(tmp_path), input=str(path)))
     assert not (tmp_path / "subsets").exists()
