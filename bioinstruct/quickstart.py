@@ -12,6 +12,9 @@ Output (run_dir), one folder per stage, each with manifest.json and config.yaml:
   generate/     self-instruct with the offline responder (synthetic text, no API key)
   filter/       the standalone filter over the generated instructions, pool = seeds
   classify/     categories from the offline rule-based classifier
+  agreement/    sheet.csv: 20 instructions to label by hand, then compare with
+                bioinstruct agreement --labels classify/labelled.jsonl agreement/sheet.csv
+  stats/        the dataset card (card.md), token lengths with the tiny model's tokenizer
   subsets/      the ablation subsets (categories, pairs, sizes, size-matched)
 """
 
@@ -22,7 +25,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from . import classify, generate, subsets
+from . import agreement, classify, generate, stats, subsets
 from . import filter as filter_stage
 from .config import add_config_arguments, config_from_args
 from .llm import LLMConfig
@@ -61,6 +64,14 @@ def run(cfg: QuickstartConfig, *, force: bool = False) -> dict[str, dict]:
     manifests["filter"] = filter_stage.run(filt, force=force)
     manifests["classify"] = classify.run(
         classify.ClassifyConfig(run_dir=str(run_dir), llm=LLMConfig(backend="offline")), force=force)
+    labelled = str(run_dir / "classify" / "labelled.jsonl")
+    sheet = run_dir / "agreement" / "sheet.csv"
+    if force or not sheet.exists():  # a sheet may hold someone's labels: never redone silently
+        agreement.write_sheet(agreement.AgreementConfig(sample=20, sample_from=labelled, sheet=str(sheet)),
+                              force=force)
+    manifests["stats"] = stats.run(
+        stats.StatsConfig(input=labelled, run_dir=str(run_dir), tokenizer=str(run_dir / "tiny-model"),
+                          max_lengths=[128, 256, 512]), force=force)
     manifests["subsets"] = subsets.run(
         subsets.SubsetsConfig(run_dir=str(run_dir), sizes=cfg.subset_sizes), force=force)
     print(f"quickstart: {len(manifests)} stage(s) complete in {run_dir} "
