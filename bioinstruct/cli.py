@@ -43,13 +43,7 @@ VERBS = [
          module="bioinstruct.stats"),
     Verb("subsets", "write the training subsets for the ablations (categories, data sizes)",
          module="bioinstruct.subsets"),
-    Verb("train", "LoRA instruction tuning with DeepSpeed (one model x one subset)", issue=6,
-         contract="""
-         Reads: --config configs/train/<family>/<size>_lora.yaml (model path, subset, LoRA,
-           optimisation, DeepSpeed config) + key=value overrides.
-         Writes (RUN_DIR/train/<model>__<subset>/): adapter/ (save_pretrained), checkpoints/,
-           metrics.jsonl (loss, lr, grad norm, tokens/s, MFU), TensorBoard events.
-         SIGUSR2/SIGTERM checkpoint on all ranks and exit for requeue; resume is automatic."""),
+    Verb("train", "LoRA instruction tuning with DeepSpeed (one model x one subset)", module="bioinstruct.train"),
     Verb("evaluate", "score base and tuned models on the paper's nine tasks", issue=7,
          contract="""
          Reads: --model MODEL_DIR [--adapter ADAPTER_DIR] --tasks medqa,pubmedqa,...,

@@ -80,6 +80,21 @@ def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+def finished(stage_dir: str | os.PathLike, stage: str, cfg: Any, *, force: bool = False) -> dict | None:
+    """The manifest of a complete run of this stage with this config, or None when the
+    stage must run; a complete run with another config raises StageConflict (unless
+    ``force``). Every rank of a distributed stage asks, so all of them decide alike."""
+    previous = read_manifest(stage_dir)
+    if not previous or previous.get("status") != "complete" or force:
+        return None
+    if previous.get("config_hash") == config_hash(cfg):
+        return previous
+    changes = "\n  ".join(_changed_keys(previous.get("config", {}), to_dict(cfg)))
+    raise StageConflict(
+        f"{stage_dir} holds a complete '{stage}' made with another config:\n  {changes}\n"
+        f"Use a new run directory, or --force to redo it with the new config.")
+
+
 def run_stage(stage_dir: str | os.PathLike, stage: str, cfg: Any,
               body: Callable[[Path], dict | None], *, force: bool = False) -> dict:
     """Run ``body(stage_dir)`` under the contract; return the final manifest.
@@ -91,14 +106,9 @@ def run_stage(stage_dir: str | os.PathLike, stage: str, cfg: Any,
     """
     stage_dir = Path(stage_dir)
     previous = read_manifest(stage_dir)
-    if previous and previous.get("status") == "complete" and not force:
-        if previous.get("config_hash") == config_hash(cfg):
-            print(f"[{stage}] already complete in {stage_dir}; nothing to do", file=sys.stderr)
-            return previous
-        changes = "\n  ".join(_changed_keys(previous.get("config", {}), to_dict(cfg)))
-        raise StageConflict(
-            f"{stage_dir} holds a complete '{stage}' made with another config:\n  {changes}\n"
-            f"Use a new run directory, or --force to redo it with the new config.")
+    if done := finished(stage_dir, stage, cfg, force=force):
+        print(f"[{stage}] already complete in {stage_dir}; nothing to do", file=sys.stderr)
+        return done
 
     stage_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stage_dir / CONFIG, dump_config(cfg))

@@ -1,0 +1,464 @@
+"""LoRA instruction tuning of a LLaMA model on one training subset, with DeepSpeed ZeRO.
+
+    bioinstruct train --config configs/train/llama2/7b_lora.yaml run_dir=runs/v1 data.subset=qa+ie
+    srun --ntasks-per-node=4 --gpus-per-task=1 bioinstruct train --config configs/train/llama2/13b_lora.yaml
+    torchrun --nproc_per_node=8 -m bioinstruct train --config configs/train/llama1/7b_lora.yaml
+    bioinstruct train --config configs/train/tiny/lora.yaml run_dir=runs/quickstart --nproc 2   # CPU
+
+Input: a base model (model.path: a local directory, or a hub id when online; LLaMA weights
+are gated, point at your copy), training records from run_dir/subsets/<data.subset>/data.jsonl
+(or data.path=FILE), a DeepSpeed config file (deepspeed=configs/deepspeed/zero2.json; null
+for none) whose "auto" values are filled from this config, so the two never disagree.
+Output (run_dir/train/<model.name>__<data.subset>/):
+  adapter/        the LoRA adapter (save_pretrained; load with peft.PeftModel)
+  merged/         the merged model, when merge=true
+  checkpoints/    checkpoint-N/ with optimizer, scheduler, RNG of every rank and the data
+                  position; a COMPLETE file marks a whole one (keep-last-N)
+  metrics.jsonl   per logging step: loss, learning rate, grad norm, tokens/s, MFU
+  runs/           TensorBoard events
+Preemption: SIGUSR2 (Slurm's warning, --signal=USR2@120) or SIGTERM makes every rank save
+a full checkpoint at the next step and exit with status 75 ("requeue me"). The next run
+(checkpoint.resume=auto) continues from the newest complete checkpoint, bit for bit: the
+same adapter and the same per-step losses as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+from .config import add_config_arguments, config_from_args
+from .errors import ConfigError, DataError, StageStopped
+from .io import JsonlAppender, atomic_write_text, read_json
+from .prompts import alpaca_prompt
+from .records import read_records
+from .rundir import finished, run_stage
+
+REQUEUE_EXIT = 75  # EX_TEMPFAIL: stopped by a signal after a complete checkpoint; run again
+COMPLETE = "COMPLETE"
+REPO = Path(__file__).resolve().parent.parent
+# Dense bf16 peak per GPU (FLOP/s) for MFU when training.peak_tflops is not set.
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "V100": 125e12}
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    path: str = "meta-llama/Llama-2-7b-hf"
+    name: str = "llama2-7b"  # names the output folder
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bf16 where the GPU has it
+    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
+    gradient_checkpointing: bool = False
+
+
+@dataclasses.dataclass
+class LoraSettings:
+    # alpaca-lora's defaults; the paper did not publish its own.
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclasses.dataclass
+class DataConfig:
+    subset: str = "all"  # a subset written by `bioinstruct subsets`
+    path: str | None = None  # or any JSONL / JSON list of {instruction, input, output}
+    max_length: int = 512  # tokens; `bioinstruct stats` shows what each cutoff truncates
+    train_on_inputs: bool = False  # False: loss on the response only
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    warmup_steps: int = 100
+    scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
+    epochs: float = 3.0
+    max_steps: int = -1  # > 0: stop after this many optimizer steps (overrides epochs)
+    effective_batch: int = 128  # = micro_batch x gradient accumulation x world size
+    micro_batch: int = 4
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    every_steps: int = 200
+    keep_last: int = 2
+    resume: Literal["auto", "never"] = "auto"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    run_dir: str = "runs/default"
+    seed: int = 42
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    lora: LoraSettings = dataclasses.field(default_factory=LoraSettings)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    deepspeed: str | None = "configs/deepspeed/zero2.json"
+    merge: bool = False  # also write the merged model (base + adapter) in the base dtype
+    logging_steps: int = 10
+    peak_tflops: float | None = None  # per device, for MFU; None: from the GPU's name
+
+    def __post_init__(self):
+        if self.checkpoint.keep_last < 1:
+            raise ValueError("checkpoint.keep_last must be >= 1")
+
+    def stage_name(self) -> str:
+        subset = self.data.subset if self.data.path is None else Path(self.data.path).stem
+        return f"{self.model.name}__{subset}"
+
+
+# ---- data --------------------------------------------------------------------------------
+
+def data_path(cfg: TrainConfig) -> Path:
+    if cfg.data.path:
+        return Path(cfg.data.path)
+    path = Path(cfg.run_dir) / "subsets" / cfg.data.subset / "data.jsonl"
+    if not path.exists():
+        available = sorted(p.name for p in (Path(cfg.run_dir) / "subsets").glob("*") if p.is_dir())
+        raise ConfigError(f"data.subset: no subset '{cfg.data.subset}' in {path.parent.parent}"
+                          + (f" (have: {', '.join(available)})" if available else
+                             " (run `bioinstruct subsets` first, or set data.path=FILE)"))
+    return path
+
+
+def tokenize(records: list[dict], tokenizer, cfg: DataConfig) -> tuple[list[dict], int]:
+    """Alpaca-format examples as input_ids/labels, the prompt masked unless train_on_inputs.
+    Returns the examples and how many were dropped because the prompt filled max_length."""
+    bare = len(tokenizer(alpaca_prompt(""))["input_ids"])
+    if bare >= cfg.max_length:
+        raise ConfigError(f"data.max_length={cfg.max_length} is smaller than the prompt template itself "
+                          f"({bare} tokens)")
+    examples, dropped = [], 0
+    for record in records:
+        prompt = alpaca_prompt(record["instruction"], record["input"])
+        ids = tokenizer(prompt + record["output"])["input_ids"] + [tokenizer.eos_token_id]
+        n_prompt = len(tokenizer(prompt)["input_ids"])
+        ids = ids[:cfg.max_length]
+        labels = list(ids) if cfg.train_on_inputs else [-100] * min(n_prompt, len(ids)) + ids[n_prompt:]
+        if all(label == -100 for label in labels):
+            dropped += 1  # nothing of the response fits: no signal, only cost
+            continue
+        examples.append({"input_ids": ids, "labels": labels})
+    return examples, dropped
+
+
+class Collator:
+    """Right padding (training never generates); labels padded with -100."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, batch: list[dict]) -> dict:
+        import torch
+
+        width = max(len(b["input_ids"]) for b in batch)
+        ids = [b["input_ids"] + [self.pad_id] * (width - len(b["input_ids"])) for b in batch]
+        labels = [b["labels"] + [-100] * (width - len(b["labels"])) for b in batch]
+        mask = [[1] * len(b["input_ids"]) + [0] * (width - len(b["input_ids"])) for b in batch]
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+
+
+# ---- DeepSpeed, checkpoints, signals -------------------------------------------------------
+
+def gradient_accumulation(cfg: OptimConfig, world_size: int) -> int:
+    per_step = cfg.micro_batch * world_size
+    if cfg.effective_batch % per_step:
+        raise ConfigError(f"optim.effective_batch={cfg.effective_batch} is not divisible by optim.micro_batch "
+                          f"({cfg.micro_batch}) x world size ({world_size}); choose e.g. "
+                          f"{max(per_step, round(cfg.effective_batch / per_step) * per_step)}")
+    return cfg.effective_batch // per_step
+
+
+def deepspeed_config(cfg: TrainConfig, world_size: int, bf16: bool) -> dict | None:
+    """The DeepSpeed config file with every "auto" value resolved from this config."""
+    if cfg.deepspeed is None:
+        return None
+    path = Path(cfg.deepspeed)
+    if not path.exists() and not path.is_absolute() and (REPO / path).exists():
+        path = REPO / path  # configs/ of the source tree, wherever the job runs from
+    if not path.exists():
+        raise ConfigError(f"deepspeed: {cfg.deepspeed} not found (null trains without DeepSpeed)")
+    ds = read_json(path)
+    values = {"train_batch_size": cfg.optim.effective_batch,
+              "train_micro_batch_size_per_gpu": cfg.optim.micro_batch,
+              "gradient_accumulation_steps": gradient_accumulation(cfg.optim, world_size),
+              "gradient_clipping": cfg.optim.max_grad_norm}
+    for key, value in values.items():
+        if ds.get(key, "auto") == "auto":
+            ds[key] = value
+        elif ds[key] != value:
+            raise ConfigError(f"{path}: {key}={ds[key]} disagrees with the training config ({value}); "
+                              f"set it to \"auto\"")
+    for section, enabled in (("bf16", bf16), ("fp16", False)):
+        if ds.get(section, {}).get("enabled", "auto") == "auto":
+            ds.setdefault(section, {})["enabled"] = enabled
+    if "optimizer" in ds or "scheduler" in ds:
+        # The HF Trainer builds torch's AdamW and the schedule from this config; DeepSpeed's
+        # own fused Adam would compile a C++ op on first use.
+        raise ConfigError(f"{path}: leave 'optimizer' and 'scheduler' out; they come from optim.*")
+    return ds
+
+
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoints marked complete, oldest first; a torn one (killed while saving) is ignored."""
+    found = [p for p in folder.glob("checkpoint-*") if (p / COMPLETE).exists()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _callbacks(cfg: TrainConfig, stage_dir: Path, n_params: int, world_size: int):
+    import torch
+    import torch.distributed as dist
+    from transformers import TrainerCallback
+
+    rank = int(os.environ.get("RANK", 0))
+
+    class Preemption(TrainerCallback):
+        """Signals set a flag; ranks agree on it at each step end, then save and stop together
+        (a ZeRO checkpoint needs every rank, so nothing is saved inside the handler)."""
+
+        def __init__(self):
+            self.signalled = False
+            self.stopped = False
+            for sig in (signal.SIGUSR2, signal.SIGTERM):
+                signal.signal(sig, self._handler)
+
+        def _handler(self, signum, _frame):
+            self.signalled = True
+
+        def on_step_end(self, args, state, control, **kwargs):
+            flag = torch.tensor([1.0 if self.signalled else 0.0])
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() > 0:
+                self.stopped = True
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    class Checkpoints(TrainerCallback):
+        """Mark a checkpoint complete once every rank has written its part, then keep the
+        newest ``keep_last`` complete ones (never deleting before the new one is marked)."""
+
+        def on_save(self, args, state, control, **kwargs):
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
+            if rank == 0:
+                folder = Path(args.output_dir)
+                atomic_write_text(folder / f"checkpoint-{state.global_step}" / COMPLETE, f"{state.global_step}\n")
+                for old in complete_checkpoints(folder)[:-cfg.checkpoint.keep_last]:
+                    shutil.rmtree(old, ignore_errors=True)
+            return control
+
+    class Metrics(TrainerCallback):
+        """metrics.jsonl on rank 0: loss, lr, grad norm, tokens/s and MFU per logging step."""
+
+        def __init__(self):
+            self.last = (time.perf_counter(), None)
+            self.peak = _peak_flops(cfg)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if rank != 0 or not logs or "loss" not in logs:
+                return control
+            now, tokens = time.perf_counter(), state.num_input_tokens_seen
+            then, tokens_then = self.last
+            self.last = (now, tokens)
+            row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), "loss": logs["loss"],
+                   "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm")}
+            if tokens_then is not None and now > then:
+                per_device = (tokens - tokens_then) / (now - then) / world_size
+                row["tokens_per_s_per_device"] = round(per_device, 1)
+                if self.peak:  # LoRA: forward 2N + backward through activations 2N FLOPs per token
+                    row["mfu"] = round(4 * n_params * per_device / self.peak, 4)
+            with JsonlAppender(stage_dir / "metrics.jsonl") as out:
+                out.write(row)
+            return control
+
+    return Preemption(), Checkpoints(), Metrics()
+
+
+def _skip_shm_comm_build() -> None:
+    """On CPU DeepSpeed compiles a shared-memory all-reduce op (a minute of g++) when its
+    comm backend starts; gloo does the job for CPU ranks, so mark the op unavailable."""
+    import deepspeed.ops
+    from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
+    deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
+
+
+def _peak_flops(cfg: TrainConfig) -> float | None:
+    import torch
+
+    if cfg.peak_tflops:
+        return cfg.peak_tflops * 1e12
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((peak for key, peak in PEAK_BF16.items() if key in name), None)
+
+
+# ---- the recipe --------------------------------------------------------------------------
+
+def check_model(path: str) -> None:
+    """A model path that cannot load fails here, before any GPU time is spent."""
+    local = Path(path).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").exists():
+            raise ConfigError(f"model.path: {path} has no config.json (not a saved transformers model)")
+        return
+    if path.startswith(("/", ".", "~")) or path.count("/") != 1:
+        raise ConfigError(f"model.path: no such directory: {path} (or give a hub id like meta-llama/Llama-2-7b-hf)")
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.path: cannot load '{path}' from the hub ({type(e).__name__}); LLaMA weights "
+                          f"are gated: download your copy and point model.path at its directory") from None
+
+
+def train(cfg: TrainConfig, stage_dir: Path, records: list[dict]) -> dict:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
+
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    gpu = torch.cuda.is_available()
+    bf16 = cfg.model.dtype == "bfloat16" or (cfg.model.dtype == "auto" and gpu and torch.cuda.is_bf16_supported())
+    grad_accum = gradient_accumulation(cfg.optim, world_size)
+    ds = deepspeed_config(cfg, world_size, bf16)
+    if ds is not None and not gpu:
+        _skip_shm_comm_build()
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
+    if tokenizer.pad_token_id is None:  # LLaMA ships none; alpaca-lora pads with <unk> (id 0)
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    examples, dropped = tokenize(records, tokenizer, cfg.data)
+    if not examples:
+        raise ConfigError(f"data.max_length={cfg.data.max_length}: no example keeps any of its response")
+
+    dtype = {"auto": torch.bfloat16 if bf16 else torch.float32, "bfloat16": torch.bfloat16,
+             "float16": torch.float16, "float32": torch.float32}[cfg.model.dtype]
+    model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=dtype,
+                                                 attn_implementation=cfg.model.attn_implementation)
+    n_params = sum(p.numel() for p in model.parameters())
+    set_seed(cfg.seed)  # LoRA's A matrices are drawn here, before the Trainer seeds anything
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks need a grad input
+    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                                             lora_dropout=cfg.lora.dropout,
+                                             target_modules=list(cfg.lora.target_modules)))
+
+    checkpoints = stage_dir / "checkpoints"
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(stage_dir / "runs")  # not under checkpoints/, rotated away
+    resume = None
+    if cfg.checkpoint.resume == "auto" and complete_checkpoints(checkpoints):
+        resume = str(complete_checkpoints(checkpoints)[-1])
+    args = TrainingArguments(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=cfg.optim.micro_batch,
+        gradient_accumulation_steps=grad_accum,
+        num_train_epochs=cfg.optim.epochs,
+        max_steps=cfg.optim.max_steps,
+        learning_rate=cfg.optim.lr,
+        warmup_steps=cfg.optim.warmup_steps,
+        lr_scheduler_type=cfg.optim.scheduler,
+        weight_decay=cfg.optim.weight_decay,
+        max_grad_norm=cfg.optim.max_grad_norm,
+        optim="adamw_torch",
+        bf16=bf16,
+        use_cpu=not gpu,  # without it accelerate takes every CPU rank for rank 0 of 1
+        deepspeed=ds,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.checkpoint.every_steps,
+        save_total_limit=None,  # rotation is the Checkpoints callback's, after the COMPLETE mark
+        report_to=["tensorboard"],
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=rank != 0,
+    )
+    preemption, marker, metrics = _callbacks(cfg, stage_dir, n_params, world_size)
+    trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=Collator(tokenizer.pad_token_id),
+                      callbacks=[preemption, marker, metrics])
+    if rank == 0 and resume:
+        print(f"resuming from {resume}", file=sys.stderr)
+    result = trainer.train(resume_from_checkpoint=resume)
+    if preemption.stopped:
+        raise Preempted(f"signalled at step {trainer.state.global_step}: complete checkpoint saved, "
+                        f"exiting with {REQUEUE_EXIT} to be requeued")
+    trainer.save_model(str(stage_dir / "adapter"))
+    if cfg.merge and rank == 0:
+        merged = model.merge_and_unload()
+        merged.save_pretrained(stage_dir / "merged")
+        tokenizer.save_pretrained(stage_dir / "merged")
+    if rank == 0:
+        tokenizer.save_pretrained(stage_dir / "adapter")
+    return {"examples": len(examples), "dropped_prompt_too_long": dropped, "steps": trainer.state.global_step,
+            "world_size": world_size, "gradient_accumulation": grad_accum, "train_loss": result.training_loss,
+            "parameters": n_params, "trainable_parameters": sum(p.numel() for p in model.parameters()
+                                                                 if p.requires_grad)}
+
+
+class Preempted(StageStopped):
+    """Stopped by SIGUSR2/SIGTERM after a complete checkpoint: run the same command again."""
+
+
+def run(cfg: TrainConfig, *, force: bool = False) -> dict:
+    from .distributed import setup_environment
+
+    setup_environment()
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    # Everything that can be wrong with the inputs fails here, before a model is loaded.
+    gradient_accumulation(cfg.optim, world_size)
+    deepspeed_config(cfg, world_size, bf16=False)
+    records = read_records(data_path(cfg))
+    if not records:
+        raise DataError(f"{data_path(cfg)}: no training records")
+    check_model(cfg.model.path)
+    stage_dir = Path(cfg.run_dir) / "train" / cfg.stage_name()
+    if int(os.environ.get("RANK", 0)) != 0:
+        # Only rank 0 keeps the manifest; the others make the same skip decision, then train.
+        return finished(stage_dir, "train", cfg, force=force) or {"summary": train(cfg, stage_dir, records)}
+    return run_stage(stage_dir, "train", cfg, lambda d: train(cfg, d, records), force=force)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nproc", type=int, default=1, metavar="N",
+                        help="start N ranks on this machine (CPU tests, one-GPU-per-rank boxes); "
+                             "under srun or torchrun leave it at 1")
+    add_config_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.nproc > 1 and "RANK" not in os.environ:
+        from .distributed import spawn
+
+        argv = ["train", *(["--config", args.config] if args.config else []), *args.overrides,
+                *(["--force"] if args.force else [])]
+        return spawn(args.nproc, argv)
+    cfg = config_from_args(TrainConfig, args)
+    try:
+        manifest = run(cfg, force=args.force)
+    except Preempted as e:
+        print(f"bioinstruct train: {e}", file=sys.stderr)
+        return REQUEUE_EXIT
+    if int(os.environ.get("RANK", 0)) == 0:
+        s = manifest["summary"]
+        print(f"trained {s['steps']} steps on {s['examples']} examples (loss {s['train_loss']:.4f}) -> "
+              f"{Path(cfg.run_dir) / 'train' / cfg.stage_name() / 'adapter'}")
+    return 0

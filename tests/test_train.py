@@ -1,0 +1,182 @@
+"""Training: LoRA on the tiny LLaMA, 1 process and 2 CPU ranks (DeepSpeed ZeRO-2/3 over gloo),
+stopped by SIGUSR2 and resumed bit for bit; bad input fails before a model is loaded."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bioinstruct.distributed import expand_nodelist, slurm_environment
+from bioinstruct.errors import ConfigError, DataError
+from bioinstruct.generate import load_seeds
+from bioinstruct.train import REQUEUE_EXIT, TrainConfig, complete_checkpoints, deepspeed_config, run
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """80 real instruction records: the seed tasks' instances."""
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    rows = [{"instruction": s["instruction"], "input": s["instances"][0]["input"],
+             "output": s["instances"][0]["output"]} for s in load_seeds(None)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def overrides(model, data, run_dir, deepspeed, max_steps):
+    return [f"run_dir={run_dir}", f"model.path={model}", "model.name=tiny", f"data.path={data}",
+            "data.max_length=192", f"deepspeed={deepspeed}", f"optim.max_steps={max_steps}", "optim.effective_batch=8",
+            "optim.micro_batch=2", "optim.warmup_steps=2", "optim.lr=0.003", "checkpoint.every_steps=100",
+            "logging_steps=1"]
+
+
+def train_cmd(nproc, *args):
+    return [sys.executable, "-m", "bioinstruct", "train", "--config", str(REPO / "configs/train/tiny/lora.yaml"),
+            *args, *(["--nproc", str(nproc)] if nproc > 1 else [])]
+
+
+def stage(run_dir):
+    return Path(run_dir) / "train" / "tiny__train"
+
+
+def losses(run_dir):
+    by_step = {}
+    for line in (stage(run_dir) / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        by_step[row["step"]] = row["loss"]  # a resumed run may log a step again: the last counts
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def adapter(run_dir):
+    return load_file(stage(run_dir) / "adapter" / "adapter_model.safetensors")
+
+
+def interrupted_then_resumed(nproc, args, run_dir):
+    """Start training, send SIGUSR2 (as Slurm does before preemption) after step 2, expect a
+    complete checkpoint and exit 75, then run the same command again to the end."""
+    cmd = train_cmd(nproc, *args)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = stage(run_dir) / "metrics.jsonl"
+    deadline = time.time() + 240
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR2)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == REQUEUE_EXIT, err
+    manifest = json.loads((stage(run_dir) / "manifest.json").read_text())
+    assert manifest["status"] == "stopped"
+    saved = complete_checkpoints(stage(run_dir) / "checkpoints")
+    assert saved, "no complete checkpoint after the signal"
+    stopped_at = int(saved[-1].name.split("-")[1])
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "resuming from" in done.stderr
+    return stopped_at
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("nproc, deepspeed, steps", [
+    (1, "null", 24),
+    (2, "configs/deepspeed/zero2.json", 10),
+    (2, "configs/deepspeed/zero3.json", 10),
+], ids=["1-process", "2-ranks-zero2", "2-ranks-zero3"])
+def test_signal_then_resume_is_bit_exact(tiny_model_dir, data, tmp_path, nproc, deepspeed, steps):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    done = subprocess.run(train_cmd(nproc, *overrides(tiny_model_dir, data, straight, deepspeed, steps)),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    stopped_at = interrupted_then_resumed(nproc, overrides(tiny_model_dir, data, resumed, deepspeed, steps), resumed)
+    assert 0 < stopped_at < steps
+    assert losses(straight) == losses(resumed) and len(losses(straight)) == steps
+    a, b = adapter(straight), adapter(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    summary = json.loads((stage(resumed) / "manifest.json").read_text())["summary"]
+    assert summary["world_size"] == nproc and summary["steps"] == steps
+    assert summary["gradient_accumulation"] == 8 // (2 * nproc)
+    # The adapter loads onto the base model with peft, and changes its output.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids = torch.tensor([[1, 200, 300, 400]])
+    with torch.no_grad():
+        before = base(ids).logits
+        tuned = PeftModel.from_pretrained(base, stage(resumed) / "adapter")(ids).logits
+    assert not torch.equal(before, tuned)
+
+
+@pytest.mark.integration
+def test_loss_goes_down_and_metrics_are_logged(tiny_model_dir, data, tmp_path):
+    from bioinstruct.config import load_config
+    cfg = load_config(TrainConfig, REPO / "configs/train/tiny/lora.yaml",
+                      overrides(tiny_model_dir, data, tmp_path, "null", 30))
+    m = run(cfg)
+    assert m["status"] == "complete" and m["summary"]["examples"] + m["summary"]["dropped_prompt_too_long"] == 80
+    rows = [json.loads(line) for line in (stage(tmp_path) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 31))
+    assert all(r["tokens_per_s_per_device"] > 0 for r in rows[1:])
+    first, last = sum(r["loss"] for r in rows[:5]) / 5, sum(r["loss"] for r in rows[-5:]) / 5
+    assert last < first
+    assert list((stage(tmp_path) / "runs").glob("**/events.out.tfevents.*"))
+    assert (stage(tmp_path) / "adapter" / "adapter_config.json").exists()
+
+
+@pytest.mark.unit
+def test_bad_input_fails_before_loading_a_model(tmp_path, data, tiny_model_dir):
+    from bioinstruct.config import load_config
+
+    def cfg(*extra):
+        return load_config(TrainConfig, REPO / "configs/train/tiny/lora.yaml",
+                           overrides(tiny_model_dir, data, tmp_path, "null", 5) + list(extra))
+    with pytest.raises(ConfigError, match=r"model.path: no such directory: /nowhere/llama"):
+        run(cfg("model.path=/nowhere/llama"))
+    with pytest.raises(ConfigError, match=r"optim.effective_batch=10 is not divisible by optim.micro_batch \(4\)"):
+        run(cfg("optim.effective_batch=10", "optim.micro_batch=4"))
+    with pytest.raises(ConfigError, match=r"data.max_length=8 is smaller than the prompt template"):
+        run(cfg("data.max_length=8"))
+    with pytest.raises(ConfigError, match=r"data.subset: no subset 'qa'"):
+        run(cfg("data.path=null", "data.subset=qa"))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="no training records"):
+        run(cfg(f"data.path={empty}"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": 3}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2"):
+        run(cfg(f"data.path={bad}"))
+    with pytest.raises(ConfigError, match="deepspeed: nowhere.json not found"):
+        run(cfg("deepspeed=nowhere.json"))
+
+
+@pytest.mark.unit
+def test_deepspeed_auto_values_come_from_the_training_config(tmp_path):
+    cfg = TrainConfig(deepspeed="configs/deepspeed/zero3.json")
+    ds = deepspeed_config(cfg, world_size=4, bf16=True)
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == \
+        (128, 4, 8)
+    assert ds["bf16"]["enabled"] is True and ds["fp16"]["enabled"] is False
+    assert ds["zero_optimization"]["stage"] == 3
+    fixed = tmp_path / "ds.json"
+    fixed.write_text(json.dumps({"train_micro_batch_size_per_gpu": 8}))
+    with pytest.raises(ConfigError, match="train_micro_batch_size_per_gpu=8 disagrees"):
+        deepspeed_config(TrainConfig(deepspeed=str(fixed)), world_size=4, bf16=True)
+
+
+@pytest.mark.unit
+def test_slurm_environment_for_srun_tasks():
+    assert expand_nodelist("gpu[01-03,07],cpu5") == ["gpu01", "gpu02", "gpu03", "gpu07", "cpu5"]
+    env = slurm_environment({"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8",
+                             "SLURM_NTASKS_PER_NODE": "4(x2)", "SLURM_JOB_NODELIST": "node[12-13]",
+                             "SLURM_JOB_ID": "424242"})
+    assert env == {"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4",
+                   "MASTER_ADDR": "node12", "MASTER_PORT": str(20000 + 424242 % 20000)}
+    assert slurm_environment({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "RANK": "0"}) == {}  # torchrun did it
