@@ -16,6 +16,8 @@ Output (run_dir), one folder per stage, each with manifest.json and config.yaml:
                 bioinstruct agreement --labels classify/labelled.jsonl agreement/sheet.csv
   stats/        the dataset card (card.md), token lengths with the tiny model's tokenizer
   subsets/      the ablation subsets (categories, pairs, sizes, size-matched)
+  train/        LoRA on the tiny model over subset 'all', 2 CPU ranks, DeepSpeed ZeRO-2
+                (configs/train/tiny/lora.yaml)
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ import time
 from pathlib import Path
 
 from . import agreement, classify, generate, stats, subsets
+from .distributed import spawn
+from .errors import UserError
+from .rundir import read_manifest
 from . import filter as filter_stage
 from .config import add_config_arguments, config_from_args
 from .llm import LLMConfig
@@ -43,10 +48,12 @@ class QuickstartConfig:
     # generate.run_dir is ignored: every stage writes under run_dir.
     generate: generate.GenerateConfig = dataclasses.field(default_factory=_offline_generation)
     subset_sizes: list[int] = dataclasses.field(default_factory=lambda: [20, 40])
+    train_ranks: int = 2  # CPU ranks (gloo) for the training step
 
 
 # Verbs whose issues have not landed; the quickstart grows as each one does.
-NOT_YET = ["train", "evaluate", "report"]
+NOT_YET = ["evaluate", "report"]
+TINY_TRAIN = Path(__file__).resolve().parent.parent / "configs" / "train" / "tiny" / "lora.yaml"
 
 
 def run(cfg: QuickstartConfig, *, force: bool = False) -> dict[str, dict]:
@@ -74,6 +81,12 @@ def run(cfg: QuickstartConfig, *, force: bool = False) -> dict[str, dict]:
                           max_lengths=[128, 256, 512]), force=force)
     manifests["subsets"] = subsets.run(
         subsets.SubsetsConfig(run_dir=str(run_dir), sizes=cfg.subset_sizes), force=force)
+    # Training runs as its own ranks, exactly as a Slurm job would start it.
+    code = spawn(cfg.train_ranks, ["train", "--config", str(TINY_TRAIN), f"run_dir={run_dir}",
+                                   f"model.path={run_dir / 'tiny-model'}", *(["--force"] if force else [])])
+    if code:
+        raise UserError(f"training exited with status {code}; see the messages above")
+    manifests["train"] = read_manifest(run_dir / "train" / "tiny__all")
     print(f"quickstart: {len(manifests)} stage(s) complete in {run_dir} "
           f"({time.perf_counter() - t0:.1f} s)")
     for name, m in manifests.items():

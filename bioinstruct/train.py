@@ -402,16 +402,26 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict]) -> dict:
         raise Preempted(f"signalled at step {trainer.state.global_step}: complete checkpoint saved, "
                         f"exiting with {REQUEUE_EXIT} to be requeued")
     trainer.save_model(str(stage_dir / "adapter"))
-    if cfg.merge and rank == 0:
-        merged = model.merge_and_unload()
-        merged.save_pretrained(stage_dir / "merged")
-        tokenizer.save_pretrained(stage_dir / "merged")
     if rank == 0:
         tokenizer.save_pretrained(stage_dir / "adapter")
+        if cfg.merge:
+            merge(cfg.model.path, stage_dir / "adapter", stage_dir / "merged", dtype)
     return {"examples": len(examples), "dropped_prompt_too_long": dropped, "steps": trainer.state.global_step,
             "world_size": world_size, "gradient_accumulation": grad_accum, "train_loss": result.training_loss,
             "parameters": n_params, "trainable_parameters": sum(p.numel() for p in model.parameters()
                                                                  if p.requires_grad)}
+
+
+def merge(base: str, adapter: Path, out: Path, dtype) -> None:
+    """Base + adapter as one model. Reloaded from disk rather than taken from the trainer:
+    under ZeRO-3 the in-memory weights are partitioned across ranks."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    merged.save_pretrained(out)
+    AutoTokenizer.from_pretrained(adapter).save_pretrained(out)
 
 
 class Preempted(StageStopped):

@@ -2,7 +2,6 @@
 stopped by SIGUSR2 and resumed bit for bit; bad input fails before a model is loaded."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -119,6 +118,7 @@ def test_loss_goes_down_and_metrics_are_logged(tiny_model_dir, data, tmp_path):
     from bioinstruct.config import load_config
     cfg = load_config(TrainConfig, REPO / "configs/train/tiny/lora.yaml",
                       overrides(tiny_model_dir, data, tmp_path, "null", 30))
+    cfg.merge = True
     m = run(cfg)
     assert m["status"] == "complete" and m["summary"]["examples"] + m["summary"]["dropped_prompt_too_long"] == 80
     rows = [json.loads(line) for line in (stage(tmp_path) / "metrics.jsonl").read_text().splitlines()]
@@ -128,6 +128,15 @@ def test_loss_goes_down_and_metrics_are_logged(tiny_model_dir, data, tmp_path):
     assert last < first
     assert list((stage(tmp_path) / "runs").glob("**/events.out.tfevents.*"))
     assert (stage(tmp_path) / "adapter" / "adapter_config.json").exists()
+    # The merged model gives the adapter's outputs without peft.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    ids = torch.tensor([[1, 200, 300, 400]])
+    with torch.no_grad():
+        merged = AutoModelForCausalLM.from_pretrained(stage(tmp_path) / "merged")(ids).logits
+        tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                          stage(tmp_path) / "adapter")(ids).logits
+    assert torch.allclose(merged, tuned, atol=1e-5)
 
 
 @pytest.mark.unit
