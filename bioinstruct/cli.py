@@ -44,13 +44,7 @@ VERBS = [
     Verb("subsets", "write the training subsets for the ablations (categories, data sizes)",
          module="bioinstruct.subsets"),
     Verb("train", "LoRA instruction tuning with DeepSpeed (one model x one subset)", module="bioinstruct.train"),
-    Verb("evaluate", "score base and tuned models on the paper's nine tasks", issue=7,
-         contract="""
-         Reads: --model MODEL_DIR [--adapter ADAPTER_DIR] --tasks medqa,pubmedqa,...,
-           task data files (paths in the task configs) [--shard i/n].
-         Writes (--out DIR): predictions.jsonl (appended per example; a restart skips what
-           is done), results.json (metrics with n and confidence intervals).
-           --merge DIR combines shards and refuses an incomplete set."""),
+    Verb("evaluate", "score base and tuned models on the paper's nine tasks", module="bioinstruct.evaluate"),
     Verb("report", "the paper's tables and figures from a run directory", issue=10,
          contract="""
          Reads: RUN_DIR/**/results.json.

@@ -1,0 +1,266 @@
+"""Score a base model, and the same base with a LoRA adapter, on the paper's evaluation tasks.
+
+    bioinstruct evaluate --model /models/llama2-7b --adapter runs/v1/train/llama2-7b__all/adapter \\
+        --tasks medqa,medmcqa,pubmedqa --out runs/v1/evaluate
+    bioinstruct evaluate ... --shard 3/8              # one Slurm array task of eight
+    bioinstruct evaluate --merge runs/v1/evaluate     # combine the shards' predictions
+    bioinstruct evaluate ... --tasks conv2note judge=true judge_llm.model=gpt-4   # GPT-4 judge
+
+Input: a model directory (or hub id), optionally an adapter; tasks from the registry
+(bioinstruct/tasks/*.yaml; task data paths under $BIOINSTRUCT_DATA or set with
+task_data.<task>.path=FILE; gated sets say where to get them).
+Output (--out DIR/<model>/<task>/; <model> is "base", or the adapter's name):
+  shard-I-of-N/predictions.jsonl   one line per example, appended as produced; a restarted
+                                   shard skips what is done (manifest.json marks it complete)
+  results.json                     metrics with n and 95% bootstrap intervals, once every
+                                   shard is complete (at once when N = 1, else --merge)
+Scoring: multiple choice by log-likelihood of each choice after lm-evaluation-harness's
+prompt (acc, acc_norm; macro-F1 for PubMedQA) for every model, and, for the adapter model,
+also generatively with the Alpaca prompt it was trained with (greedy; letter / option
+extraction; the unparseable rate is reported). Generation tasks: ROUGE-1/2/L, cosine
+similarity of sentence embeddings, and the LLM judge's rubric scores when judge=true.
+Extraction tasks: micro precision / recall / F1 of normalised items.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal
+
+from . import metrics as M
+from .config import add_config_arguments, config_from_args
+from .errors import ConfigError, UserError
+from .io import JsonlAppender, atomic_write_json, read_jsonl
+from .llm import LLMConfig
+from .prompts import alpaca_prompt
+from .rundir import is_complete, read_manifest, run_stage
+from .table import format_table
+
+CHUNK = 64  # examples per append: a killed shard loses at most this much work
+
+
+@dataclasses.dataclass
+class EvaluateConfig:
+    model: str | None = None
+    adapter: str | None = None
+    tasks: list[str] = dataclasses.field(default_factory=lambda: ["pubmedqa"])
+    out: str = "runs/default/evaluate"
+    shard: str = "1/1"  # I/N: this process scores examples I, I+N, I+2N, ... (1-based I)
+    name: str | None = None  # the adapter model's folder name; default: the adapter's parent folder
+    compare_base: bool = True  # with an adapter, also score the base model in the same call
+    generative: bool = True  # multiple choice also answered generatively by the adapter model
+    task_data: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # per-task loader options
+    limit: int | None = None  # the first N examples of each task (quick looks)
+    batch_size: int = 32
+    max_new_tokens: int = 256
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    similarity_model: str | None = None  # sentence-embedding dir; None: bioinstruct[embed]'s MiniLM
+    judge: bool = False
+    judge_llm: LLMConfig = dataclasses.field(
+        default_factory=lambda: LLMConfig(backend="openai", temperature=0.0, max_tokens=60))
+
+    def __post_init__(self):
+        shard_of(self.shard)
+
+    def models(self) -> list[tuple[str, bool]]:
+        """(folder name, adapter on?) for each model this call scores."""
+        if not self.adapter:
+            return [("base", False)]
+        tuned = self.name or Path(self.adapter).resolve().parent.name
+        return [(tuned, True)] + ([("base", False)] if self.compare_base else [])
+
+
+def shard_of(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"shard must be I/N like 2/8, got {text!r}") from None
+    if not 1 <= i <= n:
+        raise ValueError(f"shard {text}: need 1 <= I <= N")
+    return i, n
+
+
+# ---- predicting ---------------------------------------------------------------------------
+
+def predict(lm, task, examples: list[dict], tuned: bool, cfg: EvaluateConfig) -> list[dict]:
+    """Prediction rows for ``examples`` with the model as it is (adapter on or off)."""
+    if task.kind == "multiple_choice":
+        requests = [(ex["context"], choice) for ex in examples for choice in ex["choices"]]
+        scores = iter(lm.loglikelihoods(requests, desc=f"{task.name} loglik"))
+        rows = []
+        for ex in examples:
+            ll = [next(scores) for _ in ex["choices"]]
+            logp = [s for s, _ in ll]
+            norm = [s / len(c) for s, c in zip(logp, ex["choices"])]
+            rows.append({"id": ex["id"], "gold": ex["gold"], "loglik": logp, "greedy": [g for _, g in ll],
+                         "pred": max(range(len(logp)), key=logp.__getitem__),
+                         "pred_norm": max(range(len(norm)), key=norm.__getitem__)})
+        if tuned and cfg.generative:
+            outputs = lm.generate([alpaca_prompt(ex["instruction"], ex["input"]) for ex in examples],
+                                  max_new_tokens=16, desc=f"{task.name} generate")
+            for row, ex, out in zip(rows, examples, outputs):
+                row["generated"] = out
+                row["gen_pred"] = M.extract_choice(out, ex["labels"], ex.get("option_texts", ()))
+        return rows
+    outputs = lm.generate([alpaca_prompt(ex["instruction"], ex["input"]) for ex in examples],
+                          max_new_tokens=cfg.max_new_tokens, desc=f"{task.name} generate")
+    if task.kind == "extraction":
+        return [{"id": ex["id"], "output": out, "pred_items": M.split_items(out), "gold": ex["gold"]}
+                for ex, out in zip(examples, outputs)]
+    return [{"id": ex["id"], "instruction": ex["instruction"], "input": ex["input"],
+             "reference": ex["reference"], "output": out} for ex, out in zip(examples, outputs)]
+
+
+def score_shard(lm, task, examples: list[dict], tuned: bool, cfg: EvaluateConfig, shard_dir: Path) -> dict:
+    path = shard_dir / "predictions.jsonl"
+    done = {row["id"] for row in read_jsonl(path, allow_torn_tail=True)} if path.exists() else set()
+    todo = [ex for ex in examples if ex["id"] not in done]
+    with JsonlAppender(path) as out:
+        for start in range(0, len(todo), CHUNK):
+            out.write_many(predict(lm, task, todo[start:start + CHUNK], tuned, cfg))
+    return {"examples": len(examples), "resumed_with": len(done)}
+
+
+# ---- results ------------------------------------------------------------------------------
+
+def task_metrics(task, rows: list[dict], cfg: EvaluateConfig, task_dir: Path) -> dict[str, Any]:
+    if task.kind == "multiple_choice":
+        out = {"acc": M.summarize([float(r["pred"] == r["gold"]) for r in rows]),
+               "acc_norm": M.summarize([float(r["pred_norm"] == r["gold"]) for r in rows])}
+        labels = sorted({r["gold"] for r in rows} | {i for r in rows for i in range(len(r["loglik"]))})
+        if "macro_f1" in task.metrics:
+            out["macro_f1"] = {"value": M.macro_f1([r["gold"] for r in rows], [r["pred"] for r in rows], labels),
+                               "n": len(rows)}
+        if rows and "gen_pred" in rows[0]:
+            out["generative_acc"] = M.summarize([float(r["gen_pred"] == r["gold"]) for r in rows])
+            out["unparseable_rate"] = M.summarize([float(r["gen_pred"] is None) for r in rows])
+            if "macro_f1" in task.metrics:
+                out["generative_macro_f1"] = {"value": M.macro_f1([r["gold"] for r in rows],
+                                                                  [r["gen_pred"] for r in rows], labels),
+                                              "n": len(rows)}
+        return out
+    if task.kind == "extraction":
+        pred, gold = [r["pred_items"] for r in rows], [r["gold"] for r in rows]
+        out = {k: {"value": v, "n": len(rows)} for k, v in M.prf(pred, gold).items()}
+        out["f1"]["ci95"] = M.bootstrap_ci(list(range(len(rows))),
+                                           lambda idx: M.prf([pred[i] for i in idx], [gold[i] for i in idx])["f1"])
+        return out
+    outputs, references = [r["output"] for r in rows], [r["reference"] for r in rows]
+    out = {k: M.summarize(v) for k, v in M.rouge(outputs, references).items()}
+    from .embed import SentenceEncoder
+
+    encoder = SentenceEncoder(cfg.similarity_model)
+    a, b = encoder.encode(outputs), encoder.encode(references)
+    out["similarity"] = M.summarize([float(x @ y) for x, y in zip(a, b)])
+    if cfg.judge:
+        from .judge import DIMENSIONS, judge
+
+        scores = judge(rows, cfg.judge_llm, task_dir / "judge")
+        scored = [s for s in scores if s]
+        for d in DIMENSIONS:
+            out[f"judge_{d}"] = M.summarize([s[d] for s in scored])
+        out["judge_mean"] = M.summarize([sum(s.values()) / len(s) for s in scored])
+        out["judge_unscored"] = {"value": len(rows) - len(scored), "n": len(rows)}
+    return out
+
+
+def write_results(task, task_dir: Path, cfg: EvaluateConfig, model_label: str) -> dict:
+    """Combine every shard's predictions (all must be complete) into results.json."""
+    shards = sorted(task_dir.glob("shard-*-of-*"))
+    if not shards:
+        raise UserError(f"{task_dir}: no shards")
+    n = int(shards[0].name.rsplit("-", 1)[1])
+    missing = [i for i in range(1, n + 1) if not is_complete(task_dir / f"shard-{i}-of-{n}")]
+    if missing or len(shards) != n:
+        raise UserError(f"{task_dir}: {len(missing)} of {n} shards are not complete "
+                        f"({', '.join(str(i) for i in missing[:10])}); run them before merging")
+    rows = [row for s in shards for row in read_jsonl(s / "predictions.jsonl")]
+    results = {"task": task.name, "kind": task.kind, "model": model_label,
+               "model_path": cfg.model, "adapter": cfg.adapter if model_label != "base" else None,
+               "n": len(rows), "shards": n, "metrics": task_metrics(task, rows, cfg, task_dir)}
+    atomic_write_json(task_dir / "results.json", results)
+    return results
+
+
+# ---- the stage ----------------------------------------------------------------------------
+
+def run(cfg: EvaluateConfig, *, force: bool = False) -> list[dict]:
+    from .tasks import load_examples, load_task
+
+    if not cfg.model:
+        raise ConfigError("no model: give --model DIR (and --adapter DIR for a tuned model)")
+    i, n = shard_of(cfg.shard)
+    tasks = [load_task(name, cfg.task_data.get(name)) for name in cfg.tasks]
+    examples = {t.name: load_examples(t)[:cfg.limit] for t in tasks}  # every data problem shows up first
+    from .scoring import LM
+
+    lm = LM(cfg.model, cfg.adapter, dtype=cfg.dtype, batch_size=cfg.batch_size)
+    results = []
+    for label, adapter_on in cfg.models():
+        for task in tasks:
+            task_dir = Path(cfg.out) / label / task.name
+            mine = examples[task.name][i - 1::n]
+            with (lm.base() if not adapter_on else _nothing()):
+                run_stage(task_dir / f"shard-{i}-of-{n}", "evaluate", cfg,
+                          lambda d: score_shard(lm, task, mine, adapter_on, cfg, d), force=force)
+            if n == 1:
+                results.append(write_results(task, task_dir, cfg, label))
+    return results
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def merge(out: str, cfg: EvaluateConfig) -> list[dict]:
+    """results.json for every model/task under ``out`` whose shards are all complete."""
+    from .tasks import load_task
+
+    results = []
+    for task_dir in sorted(p for p in Path(out).glob("*/*") if p.is_dir()):
+        shard = next(task_dir.glob("shard-*-of-*"), None)
+        if shard is None:
+            continue
+        manifest = read_manifest(shard)
+        shard_cfg = dataclasses.replace(cfg, **{k: manifest["config"][k] for k in ("model", "adapter", "judge")})
+        task = load_task(task_dir.name, manifest["config"]["task_data"].get(task_dir.name))
+        results.append(write_results(task, task_dir, shard_cfg, task_dir.parent.name))
+    if not results:
+        raise UserError(f"{out}: nothing to merge (expected {out}/<model>/<task>/shard-I-of-N/)")
+    return results
+
+
+def results_table(results: list[dict]) -> str:
+    rows = []
+    for r in results:
+        for name, m in r["metrics"].items():
+            ci = m.get("ci95")
+            rows.append((r["model"], r["task"], name, f"{m['value']:.4f}" if m["value"] is not None else "-",
+                         f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "", m["n"]))
+    return format_table(["model", "task", "metric", "value", "95% CI", "n"], rows)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", metavar="DIR", help="base model directory or hub id")
+    parser.add_argument("--adapter", metavar="DIR", help="LoRA adapter (from bioinstruct train)")
+    parser.add_argument("--tasks", metavar="A,B", help="comma-separated task names (see bioinstruct/tasks/)")
+    parser.add_argument("--shard", metavar="I/N", help="score every N-th example starting at I (1-based)")
+    parser.add_argument("--out", metavar="DIR", help="results folder")
+    parser.add_argument("--merge", metavar="DIR", help="combine complete shards under DIR into results.json")
+    add_config_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    flags = {"model": args.model, "adapter": args.adapter, "shard": args.shard, "out": args.out,
+             "tasks": args.tasks.split(",") if args.tasks else None}
+    cfg = config_from_args(EvaluateConfig, args, flags)
+    results = merge(args.merge, cfg) if args.merge else run(cfg, force=args.force)
+    if results:
+        print(results_table(results))
+    else:
+        print(f"shard {cfg.shard} done; combine the shards with: bioinstruct evaluate --merge {cfg.out}")
+    return 0
