@@ -45,11 +45,7 @@ VERBS = [
          module="bioinstruct.subsets"),
     Verb("train", "LoRA instruction tuning with DeepSpeed (one model x one subset)", module="bioinstruct.train"),
     Verb("evaluate", "score base and tuned models on the paper's nine tasks", module="bioinstruct.evaluate"),
-    Verb("report", "the paper's tables and figures from a run directory", issue=10,
-         contract="""
-         Reads: RUN_DIR/**/results.json.
-         Writes (--out DIR): Markdown and CSV tables (QA/NLI, IE, generation), Figure 2
-           (task-subset ablation) and Figure 3 (data-size curve) as PNG/PDF, index.html."""),
+    Verb("report", "the paper's tables and figures from a run directory", module="bioinstruct.report"),
     Verb("launch", "submit a sweep to Slurm (or run it locally) with submitit", issue=8,
          contract="""
          Reads: a sweep YAML from launch/ (stages, grids, resources, container).
