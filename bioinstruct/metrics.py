@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import re
-import string
+import unicodedata
 from typing import Callable, Sequence
 
 BOOTSTRAP = 1000
@@ -45,8 +45,17 @@ def macro_f1(gold: Sequence[int], pred: Sequence[int | None], labels: Sequence[i
 
 
 def normalize_item(text: str) -> str:
-    """How extracted items are compared: lowercase, punctuation to spaces, spaces collapsed."""
-    text = text.lower().translate(str.maketrans(string.punctuation, " " * len(string.punctuation)))
+    """The normalisation extraction items are matched under (gold and predicted alike).
+
+    Unicode NFKC, lowercase, every punctuation character (Unicode category P*: hyphens,
+    slashes, brackets, quotes, periods, commas, ...) replaced by a space, whitespace
+    collapsed to single spaces and stripped. ``"Metoprolol (Active)."`` and
+    ``"metoprolol active"`` are the same item; ``"beta-blocker"`` becomes ``"beta blocker"``.
+    Symbols (``+``, ``<``, ``=``, ``°``; not ``%``, ``#``, ``&``, which are punctuation) and
+    digits are kept.
+    """
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = "".join(" " if unicodedata.category(ch).startswith("P") else ch for ch in text)
     return " ".join(text.split())
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import bioinstruct
+
 from bioinstruct.errors import UserError
 from bioinstruct.evaluate import EvaluateConfig, merge, run
 from bioinstruct.io import read_jsonl
@@ -14,7 +16,7 @@ from bioinstruct.llm import LLMConfig
 
 pytestmark = pytest.mark.integration
 
-DEMO = Path(__file__).resolve().parent / "data" / "tasks"
+DEMO = Path(bioinstruct.__file__).parent / "data" / "demo_tasks"
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The task registry and loaders: every task on synthetic fixtures (tests/data/tasks) and,
+"""The task registry and loaders: every task on synthetic fixtures (bioinstruct/data/demo_tasks) and,
 where public, on the real files in ../shared/data; the multiple-choice prompts against
 lm-evaluation-harness's own task code."""
 
@@ -10,13 +10,16 @@ from pathlib import Path
 
 import pytest
 
+import bioinstruct
+
 from bioinstruct.errors import ConfigError, DataError
 from bioinstruct.tasks import Task, load_examples, load_task, task_names
-from bioinstruct.tasks.loaders import MTS_SECTION_NAMES, normalize_item
+from bioinstruct.metrics import normalize_item
+from bioinstruct.tasks.loaders import MTS_SECTION_NAMES
 
 pytestmark = pytest.mark.unit
 
-FIXTURES = Path(__file__).parent / "data" / "tasks"
+FIXTURES = Path(bioinstruct.__file__).parent / "data" / "demo_tasks"
 ALL_TASKS = ["bioasq", "conv2note", "coreference", "icliniq", "medication_status", "medmcqa",
              "mednli", "medqa", "pubmedqa"]
 

@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import csv
 import json
-import unicodedata
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import ConfigError, DataError
+from ..metrics import normalize_item
 
 LETTERS = ["A", "B", "C", "D"]
 # lm-eval's default ``target_delimiter``: each choice is scored as " " + choice.
@@ -60,21 +60,6 @@ class MissingData(Exception):
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def normalize_item(text: str) -> str:
-    """The normalisation extraction items are matched under (gold and predicted alike).
-
-    Unicode NFKC, lowercase, every punctuation character (Unicode category P*: hyphens,
-    slashes, brackets, quotes, periods, commas, ...) replaced by a space, whitespace
-    collapsed to single spaces and stripped. ``"Metoprolol (Active)."`` and
-    ``"metoprolol active"`` are the same item; ``"beta-blocker"`` becomes ``"beta blocker"``.
-    Symbols (``+``, ``<``, ``=``, ``°``; not ``%``, ``#``, ``&``, which are punctuation) and
-    digits are kept.
-    """
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = "".join(" " if unicodedata.category(ch).startswith("P") else ch for ch in text)
-    return " ".join(text.split())
 
 
 def _need(path: Any, key: str) -> Path:
