@@ -18,6 +18,11 @@ Output (run_dir), one folder per stage, each with manifest.json and config.yaml:
   subsets/      the ablation subsets (categories, pairs, sizes, size-matched)
   train/        LoRA on the tiny model over subset 'all', 2 CPU ranks, DeepSpeed ZeRO-2
                 (configs/train/tiny/lora.yaml)
+  evaluate/     base and tuned tiny model on all nine tasks, on the synthetic demo data
+                (bioinstruct/data/demo_tasks), with the offline judge
+  report/       the paper's tables and figures for this run (index.html)
+The numbers are those of a 0.2M-parameter model on synthetic text: they show the pipeline
+works end to end, nothing about BioInstruct.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from . import agreement, classify, generate, stats, subsets
+from . import agreement, classify, evaluate, generate, report, stats, subsets
 from .distributed import spawn
 from .errors import UserError
 from .rundir import read_manifest
@@ -52,7 +57,8 @@ class QuickstartConfig:
 
 
 # Verbs whose issues have not landed; the quickstart grows as each one does.
-NOT_YET = ["evaluate", "report"]
+NOT_YET: list[str] = []
+DEMO_TASKS = Path(__file__).resolve().parent / "data" / "demo_tasks"
 TINY_TRAIN = Path(__file__).resolve().parent.parent / "configs" / "train" / "tiny" / "lora.yaml"
 
 
@@ -87,11 +93,22 @@ def run(cfg: QuickstartConfig, *, force: bool = False) -> dict[str, dict]:
     if code:
         raise UserError(f"training exited with status {code}; see the messages above")
     manifests["train"] = read_manifest(run_dir / "train" / "tiny__all")
+    from .tasks import task_names
+
+    evaluation = evaluate.EvaluateConfig(
+        model=str(run_dir / "tiny-model"), adapter=str(run_dir / "train" / "tiny__all" / "adapter"),
+        tasks=task_names(), out=str(run_dir / "evaluate"), task_data={t: {"root": str(DEMO_TASKS)} for t in task_names()},
+        batch_size=8, max_new_tokens=32, judge=True, judge_llm=LLMConfig(backend="offline"))
+    results = evaluate.run(evaluation, force=force)
+    manifests["evaluate"] = {"status": "complete", "summary": {"results": len(results)}}
+    manifests["report"] = report.run(report.ReportConfig(run_dir=str(run_dir)), force=force)
     print(f"quickstart: {len(manifests)} stage(s) complete in {run_dir} "
           f"({time.perf_counter() - t0:.1f} s)")
     for name, m in manifests.items():
         print(f"  {name:<12} {m['status']:<9} {run_dir / name}")
-    print("not yet part of the quickstart (open issues): " + ", ".join(NOT_YET))
+    if NOT_YET:
+        print("not yet part of the quickstart (open issues): " + ", ".join(NOT_YET))
+    print(f"open {run_dir / 'report' / 'index.html'} to see the tables and figures")
     return manifests
 
 
