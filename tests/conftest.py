@@ -53,3 +53,17 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def _cpu_env(monkeypatch):
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
     monkeypatch.setenv("BIOINSTRUCT_PROGRESS", "0")
+
+
+def wait_for_lines(path: Path, count: int, proc, timeout: float = 120.0) -> None:
+    """Wait until ``path`` holds at least ``count`` lines (what a kill test kills after):
+    progress, not a fixed sleep, decides when, so a loaded machine only makes it slower."""
+    import time
+
+    deadline = time.time() + timeout
+    while not (path.exists() and path.read_bytes().count(b"\n") >= count):
+        if proc.poll() is not None:
+            raise AssertionError(f"the process ended (status {proc.returncode}) before {path} had {count} lines")
+        if time.time() > deadline:
+            raise AssertionError(f"{path} did not reach {count} lines in {timeout:.0f} s")
+        time.sleep(0.02)

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -15,6 +14,7 @@ from bioinstruct.io import read_jsonl
 from bioinstruct.llm import LLMConfig
 from bioinstruct.records import record_id
 from bioinstruct.testing.openai_server import Faults, OpenAIServer
+from conftest import wait_for_lines
 
 pytestmark = pytest.mark.unit
 
@@ -109,7 +109,7 @@ def test_kill_9_then_rerun_pays_nothing_twice(tmp_path, monkeypatch):
         cmd = [sys.executable, "-m", "bioinstruct", "classify", f"run_dir={tmp_path}", "--in", str(source),
                f"llm.base_url={server.base_url}", "llm.concurrency=4"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(2.5)
+        wait_for_lines(tmp_path / "classify" / "responses.jsonl", 10, proc)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         partial = len(read_jsonl(tmp_path / "classify" / "responses.jsonl", allow_torn_tail=True))

@@ -6,7 +6,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -15,6 +14,7 @@ from bioinstruct.generate import (GenerateConfig, load_seeds, load_template, off
                                   parse_response, prompt_messages, run)
 from bioinstruct.io import read_jsonl
 from bioinstruct.rundir import read_manifest
+from conftest import wait_for_lines
 
 pytestmark = pytest.mark.unit
 
@@ -153,11 +153,13 @@ def test_kill_9_at_random_moments_then_rerun_gives_the_uninterrupted_result(tmp_
     victim = tmp_path / "victim"
     cmd = [sys.executable, "-m", "bioinstruct", "generate", f"run_dir={victim}", "target=4000",
            "llm.backend=offline"]
-    # A whole run takes ~8 s here; each kill lands somewhere inside one.
+    # A whole run is ~900 responses; each kill lands 20 to 120 responses into a run.
     rng = random.Random(0)
+    responses = victim / "generate" / "responses.jsonl"
     for _ in range(3):
+        before = responses.read_bytes().count(b"\n") if responses.exists() else 0
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(2.0, 4.5))
+        wait_for_lines(responses, before + rng.randint(20, 120), proc)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     partial = read_jsonl(victim / "generate" / "responses.jsonl", allow_torn_tail=True)

@@ -17,6 +17,7 @@ from bioinstruct.io import read_jsonl
 from bioinstruct.llm import LLMConfig
 from bioinstruct.rundir import read_manifest
 from bioinstruct.testing.openai_server import BatchFaults, Faults, OpenAIServer
+from conftest import wait_for_lines
 
 pytestmark = pytest.mark.integration
 
@@ -114,15 +115,14 @@ def test_kill_9_at_random_moments_then_rerun_completes_without_loss(tmp_path, ap
                f"llm.base_url={server.base_url}", "llm.concurrency=4", "llm.requests_per_minute=100000",
                "llm.tokens_per_minute=1000000000"]
         rng = random.Random(1)
-        kills = 0
-        for _ in range(3):
+        responses = run_dir / "generate" / "responses.jsonl"
+        kills = 3
+        for _ in range(kills):
+            before = responses.read_bytes().count(b"\n") if responses.exists() else 0
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(1.5, 3.0))
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-                kills += 1
+            wait_for_lines(responses, before + rng.randint(2, 8), proc)
+            os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-        assert kills >= 1
         done = subprocess.run(cmd, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         served_ok = server.stats.outcomes["ok"]
