@@ -93,7 +93,8 @@ def predict(lm, task, examples: list[dict], tuned: bool, cfg: EvaluateConfig) ->
         for ex in examples:
             ll = [next(scores) for _ in ex["choices"]]
             logp = [s for s, _ in ll]
-            norm = [s / len(c) for s, c in zip(logp, ex["choices"])]
+            # lm-eval's acc_norm divides by the choice's length without the target delimiter.
+            norm = [s / len(c.removeprefix(" ")) for s, c in zip(logp, ex["choices"])]
             rows.append({"id": ex["id"], "gold": ex["gold"], "loglik": logp, "greedy": [g for _, g in ll],
                          "pred": max(range(len(logp)), key=logp.__getitem__),
                          "pred_norm": max(range(len(norm)), key=norm.__getitem__)})
