@@ -16,19 +16,16 @@ import dataclasses
 import importlib
 import os
 import sys
-import textwrap
 
 from . import __version__
-from .errors import NotReady, UserError
+from .errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
 class Verb:
     name: str
     summary: str
-    module: str | None = None  # implemented: a module with __doc__, add_arguments, main
-    issue: int | None = None  # not yet implemented: the issue that builds it
-    contract: str = ""  # not yet implemented: what it will read and write
+    module: str  # with __doc__ (the verb's --help), add_arguments(parser) and main(args)
 
 
 VERBS = [
@@ -46,15 +43,8 @@ VERBS = [
     Verb("train", "LoRA instruction tuning with DeepSpeed (one model x one subset)", module="bioinstruct.train"),
     Verb("evaluate", "score base and tuned models on the paper's nine tasks", module="bioinstruct.evaluate"),
     Verb("report", "the paper's tables and figures from a run directory", module="bioinstruct.report"),
-    Verb("launch", "submit a sweep to Slurm (or run it locally) with submitit", issue=8,
-         contract="""
-         Reads: a sweep YAML from launch/ (stages, grids, resources, container).
-         Writes: RUN_DIR/sweep.json (job ids per array task), Slurm logs; --dry-run prints
-           the jobs, dependencies and exact sbatch scripts without submitting."""),
-    Verb("status", "per-task state of a launched sweep", issue=8,
-         contract="""
-         Reads: RUN_DIR/sweep.json and Slurm's accounting.
-         Prints: per array task pending / running / done / failed / requeued, log paths."""),
+    Verb("launch", "submit a sweep to Slurm (or run it locally) with submitit", module="bioinstruct.launch"),
+    Verb("status", "per-task state of a launched sweep", module="bioinstruct.launch_status"),
     Verb("quickstart", "the whole pipeline on CPU with a tiny model, offline, in minutes",
          module="bioinstruct.quickstart"),
     Verb("doctor", "what this machine offers: torch, CUDA, DeepSpeed, Slurm, Apptainer, API key",
@@ -62,11 +52,6 @@ VERBS = [
     Verb("make-tiny-model", "build the tiny LLaMA used by tests and the quickstart",
          module="bioinstruct.tiny_model"),
 ]
-
-
-def _describe_planned(verb: Verb) -> str:
-    return (f"{verb.summary}.\n\nNot implemented yet: issue #{verb.issue} builds it.\n"
-            + textwrap.dedent(verb.contract))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,23 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bioinstruct {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", title="verbs (pipeline order)")
     for verb in VERBS:
-        if verb.module:
-            module = importlib.import_module(verb.module)
-            p = sub.add_parser(verb.name, help=verb.summary, description=module.__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-            module.add_arguments(p)
-            p.set_defaults(_main=module.main)
-        else:
-            p = sub.add_parser(verb.name, help=verb.summary, description=_describe_planned(verb),
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-            p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-            p.set_defaults(_main=lambda args, verb=verb: _not_ready(verb))
+        module = importlib.import_module(verb.module)
+        p = sub.add_parser(verb.name, help=verb.summary, description=module.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(_main=module.main)
     return parser
-
-
-def _not_ready(verb: Verb) -> int:
-    raise NotReady(f"'bioinstruct {verb.name}' is not implemented yet (issue #{verb.issue}); "
-                   f"see 'bioinstruct {verb.name} --help' for what it will do")
 
 
 def _quiet_deepspeed_on_cpu() -> None:

@@ -19,7 +19,3 @@ class StageConflict(UserError):
 
 class StageStopped(UserError):
     """A stage stopped cleanly before its end (a budget limit); re-running continues it."""
-
-
-class NotReady(UserError):
-    """A verb whose issue has not landed yet."""

@@ -12,8 +12,8 @@ task_data.<task>.path=FILE; gated sets say where to get them).
 Output (--out DIR/<model>/<task>/; <model> is "base", or the adapter's name):
   shard-I-of-N/predictions.jsonl   one line per example, appended as produced; a restarted
                                    shard skips what is done (manifest.json marks it complete)
-  results.json                     metrics with n and 95% bootstrap intervals, once every
-                                   shard is complete (at once when N = 1, else --merge)
+  results.json                     metrics with n and 95% bootstrap intervals, written by
+                                   the shard that completes the set (or by --merge)
 Scoring: multiple choice by log-likelihood of each choice after lm-evaluation-harness's
 prompt (acc, acc_norm; macro-F1 for PubMedQA) for every model, and, for the adapter model,
 also generatively with the Alpaca prompt it was trained with (greedy; letter / option
@@ -206,9 +206,20 @@ def run(cfg: EvaluateConfig, *, force: bool = False) -> list[dict]:
             with (lm.base() if not adapter_on else _nothing()):
                 run_stage(task_dir / f"shard-{i}-of-{n}", "evaluate", cfg,
                           lambda d: score_shard(lm, task, mine, adapter_on, cfg, d), force=force)
-            if n == 1:
-                results.append(write_results(task, task_dir, cfg, label))
+            if all(is_complete(task_dir / f"shard-{j}-of-{n}") for j in range(1, n + 1)):
+                results.append(merge_task(task, task_dir, cfg, label))
     return results
+
+
+def merge_task(task, task_dir: Path, cfg: EvaluateConfig, label: str) -> dict:
+    """results.json by whichever shard of an array completes the set. Two shards finishing
+    together take turns under a lock: the judge's paid calls are made once, and the second
+    merge replays them."""
+    import fcntl
+
+    with open(task_dir / ".merge.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return write_results(task, task_dir, cfg, label)
 
 
 def _nothing():
@@ -229,7 +240,7 @@ def merge(out: str, cfg: EvaluateConfig) -> list[dict]:
         manifest = read_manifest(shard)
         shard_cfg = dataclasses.replace(cfg, **{k: manifest["config"][k] for k in ("model", "adapter", "judge")})
         task = load_task(task_dir.name, manifest["config"]["task_data"].get(task_dir.name))
-        results.append(write_results(task, task_dir, shard_cfg, task_dir.parent.name))
+        results.append(merge_task(task, task_dir, shard_cfg, task_dir.parent.name))
     if not results:
         raise UserError(f"{out}: nothing to merge (expected {out}/<model>/<task>/shard-I-of-N/)")
     return results
@@ -263,5 +274,5 @@ def main(args: argparse.Namespace) -> int:
     if results:
         print(results_table(results))
     else:
-        print(f"shard {cfg.shard} done; combine the shards with: bioinstruct evaluate --merge {cfg.out}")
+        print(f"shard {cfg.shard} done; the shard that completes a task writes its results.json")
     return 0

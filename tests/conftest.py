@@ -55,6 +55,35 @@ def _cpu_env(monkeypatch):
     monkeypatch.setenv("BIOINSTRUCT_PROGRESS", "0")
 
 
+@pytest.fixture(scope="session")
+def local_slurm():
+    """A real Slurm from slurm/local/start.sh with two emulated nodes (n1, n2; 2 CPUs and 2
+    fake GPUs each; partitions debug and high, high preempts debug). Started when not
+    running, and then stopped at the end; SLURM_CONF points every command at it. Skips (or
+    fails, in CI) where it cannot start: no Slurm packages and not root to install them."""
+    import subprocess
+
+    state = Path(os.environ.get("BIOINSTRUCT_SLURM_DIR", "/tmp/bioinstruct-slurm"))
+    installed = all(shutil.which(c) for c in ("slurmctld", "slurmd", "sbatch", "munged"))
+    require("slurm", installed or (os.geteuid() == 0 and shutil.which("apt-get") is not None),
+            "Slurm is not installed (as root: apt-get install slurmctld slurmd slurm-client munge)")
+    pid = (state / "run" / "slurmctld.pid").read_text().strip() if (state / "run" / "slurmctld.pid").exists() else ""
+    was_running = bool(pid) and Path(f"/proc/{pid}").exists()
+    env = {**os.environ, "BIOINSTRUCT_SLURM_DIR": str(state), "BIOINSTRUCT_SLURM_NODES": "2"}
+    start = subprocess.run([str(REPO / "slurm" / "local" / "start.sh")], env=env, capture_output=True,
+                           text=True, timeout=900)
+    require("slurm", start.returncode == 0, f"slurm/local/start.sh failed:\n{start.stderr[-3000:]}")
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(state / "slurm.conf")
+    yield state
+    if previous is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = previous
+    if not was_running:
+        subprocess.run([str(REPO / "slurm" / "local" / "stop.sh")], env=env, check=False, timeout=120)
+
+
 def wait_for_lines(path: Path, count: int, proc, timeout: float = 120.0) -> None:
     """Wait until ``path`` holds at least ``count`` lines (what a kill test kills after):
     progress, not a fixed sleep, decides when, so a loaded machine only makes it slower."""
@@ -67,3 +96,64 @@ def wait_for_lines(path: Path, count: int, proc, timeout: float = 120.0) -> None
         if time.time() > deadline:
             raise AssertionError(f"{path} did not reach {count} lines in {timeout:.0f} s")
         time.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def apptainer():
+    """The apptainer command for the container tier: one on PATH (a cluster's), else the one
+    containers/ci-apptainer.sh provides on a machine whose distribution has none (it runs it
+    as root when CI requires the tier or its cached root is already there: about a minute
+    once, then a second). Its folder goes on PATH for the session, so code that runs
+    `apptainer` by name (launch's container path) finds it. Skips, or fails in CI, without."""
+    import subprocess
+
+    found = shutil.which("apptainer")
+    if found:
+        yield found
+        return
+    cache = Path(os.environ.get("BIOINSTRUCT_APPTAINER_ROOT", "/var/cache/bioinstruct-apptainer"))
+    prepared = (cache / "rootfs" / ".bioinstruct-ready").exists()
+    require("container", os.geteuid() == 0 and ("container" in REQUIRED_TIERS or prepared),
+            "apptainer is not on PATH (module load apptainer; or, as root on Debian/Ubuntu: "
+            "bash containers/ci-apptainer.sh)")
+    setup = subprocess.run(["bash", str(REPO / "containers" / "ci-apptainer.sh")], capture_output=True,
+                           text=True, timeout=1200)
+    require("container", setup.returncode == 0,
+            f"containers/ci-apptainer.sh failed:\n{setup.stdout[-1500:]}{setup.stderr[-3000:]}")
+    previous = os.environ["PATH"]
+    os.environ["PATH"] = f"{cache / 'bin'}{os.pathsep}{previous}"
+    yield str(cache / "bin" / "apptainer")
+    os.environ["PATH"] = previous
+
+
+# Values of secret-looking variables set while test images are built: tests/test_containers.py
+# checks that none of them ends up in an image.
+CONTAINER_CANARY = f"bioinstruct-canary-{os.urandom(8).hex()}"
+CONTAINER_BUILD_SECRETS = {"OPENAI_API_KEY": f"sk-{CONTAINER_CANARY}", "HF_TOKEN": f"hf_{CONTAINER_CANARY}",
+                           "AZURE_OPENAI_API_KEY": CONTAINER_CANARY}
+
+
+def build_image(apptainer: str, definition: str, out: Path, *options: str):
+    """containers/build.sh DEFINITION -o OUT (cpu, gpu or a .def path), with the canary
+    secrets in its environment and --host-pip (pip in %post gets this machine's CA bundle
+    and indexes; harmless where it needs none). Apptainer's and pip's caches stay where
+    build.sh puts them (scratch or /tmp) for the next run. Returns the finished process."""
+    import subprocess
+    import time
+
+    env = {**os.environ, **CONTAINER_BUILD_SECRETS, "APPTAINER": apptainer}
+    start = time.monotonic()
+    proc = subprocess.run(["bash", str(REPO / "containers" / "build.sh"), definition, "--host-pip", "-o", str(out),
+                           *options], capture_output=True, text=True, timeout=1800, env=env)
+    assert proc.returncode == 0, f"build.sh {definition} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    print(f"built {out.name} in {time.monotonic() - start:.0f} s: {proc.stdout.strip().splitlines()[-1]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def cpu_image(apptainer, tmp_path_factory) -> Path:
+    """The CPU image (containers/cpu.def), built once per session with containers/build.sh:
+    about 1.5-3 minutes. Its `python3` has bioinstruct and submitit, for jobs run inside it."""
+    out = tmp_path_factory.mktemp("images") / "bioinstruct-cpu.sif"
+    build_image(apptainer, "cpu", out)
+    return out

@@ -35,14 +35,6 @@ def test_each_verb_help_describes_its_contract(verb, capsys):
     assert any(w in text for w in ("Reads:", "Input", "Output", "Writes", "Prints", "Print"))
 
 
-def test_planned_verb_says_which_issue_and_fails(capsys):
-    planned = [v for v in VERBS if v.issue]
-    if not planned:
-        pytest.skip("every verb is implemented")
-    assert main([planned[0].name, "x=1"]) == 2
-    assert f"not implemented yet (issue #{planned[0].issue})" in capsys.readouterr().err
-
-
 def test_config_error_is_one_clear_line(tmp_path, capsys):
     assert main(["make-tiny-model", str(tmp_path / "m"), "pretrain_step=5"]) == 2
     err = capsys.readouterr().err

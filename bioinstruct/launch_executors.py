@@ -1,0 +1,295 @@
+"""The executors of ``bioinstruct launch``: submitit's slurm, local and debug executors behind
+one small interface.
+
+    executor = EXECUTORS["slurm"]()
+    print(executor.script(job))          # the exact sbatch script, without submitting
+    ids = executor.submit(job)           # one job id per task ("123_4" inside an array)
+    executor.live(ids)                   # queued or running jobs, with restart counts
+    executor.ended(ids)                  # the scheduler's final state of the others
+
+A :class:`Job` is the tasks of one stage that run now: one Slurm job, or one array (submitit's
+``executor.batch()``) when there are several, each task calling
+:func:`bioinstruct.launch_stages.run_task`. Slurm orders stages with ``afterok`` dependencies;
+the local and debug executors have none, so their ``submit`` returns only when the tasks have
+ended (``blocking``) and the launcher runs stages one after the other.
+
+Every Slurm job runs its Python through ``bi_run`` (slurm/common.sh) on the host side of the
+batch script: Slurm's warning signal goes to the batch shell (``--signal=B:USR2@...``), which
+forwards it to srun and requeues the job with scontrol when the program exits 75. submitit's
+own requeue runs scontrol inside the job, where a container has none, and decides between
+timeout and preemption from the elapsed time; neither is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .errors import UserError
+from .launch_stages import run_task
+
+REPO = Path(__file__).resolve().parent.parent
+COMMON_SH = REPO / "slurm" / "common.sh"
+
+
+@dataclasses.dataclass
+class Resources:
+    """What one task of a stage gets. ``None`` inherits from the layer below (see launch.py);
+    after merging, ``None`` leaves the option out (the partition's default)."""
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    nodes: int | None = None
+    gpus_per_node: int | None = None
+    tasks_per_node: int | None = None  # ranks per node: one per GPU for training
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None  # per node
+    time_min: int | None = None
+    array_parallelism: int | None = None  # array tasks running at once
+    signal_delay_s: int | None = None  # USR2 this long before the time limit (save and requeue)
+    max_requeues: int | None = None  # restarts of one job before it is left stopped
+    sbatch: dict[str, str] | None = None  # any other sbatch option, e.g. {exclude: node7}
+
+
+@dataclasses.dataclass
+class Container:
+    """The Apptainer image a stage's Python runs in; no image: the launching Python, on the host."""
+    image: str | None = None
+    binds: list[str] | None = None  # "src[:dst[:opts]]" besides the run directory, always bound
+    nv: bool | None = None  # --nv (host GPU driver); None: when the stage asks for GPUs
+    python: str | None = None  # inside the image; default python3
+
+
+@dataclasses.dataclass
+class Job:
+    """The tasks of one stage that run now."""
+    name: str  # the Slurm job name
+    folder: Path  # submitit's folder: scripts, pickles, logs
+    calls: list[tuple[str, str, str]]  # run_task(kind, config, attempts) per task
+    resources: Resources  # merged: every field but the optional ones is set
+    container: Container
+    binds: list[str]  # always bound (the run directory)
+    after: list[str]  # job ids to wait for (afterok)
+
+    @property
+    def array(self) -> bool:
+        # submitit submits a batch of one as a plain job, not an array of one.
+        return len(self.calls) > 1
+
+    def log_paths(self, job_id: str) -> dict[str, str]:
+        """Rank 0's stdout and stderr of one task, as submitit names them (rank r: _r_)."""
+        return {"out": str(self.folder / f"{job_id}_0_log.out"), "err": str(self.folder / f"{job_id}_0_log.err")}
+
+
+@dataclasses.dataclass
+class Live:
+    """A job the scheduler still holds."""
+    state: str  # PENDING, RUNNING, COMPLETING, ... (squeue's words)
+    reason: str
+    restarts: int
+    raw_id: str  # the job's own id (array tasks have one besides 123_4)
+
+
+def python_in_container(job: Job) -> list[str]:
+    """The command that starts Python for a task: the host's, or the image's via apptainer.
+    Never --cleanenv: it would drop SLURM_* (ranks, node list) that the stages read."""
+    c = job.container
+    if not c.image:
+        return [sys.executable]
+    nv = c.nv if c.nv is not None else bool(job.resources.gpus_per_node)
+    binds = ",".join(dict.fromkeys([*job.binds, *(c.binds or [])]))
+    return ["apptainer", "exec", *(["--nv"] if nv else []), "--bind", binds, c.image, c.python or "python3"]
+
+
+def _mem(gb: float) -> str:
+    return f"{int(gb)}GB" if gb == int(gb) else f"{int(gb * 1024)}MB"
+
+
+class SlurmExecutor:
+    name = "slurm"
+    blocking = False
+
+    def python(self, job: Job) -> str:
+        """submitit's ``python``: what precedes ``-u -m submitit.core._submit FOLDER``. srun
+        starts the ranks, so each gets SLURM_PROCID; bi_run keeps the host side in charge.
+        Since Slurm 22.05 srun does not inherit --cpus-per-task from sbatch: passed again."""
+        ids = "%A_%a" if job.array else "%j"
+        srun = ["srun", "--unbuffered", "--open-mode=append", f"--cpus-per-task={job.resources.cpus_per_task}",
+                f"--output={job.folder / f'{ids}_%t_log.out'}", f"--error={job.folder / f'{ids}_%t_log.err'}"]
+        return shlex.join(["bi_run", *srun, *python_in_container(job)])
+
+    def parameters(self, job: Job) -> dict:
+        """submitit SlurmExecutor parameters (each becomes an #SBATCH line)."""
+        r = job.resources
+        params = {
+            "job_name": job.name, "partition": r.partition, "account": r.account, "qos": r.qos,
+            "constraint": r.constraint, "nodes": r.nodes, "ntasks_per_node": r.tasks_per_node,
+            "cpus_per_task": r.cpus_per_task, "gpus_per_node": r.gpus_per_node or None,
+            "mem": _mem(r.mem_gb) if r.mem_gb else None, "time": r.time_min,
+            "array_parallelism": r.array_parallelism,
+            "dependency": "afterok:" + ":".join(job.after) if job.after else None,
+            "setup": [f"source {shlex.quote(str(COMMON_SH))}", f"export BI_MAX_REQUEUES={r.max_requeues}"],
+            # Python is started by our own srun line, inside bi_run (see python()).
+            "use_srun": False,
+            "additional_parameters": {
+                # B: the batch shell gets the warning and forwards it (bi_run); submitit
+                # would otherwise write USR2@delay, which skips the host side.
+                "signal": f"B:USR2@{r.signal_delay_s}",
+                "requeue": True,
+                # A dependent of a failed task is cancelled, not left pending forever:
+                # `bioinstruct launch --resume` submits it again.
+                "kill-on-invalid-dep": "yes",
+                **(r.sbatch or {}),
+            },
+        }
+        params = {k: v for k, v in params.items() if v is not None}
+        params["wckey"] = None  # submitit's default tags every job "submitit"
+        return params
+
+    def command(self, job: Job) -> str:
+        # As submitit's SlurmExecutor._submitit_command_str writes it.
+        return " ".join([self.python(job), "-u -m submitit.core._submit", shlex.quote(str(job.folder))])
+
+    def script(self, job: Job) -> str:
+        """The sbatch script ``submit`` would write, byte for byte."""
+        from submitit.slurm.slurm import _make_sbatch_string
+
+        return _make_sbatch_string(command=self.command(job), folder=job.folder,
+                                   map_count=len(job.calls) if job.array else None, **self.parameters(job))
+
+    def submit(self, job: Job) -> list[str]:
+        import submitit
+        from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+        job.folder.mkdir(parents=True, exist_ok=True)
+        ex = submitit.SlurmExecutor(folder=job.folder, python=self.python(job))
+        ex.update_parameters(**self.parameters(job))
+        try:
+            with ex.batch():
+                jobs = [ex.submit(run_task, *call) for call in job.calls]
+        except (FailedJobError, FailedSubmissionError) as e:  # sbatch said no: a partition, an account...
+            raise UserError(f"sbatch refused job {job.name}: {str(e).strip()}") from None
+        return [j.job_id for j in jobs]
+
+    def live(self, job_ids: list[str]) -> dict[str, Live]:
+        """squeue's view of the given jobs (array tasks as 123_4), those it still holds."""
+        bases = sorted({j.split("_")[0] for j in job_ids})
+        if not bases:
+            return {}
+        try:
+            out = subprocess.run(["squeue", "--noheader", "--array", f"--jobs={','.join(bases)}",
+                                  "--Format=JobArrayID:|,JobID:|,State:|,Reason:|,RestartCnt:"],
+                                 capture_output=True, text=True, timeout=60)
+        except FileNotFoundError:
+            raise UserError("squeue not found: ask where Slurm's commands are (a login node)") from None
+        if out.returncode:
+            if "Invalid job id" in out.stderr:  # every one of them has left the queue
+                return {}
+            raise UserError(f"squeue failed: {out.stderr.strip()}")
+        found = {}
+        for line in out.stdout.splitlines():
+            fields = [f.strip() for f in line.split("|")]
+            if len(fields) == 5:
+                array_id, raw_id, state, reason, restarts = fields
+                found[array_id] = Live(state, reason, int(restarts or 0), raw_id)
+        return {j: found[j] for j in job_ids if j in found}
+
+    def ended(self, job_ids: list[str], raw_ids: dict[str, str]) -> dict[str, str]:
+        """The final state (and exit code) the accounting holds for each job, where it has one.
+        Without slurmdbd, sacct -c reads the job completion file (jobcomp/filetxt), which
+        knows array tasks only by their own ids (``raw_ids``: 123_4 -> 130)."""
+        if not job_ids:
+            return {}
+        fmt = ["--noheader", "--parsable2", "--format=JobID,State,ExitCode"]
+        out = subprocess.run(["sacct", "-X", *fmt, f"--jobs={','.join(sorted({j.split('_')[0] for j in job_ids}))}"],
+                             capture_output=True, text=True, timeout=60)
+        by_raw = False
+        if out.returncode:
+            out = subprocess.run(["sacct", "-c", *fmt], capture_output=True, text=True, timeout=60)
+            by_raw = True
+            if out.returncode:
+                return {}
+        states = {}
+        for line in out.stdout.splitlines():  # in time order: a later record of a job wins
+            fields = line.split("|")
+            if len(fields) == 3:
+                states[fields[0]] = f"{fields[1]} (exit {fields[2]})"
+        if by_raw:
+            return {j: states[raw_ids.get(j, j)] for j in job_ids if raw_ids.get(j, j) in states}
+        return {j: states[j] for j in job_ids if j in states}
+
+
+class LocalExecutor:
+    """Tasks as processes on this machine (submitit's local executor); ``submit`` waits."""
+    name = "local"
+    blocking = True
+
+    def script(self, job: Job) -> None:
+        return None
+
+    def _executor(self, job: Job):
+        import submitit
+
+        r = job.resources
+        ex = submitit.LocalExecutor(folder=job.folder, python=shlex.join(python_in_container(job)))
+        ex.update_parameters(timeout_min=r.time_min, tasks_per_node=r.nodes * r.tasks_per_node,
+                             gpus_per_node=r.gpus_per_node, signal_delay_s=r.signal_delay_s)
+        return ex
+
+    def submit(self, job: Job) -> list[str]:
+        job.folder.mkdir(parents=True, exist_ok=True)
+        ex, ids = self._executor(job), []
+        step = max(1, job.resources.array_parallelism)
+        for start in range(0, len(job.calls), step):
+            with ex.batch():
+                jobs = [ex.submit(run_task, *call) for call in job.calls[start:start + step]]
+            while not all(j.done() for j in jobs):
+                time.sleep(0.5)
+            ids += [j.job_id for j in jobs]
+        return ids
+
+    def live(self, job_ids: list[str]) -> dict[str, Live]:
+        # A local job id is the pid of submitit's controller process.
+        return {j: Live("RUNNING", "", 0, j) for j in job_ids if j.isdigit() and _controller_alive(int(j))}
+
+    def ended(self, job_ids: list[str], raw_ids: dict[str, str]) -> dict[str, str]:
+        return {}
+
+
+class DebugExecutor(LocalExecutor):
+    """Tasks one after the other inside this process (submitit's debug executor: an error
+    opens pdb). One rank per task, whatever tasks_per_node says."""
+    name = "debug"
+
+    def _executor(self, job: Job):
+        import submitit
+
+        return submitit.DebugExecutor(folder=job.folder)
+
+    def submit(self, job: Job) -> list[str]:
+        job.folder.mkdir(parents=True, exist_ok=True)
+        ex = self._executor(job)
+        with ex.batch():
+            jobs = [ex.submit(run_task, *call) for call in job.calls]
+        for j in jobs:
+            j.result()
+        return [j.job_id for j in jobs]
+
+    def live(self, job_ids: list[str]) -> dict[str, Live]:
+        return {}
+
+
+def _controller_alive(pid: int) -> bool:
+    """Whether pid is still submitit's local controller (pids are reused by other programs)."""
+    try:
+        return b"submitit.local._local" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+EXECUTORS = {"slurm": SlurmExecutor, "local": LocalExecutor, "debug": DebugExecutor}

@@ -1,0 +1,254 @@
+"""bioinstruct launch on a real Slurm (slurm/local/start.sh: two emulated nodes n1, n2 with
+2 CPUs each; partition high preempts debug): the quickstart sweep end to end, a training
+task preempted mid-run that finishes with the adapter of an uninterrupted run, a failed
+task shown by status and rerun alone by --resume, a two-node job's distributed
+environment, and the plain sbatch templates (training across both nodes)."""
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bioinstruct.cli import main
+from bioinstruct.config import load_config
+from bioinstruct.generate import load_seeds
+from bioinstruct.launch import Sweep, make_plan
+from bioinstruct.launch_executors import SlurmExecutor
+from bioinstruct.launch_status import read_manifests, task_rows
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parent.parent
+ACTIVE = {"pending", "running", "requeued"}
+
+
+def wait_for_sweeps(run_dir: Path, timeout: float = 300) -> list[dict]:
+    """Status rows of every sweep in run_dir once none is pending, running or requeued, and
+    their jobs have left the queue (a task is done once its output is, a little before)."""
+    deadline = time.time() + timeout
+    while True:
+        rows = [r for m in read_manifests(run_dir).values() for r in task_rows(m, SlurmExecutor())]
+        if not any(r["state"] in ACTIVE for r in rows) and not SlurmExecutor().live(
+                [r["job_id"] for r in rows if r["job_id"]]):
+            return rows
+        assert time.time() < deadline, f"still running after {timeout} s: {rows}"
+        time.sleep(1)
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory) -> Path:
+    """80 instruction records: the seed tasks' first instances."""
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    rows = [{"instruction": s["instruction"], "input": s["instances"][0]["input"],
+             "output": s["instances"][0]["output"]} for s in load_seeds(None)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def train_sweep(tmp_path, name, model, data, *, steps):
+    """One tiny training task as a sweep: 2 CPU ranks, srun starts them."""
+    return write(tmp_path, f"{name}.yaml", f"""
+        name: {name}
+        stages:
+          train:
+            kind: train
+            config: configs/train/tiny/lora.yaml
+            set: {{model.path: {model}, data.path: {data}, data.max_length: 192, optim.max_steps: {steps},
+                   checkpoint.every_steps: 100}}
+            resources: {{gpus_per_node: 0, tasks_per_node: 2, cpus_per_task: 1, mem_gb: 1, time_min: 10}}
+        """)
+
+
+def test_quickstart_sweep_runs_end_to_end_with_arrays_and_dependencies(local_slurm, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    run = tmp_path / "run"
+    # The shipped sweep, with shorter pretraining and training (the tier's time budget).
+    overrides = [f"run_dir={run}", "stages.tiny-model.set.model.pretrain_steps=10",
+                 "stages.train.set.optim.max_steps=4"]
+    args = ["launch", "launch/quickstart-local.yaml", "--cluster", "slurm", *overrides]
+    assert main(args) == 0
+    rows = wait_for_sweeps(run, timeout=600)
+    assert [r["state"] for r in rows] == ["done"] * 11, rows
+    train = [r for r in rows if r["stage"] == "train"]
+    array = train[0]["job_id"].split("_")[0]
+    assert [r["job_id"] for r in train] == [f"{array}_0", f"{array}_1"]  # one array, two tasks
+    for subset in ("all", "size-40"):
+        assert (run / "train" / f"tiny__{subset}" / "adapter" / "adapter_model.safetensors").exists()
+    summary = json.loads((run / "train" / "tiny__all" / "manifest.json").read_text())["summary"]
+    assert summary["world_size"] == 2 and summary["steps"] == 4
+    # Evaluation of the base and both tuned models, and the report built from their results.
+    for model in ("base", "tiny__all", "tiny__size-40"):
+        for task in ("pubmedqa", "medmcqa", "mednli"):
+            results = json.loads((run / "evaluate" / model / task / "results.json").read_text())
+            assert results["model"] == model and results["n"] > 0
+    report = json.loads((run / "report" / "manifest.json").read_text())
+    assert report["status"] == "complete" and (run / "report" / "index.html").exists()
+
+    # What was submitted is byte for byte what --dry-run prints, with the real upstream ids.
+    manifest = read_manifests(run)["quickstart"]
+    ids = {s["name"]: s["tasks"][0]["job_id"].split("_")[0] for s in manifest["stages"]}
+    plan = make_plan(load_config(Sweep, "launch/quickstart-local.yaml", overrides), "q")
+    for stage in plan.stages:
+        job = plan.job(stage, stage.tasks, [ids[a] for a in stage.after])
+        submitted = job.folder / f"{ids[stage.name]}_submission.sh"
+        assert submitted.read_text() == SlurmExecutor().script(job), stage.name
+    assert f"#SBATCH --dependency=afterok:{ids['tiny-model']}:{ids['subsets']}" in \
+        (plan.dir / "train" / "logs" / f"{array}_submission.sh").read_text()
+
+    capsys.readouterr()
+    assert main(args) == 0  # everything is complete: nothing to submit
+    assert "submitted" not in capsys.readouterr().out
+
+
+def test_training_preempted_mid_run_is_requeued_and_ends_with_the_uninterrupted_adapter(
+        local_slurm, tmp_path, tiny_model_dir, train_data, monkeypatch):
+    monkeypatch.chdir(REPO)
+    runs = {name: tmp_path / name for name in ("reference", "preempted")}
+    for name, run in runs.items():  # one per node, side by side
+        sweep = train_sweep(tmp_path, name, tiny_model_dir, train_data, steps=16)
+        assert main(["launch", str(sweep), "--cluster", "slurm", f"run_dir={run}"]) == 0
+    stage = runs["preempted"] / "train" / "tiny__train"
+    deadline = time.time() + 180
+    while not ((stage / "metrics.jsonl").exists() and len((stage / "metrics.jsonl").read_text().splitlines()) >= 2):
+        assert time.time() < deadline, "training did not start"
+        time.sleep(0.2)
+    job = read_manifests(runs["preempted"])["preempted"]["stages"][0]["tasks"][0]["job_id"]
+    node = subprocess.run(["squeue", "-h", "-j", job, "-o", "%N"], capture_output=True, text=True).stdout.strip()
+    # A job of the higher-priority partition that needs the whole node: Slurm signals the
+    # training job (USR2, GraceTime), which saves a checkpoint, exits 75 and is requeued.
+    subprocess.run(["sbatch", "-p", "high", f"--nodelist={node}", "-n", "2", "--cpus-per-task=1", "--mem=100M",
+                    f"--output={tmp_path}/high.out", "--wrap", "sleep 1"], check=True, capture_output=True)
+
+    rows = {name: wait_for_sweeps(run, timeout=300)[0] for name, run in runs.items()}
+    assert rows["reference"]["state"] == rows["preempted"]["state"] == "done", rows
+    assert rows["reference"]["restarts"] == 0 and rows["preempted"]["restarts"] == 1
+    attempts = [json.loads(line) for line in
+                Path(read_manifests(runs["preempted"])["preempted"]["stages"][0]["tasks"][0]["attempts"])
+                .read_text().splitlines()]
+    assert [(a["event"], a.get("outcome")) for a in attempts] == [
+        ("start", None), ("end", "requeue"), ("start", None), ("end", "complete")]
+    log = Path(rows["preempted"]["log"]).read_text()
+    assert "resuming from" in log and "requeueing job" in log
+
+    def adapter(run):
+        return load_file(run / "train" / "tiny__train" / "adapter" / "adapter_model.safetensors")
+
+    def losses(run):
+        by_step = {}
+        for line in (run / "train" / "tiny__train" / "metrics.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            by_step[row["step"]] = row["loss"]
+        return [by_step[k] for k in sorted(by_step)]
+
+    reference, resumed = adapter(runs["reference"]), adapter(runs["preempted"])
+    assert reference.keys() == resumed.keys()
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+    assert losses(runs["reference"]) == losses(runs["preempted"])
+
+
+def test_a_failed_task_is_shown_by_status_and_resume_reruns_only_it_and_its_dependents(
+        local_slurm, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    records = [{"instruction": s["instruction"], "input": s["instances"][0]["input"],
+                "output": s["instances"][0]["output"]} for s in load_seeds(None)]
+    (data / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:30]))
+    sweep = write(tmp_path, "sweep.yaml", f"""
+        name: flaky
+        defaults: {{all: {{resources: {{cpus_per_task: 1, mem_gb: 1, time_min: 5}}}}}}
+        stages:
+          filter:
+            kind: filter
+            grid: {{input: {{a: {{input: {data}/a.jsonl}}, b: {{input: {data}/b.jsonl}}}}}}
+            set: {{output: "{{run_dir}}/filter-{{label}}/kept.jsonl"}}
+          classify:
+            kind: classify
+            after: [filter]
+            set: {{input: "{{run_dir}}/filter-a/kept.jsonl", llm.backend: offline}}
+        """)
+    run = tmp_path / "run"
+    assert main(["launch", str(sweep), "--cluster", "slurm", f"run_dir={run}"]) == 0
+    rows = wait_for_sweeps(run, timeout=120)
+    states = [(r["stage"], r["index"], r["state"]) for r in rows]
+    assert states == [("filter", 0, "done"), ("filter", 1, "failed"), ("classify", 0, "failed")], rows
+    assert "b.jsonl: no such file" in rows[1]["detail"]
+    first_job = rows[0]["job_id"]
+
+    capsys.readouterr()
+    assert main(["status", str(run)]) == 1  # a failed task: exit status 1
+    out = capsys.readouterr().out
+    assert "failed" in out and "b.jsonl: no such file" in out and rows[1]["log"] in out
+
+    (data / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[30:60]))
+    assert main(["launch", str(run), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "filter: 1 task(s) submitted" in out and "classify: 1 task(s) submitted" in out
+    rows = wait_for_sweeps(run, timeout=120)
+    assert [r["state"] for r in rows] == ["done"] * 3, rows
+    assert rows[0]["job_id"] == first_job  # the task that had finished was not run again
+    attempts = read_manifests(run)["flaky"]["stages"][0]["tasks"][0]["attempts"]
+    assert len(Path(attempts).read_text().splitlines()) == 2  # one start, one end
+
+
+def test_a_two_node_job_gets_one_rank_per_task_with_the_distributed_environment(local_slurm, tmp_path):
+    """The environment of each rank of a 2 x 2 job, through the same host side as every job
+    (training across both nodes: test_plain_sbatch_templates_generate_and_train)."""
+    probe = write(tmp_path, "probe.sbatch", f"""\
+        #!/bin/bash
+        #SBATCH --nodes=2
+        #SBATCH --ntasks-per-node=2
+        #SBATCH --gpus-per-node=2
+        #SBATCH --cpus-per-task=1
+        #SBATCH --mem=100M
+        #SBATCH --output={tmp_path}/probe.out
+        source {REPO}/slurm/common.sh
+        bi_run srun --cpus-per-task=1 {sys.executable} -c '
+        import json, os
+        from bioinstruct.distributed import slurm_environment
+        print(json.dumps({{"node": os.environ["SLURMD_NODENAME"], "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                          **slurm_environment()}}))'
+        """)
+    subprocess.run(["sbatch", "--wait", str(probe)], check=True, capture_output=True, timeout=120)
+    ranks = sorted((json.loads(line) for line in (tmp_path / "probe.out").read_text().splitlines()
+                    if line.startswith("{")), key=lambda r: int(r["RANK"]))
+    assert [(r["RANK"], r["LOCAL_RANK"], r["node"]) for r in ranks] == [
+        ("0", "0", "n1"), ("1", "1", "n1"), ("2", "0", "n2"), ("3", "1", "n2")]
+    assert {(r["WORLD_SIZE"], r["LOCAL_WORLD_SIZE"], r["MASTER_ADDR"], r["MASTER_PORT"], r["gpus"]) for r in ranks} \
+        == {("4", "2", "n1", ranks[0]["MASTER_PORT"], "0,1")}
+
+
+def test_plain_sbatch_templates_generate_and_train(local_slurm, tmp_path, tiny_model_dir, train_data):
+    """generate.sbatch beside train.sbatch over a rows file, the training with one rank on
+    each node: the ranks meet on n1 (MASTER_ADDR) across the emulated nodes."""
+    run = tmp_path / "run"
+    rows = tmp_path / "rows.txt"
+    rows.write_text(f"configs/train/tiny/lora.yaml train data.path={train_data} optim.max_steps=3\n")
+    common = ["sbatch", "--parsable", "--chdir", str(REPO), "--mem=1G", "--cpus-per-task=1",
+              f"--output={tmp_path}/%x-%j.out"]
+    jobs = [subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip() for command in (
+        [*common, "slurm/generate.sbatch", f"run_dir={run}", "target=10", "llm.backend=offline"],
+        [*common, "--array=1-1", "--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=1", "slurm/train.sbatch",
+         str(rows), f"run_dir={run}", f"model.path={tiny_model_dir}", "data.max_length=192"])]
+    deadline = time.time() + 300
+    while subprocess.run(["squeue", "-h", f"--jobs={','.join(jobs)}"], capture_output=True, text=True).stdout.strip():
+        assert time.time() < deadline, "the jobs did not end"
+        time.sleep(1)
+    logs = "\n".join(p.read_text() for p in tmp_path.glob("bi-*.out"))
+    assert json.loads((run / "generate" / "manifest.json").read_text())["status"] == "complete", logs
+    manifest = json.loads((run / "train" / "tiny__train" / "manifest.json").read_text())
+    assert manifest["status"] == "complete", logs
+    assert manifest["summary"]["world_size"] == 2 and manifest["summary"]["gradient_accumulation"] == 2
+    train_job = subprocess.run(["scontrol", "-o", "show", "job", jobs[1]], capture_output=True, text=True).stdout
+    assert " NodeList=n[1-2] " in train_job
