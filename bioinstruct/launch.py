@@ -392,7 +392,10 @@ def launch(plan: Plan, executor, *, source: str, out: TextIO) -> dict:
     path = manifest_path(plan.run_dir, plan.sweep.name)
     manifest = read_json(path) if path.exists() else {"sweep": plan.sweep.name, "launches": []}
     previous = {(s["name"], tuple(t["outputs"])): t for s in manifest.get("stages", []) for t in s["tasks"]}
-    manifest.update(run_dir=str(plan.run_dir), cluster=executor.name, stages=[])
+    # Stages left out of this launch (--stages) keep their entries, so status still shows them.
+    launched = {stage.name for stage in plan.stages}
+    manifest.update(run_dir=str(plan.run_dir), cluster=executor.name,
+                    stages=[s for s in manifest.get("stages", []) if s["name"] not in launched])
     manifest["launches"].append({"time": _now(), "source": source})
     # The sweep as launched (overrides applied), for `launch RUN_DIR --resume`.
     atomic_write_text(plan.dir.with_suffix(".yaml"),
@@ -441,6 +444,8 @@ def launch(plan: Plan, executor, *, source: str, out: TextIO) -> dict:
         job_ids[stage.name] = waiting_on
         manifest["stages"].append({"name": stage.name, "kind": stage.kind, "after": stage.after,
                                    "log_dir": str(plan.dir / stage.name / "logs"), "tasks": entries})
+        order = list(plan.sweep.stages)
+        manifest["stages"].sort(key=lambda s: order.index(s["name"]) if s["name"] in order else len(order))
         atomic_write_json(path, manifest)
         if executor.blocking and any(finished(o, kind.stage, kind.recorded(t.cfg)) is None
                                      for t in stage.tasks for o in t.outputs):

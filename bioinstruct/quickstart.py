@@ -3,9 +3,9 @@
     bioinstruct quickstart                           # into runs/quickstart
     bioinstruct quickstart run_dir=/scratch/$USER/qs tiny_model.pretrain_steps=100
 
-It runs every stage that exists so far, each in its own folder of the run directory
-(see README "Run directories"); a second run finds them complete and does nothing.
-Stages still to come (their issues are open) are listed at the end.
+It runs every stage, each in its own folder of the run directory (see README "Run
+directories"); a second run finds them complete and does nothing. The same pipeline as
+Slurm jobs (arrays, dependencies, requeue): bioinstruct launch launch/quickstart-local.yaml.
 
 Output (run_dir), one folder per stage, each with manifest.json and config.yaml:
   tiny-model/   tokenizer + LLaMA weights (make-tiny-model)
@@ -56,8 +56,6 @@ class QuickstartConfig:
     train_ranks: int = 2  # CPU ranks (gloo) for the training step
 
 
-# Verbs whose issues have not landed; the quickstart grows as each one does.
-NOT_YET: list[str] = []
 DEMO_TASKS = Path(__file__).resolve().parent / "data" / "demo_tasks"
 TINY_TRAIN = Path(__file__).resolve().parent.parent / "configs" / "train" / "tiny" / "lora.yaml"
 
@@ -106,9 +104,8 @@ def run(cfg: QuickstartConfig, *, force: bool = False) -> dict[str, dict]:
           f"({time.perf_counter() - t0:.1f} s)")
     for name, m in manifests.items():
         print(f"  {name:<12} {m['status']:<9} {run_dir / name}")
-    if NOT_YET:
-        print("not yet part of the quickstart (open issues): " + ", ".join(NOT_YET))
     print(f"open {run_dir / 'report' / 'index.html'} to see the tables and figures")
+    print("the same pipeline as Slurm jobs (or local processes): bioinstruct launch launch/quickstart-local.yaml")
     return manifests
 
 

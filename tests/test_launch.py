@@ -19,7 +19,7 @@ from bioinstruct.errors import ConfigError
 from bioinstruct.launch import BASE, KIND_RESOURCES, Sweep, expand_grid, make_plan, merge
 from bioinstruct.launch_executors import Live, Resources
 from bioinstruct.launch_stages import KINDS
-from bioinstruct.launch_status import task_rows
+from bioinstruct.launch_status import read_manifests, task_rows
 from bioinstruct.rundir import config_hash
 
 REPO = Path(__file__).resolve().parent.parent
@@ -310,6 +310,9 @@ def test_local_and_debug_executors_run_stages_in_order_and_a_second_launch_does_
     assert [json.loads(a)["event"] for a in attempts] == ["start", "end"]
     assert main(["launch", str(sweep), f"run_dir={run}", "--cluster", cluster]) == 0
     assert "submitted" not in capsys.readouterr().out
+    # Launching one stage again keeps the others in the manifest, in the sweep's order.
+    assert main(["launch", str(sweep), f"run_dir={run}", "--cluster", cluster, "--stages", "filter"]) == 0
+    assert [s["name"] for s in read_manifests(run)["small"]["stages"]] == ["generate", "filter"]
 
 
 @pytest.mark.integration
