@@ -5,6 +5,7 @@
     python bench/train_throughput.py --model 13b --micro-batch 4,8 --grad-ckpt on
     python bench/train_throughput.py --model 7b --attn sdpa,flash_attention_2 --micro-batch 8,16
     python bench/train_throughput.py --model 7b --seq-len 1024 --steps 20 --warmup 5
+    python bench/train_throughput.py --model 7b --data runs/v1/subsets/all/data.jsonl --tokenizer LLAMA_DIR
 
 Builds a LLaMA architecture with random weights (nothing is downloaded): 7b = LLaMA-2-7B
 (hidden 4096, MLP 11008, 32 layers, 32 heads), 13b = LLaMA-2-13B (5120, 13824, 40, 40), both
@@ -17,10 +18,20 @@ the paper's max_length, 512). After --warmup steps, --steps steps are timed with
 
 The device's peak is measured with a large matmul (bf16 8192^3 on GPU, best of several;
 fp32 on CPU), and MFU = 4 N tokens/s / peak, N = every parameter of the base model, the
-FLOP model of train.py's metrics.jsonl. Prints one table: one row per configuration
+FLOP model of train.py's metrics.jsonl. The first table: one row per configuration
 (micro-batch x gradient checkpointing x attention); one that runs out of memory reads OOM.
 Peak memory is torch.cuda.max_memory_allocated on GPU, the process's peak RSS on CPU.
 With no GPU and no --model the script runs --quick.
+
+A second table compares data.packing off and on (bioinstruct/packing.py) on the same real
+examples: --data (default: the package's seed tasks) in the Alpaca format, tokenized with
+--tokenizer (default: the tiny model's byte-level BPE trained on the packaged corpus, about
+2 characters a token, so examples run longer than LLaMA's tokenizer makes them; pass a LLaMA
+directory for its lengths) and cut at --data-len (the recipe's data.max_length), rows
+shuffled and batched as the Trainer does, for the first attention and checkpointing setting
+at each micro-batch. Its columns: rows (the Trainer's samples), padding (pad share of the
+batches' tokens), real tokens/s (padding not counted, as in metrics.jsonl) and the time one
+epoch would take at that rate.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ import argparse
 import gc
 import importlib.util
 import os
+import random
 import resource
 import sys
 import time
@@ -41,8 +53,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from bioinstruct.packing import model_inputs, pack  # noqa: E402
+from bioinstruct.records import read_records  # noqa: E402
 from bioinstruct.table import format_table  # noqa: E402
-from bioinstruct.train import PEAK_BF16, LoraSettings  # noqa: E402
+from bioinstruct.train import PEAK_BF16, DataConfig, LoraSettings, collator, tokenize  # noqa: E402
 
 # train.py calls gradient_checkpointing_enable(); transformers 5 calls it deprecated
 warnings.filterwarnings("ignore", message=".*gradient_checkpointing.* is deprecated", category=FutureWarning)
@@ -140,21 +154,30 @@ def build(name: str, attn: str, gpu: bool, grad_ckpt: bool):
     return model, n_params
 
 
-def run_config(name: str, attn: str, gpu: bool, micro_batch: int, seq_len: int, grad_ckpt: bool,
-               steps: int, warmup: int) -> dict:
+def synthetic_batches(vocab: int, micro_batch: int, seq_len: int) -> list[dict]:
+    """Two full-length batches of random tokens, labels = inputs: no padding."""
+    batches = []
+    for _ in range(2):
+        ids = torch.randint(0, vocab, (micro_batch, seq_len))
+        batches.append({"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)})
+    return batches
+
+
+def run_config(name: str, attn: str, gpu: bool, grad_ckpt: bool, batches: list[dict], steps: int,
+               warmup: int) -> dict:
+    """Timed training steps over ``batches`` (in turn); tokens/s counts real tokens only."""
     torch.manual_seed(0)
     model, n_params = build(name, attn, gpu, grad_ckpt)
     device = "cuda" if gpu else "cpu"
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=3e-4, weight_decay=0.0)  # the Trainer's adamw_torch
-    vocab = model.config.vocab_size
-    batches = [torch.randint(0, vocab, (micro_batch, seq_len), device=device) for _ in range(2)]
-    mask = torch.ones(micro_batch, seq_len, dtype=torch.long, device=device)
+    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
 
     def step(i: int) -> torch.Tensor:
-        ids = batches[i % len(batches)]
+        batch = batches[i % len(batches)]
+        inputs = model_inputs(batch) if "position_ids" in batch else batch
         with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=gpu):
-            loss = model(input_ids=ids, attention_mask=mask, labels=ids, use_cache=False).loss
+            loss = model(**inputs).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
@@ -183,9 +206,90 @@ def run_config(name: str, attn: str, gpu: bool, micro_batch: int, seq_len: int, 
     loss = loss.item()
     if loss != loss:
         raise FloatingPointError("loss is NaN")
-    return {"n_params": n_params, "tokens_per_s": micro_batch * seq_len * steps / seconds,
+    tokens = sum(int(batches[(warmup + i) % len(batches)]["attention_mask"].sum()) for i in range(steps))
+    return {"n_params": n_params, "tokens_per_s": tokens / seconds,
             "step_s": seconds / steps, "peak_mem": peak_mem, "loss": loss,
             "trainable": sum(p.numel() for p in trainable)}
+
+
+def data_examples(data: str | None, tokenizer_dir: str | None, max_length: int) -> tuple[list[dict], int]:
+    """Tokenized Alpaca examples as train.py makes them, and the pad id."""
+    from bioinstruct.generate import load_seeds
+    from bioinstruct.tiny_model import TinyModelConfig, corpus_lines, train_tokenizer
+    from bioinstruct.train import load_tokenizer
+
+    if data:
+        records = read_records(Path(data))
+    else:
+        records = [{"instruction": s["instruction"], "input": i["input"], "output": i["output"]}
+                   for s in load_seeds(None) for i in s["instances"]]
+    if tokenizer_dir:
+        tokenizer = load_tokenizer(tokenizer_dir)
+    else:
+        tokenizer = train_tokenizer(corpus_lines(TinyModelConfig()), TinyModelConfig().vocab_size)
+    examples, _ = tokenize(records, tokenizer, DataConfig(max_length=max_length))
+    return examples, tokenizer.pad_token_id
+
+
+def data_batches(examples: list[dict], packing: bool, micro_batch: int, attn: str, pad_id: int, max_length: int,
+                 vocab: int) -> tuple[list[dict], int]:
+    """One epoch of micro-batches, rows in a seeded shuffle as the Trainer's sampler takes them,
+    and the number of rows."""
+    rows = pack(examples, max_length) if packing else examples
+    order = list(range(len(rows)))
+    random.Random(0).shuffle(order)
+    collate = collator(pad_id, packing, attn)
+    batches = [collate([rows[i] for i in order[k:k + micro_batch]]) for k in range(0, len(order), micro_batch)]
+    for b in batches:  # the random-weight model's vocabulary may be smaller than the tokenizer's
+        b["input_ids"] %= vocab
+        b["labels"] = torch.where(b["labels"] < 0, b["labels"], b["labels"] % vocab)
+    return batches, len(rows)
+
+
+def attempt(gpu: bool, label: str, run) -> tuple[dict | None, str | None]:
+    """run() as (result, None), or (None, "OOM" / a one-line error) when it fails."""
+    result, failure = None, None
+    try:
+        result = run()
+    except torch.cuda.OutOfMemoryError:
+        failure = "OOM"  # the traceback (and the model it holds) is dropped with this block
+    except (RuntimeError, ValueError, ImportError, FloatingPointError) as e:
+        text = str(e).splitlines()[0] if str(e) else ""
+        oom = "out of memory" in text.lower() or "ALLOC_FAILED" in text  # cuBLAS/cuDNN's OOM
+        failure = "OOM" if oom else f"error: {type(e).__name__}: {text[:80]}"
+    _free(gpu)
+    if failure:
+        print(f"  {label}: {failure}", file=sys.stderr, flush=True)
+    return result, failure
+
+
+def packing_table(args, model_name: str, attn: str, ckpt: bool, gpu: bool, micro_batches: list[int]) -> str:
+    """Packing off vs on, side by side on the same examples, at each micro-batch."""
+    examples, pad_id = data_examples(args.data, args.tokenizer, args.data_len)
+    vocab = llama_config(model_name, attn).vocab_size
+    epoch_tokens = sum(len(e["input_ids"]) for e in examples)
+    rows = []
+    for mb in micro_batches:
+        for packing in (False, True):
+            label = f"{attn} mb={mb} ckpt={'on' if ckpt else 'off'}"
+            batches, n_rows = data_batches(examples, packing, mb, attn, pad_id, args.data_len, vocab)
+            padding = 1 - epoch_tokens / sum(b["input_ids"].numel() for b in batches)
+            result, failure = attempt(gpu, label, lambda: run_config(model_name, attn, gpu, ckpt, batches,
+                                                                     args.steps, args.warmup))
+            row = [label, "on" if packing else "off", f"{n_rows:,}", f"{len(examples) / n_rows:.2f}",
+                   f"{100 * padding:.1f}%"]
+            if failure:
+                rows.append(row + [failure, "", ""])
+                continue
+            rows.append(row + [f"{result['tokens_per_s']:,.0f}", f"{result['step_s'] * 1000:,.0f} ms",
+                               f"{epoch_tokens / result['tokens_per_s']:,.1f} s"])
+            print(f"  {label} packing={'on' if packing else 'off'}: {result['tokens_per_s']:,.0f} real tokens/s",
+                  file=sys.stderr, flush=True)
+    source = args.data or "the package's seed tasks"
+    return (f"packing: {len(examples)} examples ({epoch_tokens:,} tokens) of {source}, data-len {args.data_len}, "
+            f"tokenizer {args.tokenizer or 'tiny byte-level BPE'}\n"
+            + format_table(["config", "packing", "rows", "examples/row", "padding", "real tokens/s", "step time",
+                            "epoch (est.)"], rows))
 
 
 def _free(gpu: bool) -> None:
@@ -210,6 +314,10 @@ def main() -> None:
     parser.add_argument("--attn", default="sdpa", help="comma-separated: sdpa, flash_attention_2, eager")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--data", help="JSONL/JSON of {instruction, input, output} for the packing table "
+                                       "(default: the package's seed tasks)")
+    parser.add_argument("--tokenizer", help="tokenizer directory for --data (default: the tiny byte-level BPE)")
+    parser.add_argument("--data-len", type=int, default=512, help="data.max_length for the packing table")
     parser.add_argument("--quick", action="store_true",
                         help="tiny model on CPU (1 thread), micro-batch 1,2, seq-len 128, 3 steps (seconds; CI)")
     args = parser.parse_args()
@@ -251,19 +359,11 @@ def main() -> None:
                     continue
                 if not gpu:
                     per_config_rss = _reset_peak_rss() and per_config_rss
-                result, failure = None, None
-                try:
-                    result = run_config(model_name, attn, gpu, mb, args.seq_len, ckpt, args.steps, args.warmup)
-                except torch.cuda.OutOfMemoryError:
-                    failure = "OOM"  # the traceback (and the model it holds) is dropped with this block
-                except (RuntimeError, ValueError, ImportError, FloatingPointError) as e:
-                    text = str(e).splitlines()[0] if str(e) else ""
-                    oom = "out of memory" in text.lower() or "ALLOC_FAILED" in text  # cuBLAS/cuDNN's OOM
-                    failure = "OOM" if oom else f"error: {type(e).__name__}: {text[:80]}"
-                _free(gpu)
+                batches = synthetic_batches(llama_config(model_name, attn).vocab_size, mb, args.seq_len)
+                result, failure = attempt(gpu, label, lambda: run_config(model_name, attn, gpu, ckpt, batches,
+                                                                         args.steps, args.warmup))
                 if failure:
                     rows.append([label, failure, "", "", "", ""])
-                    print(f"  {label}: {failure}", file=sys.stderr, flush=True)
                     continue
                 n_params, trainable = result["n_params"], result["trainable"]
                 flops = 4 * n_params * result["tokens_per_s"]
@@ -283,6 +383,9 @@ def main() -> None:
         print("peak RSS: " + ("per configuration (VmHWM reset before each)" if per_config_rss
                               else "the process's lifetime maximum (getrusage)"))
     print(ANCHORS)
+    usable = [a for a in attns if a != "flash_attention_2" or importlib.util.find_spec("flash_attn")]
+    if usable:
+        print(packing_table(args, model_name, usable[0], ckpts[0], gpu, micro_batches))
 
 
 if __name__ == "__main__":

@@ -14,12 +14,16 @@ Output (run_dir/train/<model.name>__<data.subset>/):
   merged/         the merged model, when merge=true
   checkpoints/    checkpoint-N/ with optimizer, scheduler, RNG of every rank and the data
                   position; a COMPLETE file marks a whole one (keep-last-N)
-  metrics.jsonl   per logging step: loss, learning rate, grad norm, tokens/s, MFU
+  metrics.jsonl   per logging step: loss, learning rate, grad norm, tokens/s, MFU (real
+                  tokens: padding is not counted)
   runs/           TensorBoard events
 Preemption: SIGUSR2 (Slurm's warning, --signal=USR2@120) or SIGTERM makes every rank save
 a full checkpoint at the next step and exit with status 75 ("requeue me"). The next run
 (checkpoint.resume=auto) continues from the newest complete checkpoint, bit for bit: the
 same adapter and the same per-step losses as a run that was never interrupted.
+Packing (data.packing=true, bioinstruct/packing.py) puts several short examples in one row of
+up to data.max_length tokens, exactly (no attention or loss across examples); a sample is
+then a row, so optim.effective_batch counts rows of several examples each.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Literal
 from .config import add_config_arguments, config_from_args
 from .errors import ConfigError, DataError, StageStopped
 from .io import JsonlAppender, atomic_write_text, read_json
+from .packing import pack, packed_trainer
 from .prompts import alpaca_prompt
 from .records import read_records
 from .rundir import finished, run_stage
@@ -72,6 +77,7 @@ class DataConfig:
     path: str | None = None  # or any JSONL / JSON list of {instruction, input, output}
     max_length: int = 512  # tokens; `bioinstruct stats` shows what each cutoff truncates
     train_on_inputs: bool = False  # False: loss on the response only
+    packing: bool = False  # several examples per row up to max_length; a sample is then a row
 
 
 @dataclasses.dataclass
@@ -153,19 +159,34 @@ def tokenize(records: list[dict], tokenizer, cfg: DataConfig) -> tuple[list[dict
 
 
 class Collator:
-    """Right padding (training never generates); labels padded with -100."""
+    """Right padding (training never generates); labels padded with -100. Packed rows carry
+    position_ids; their padding gets positions of its own from 0, a segment that no example
+    attends to. flatten: the micro-batch as one row without padding, the only packed layout
+    flash-attention recognises (see bioinstruct/packing.py)."""
 
-    def __init__(self, pad_id: int):
+    def __init__(self, pad_id: int, flatten: bool = False):
         self.pad_id = pad_id
+        self.flatten = flatten
 
     def __call__(self, batch: list[dict]) -> dict:
         import torch
 
+        if self.flatten:
+            batch = [{key: [v for b in batch for v in b[key]] for key in batch[0]}]
         width = max(len(b["input_ids"]) for b in batch)
-        ids = [b["input_ids"] + [self.pad_id] * (width - len(b["input_ids"])) for b in batch]
-        labels = [b["labels"] + [-100] * (width - len(b["labels"])) for b in batch]
-        mask = [[1] * len(b["input_ids"]) + [0] * (width - len(b["input_ids"])) for b in batch]
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+        pads = [width - len(b["input_ids"]) for b in batch]
+        out = {"input_ids": [b["input_ids"] + [self.pad_id] * n for b, n in zip(batch, pads)],
+               "labels": [b["labels"] + [-100] * n for b, n in zip(batch, pads)],
+               "attention_mask": [[1] * len(b["input_ids"]) + [0] * n for b, n in zip(batch, pads)]}
+        if "position_ids" in batch[0]:
+            out["position_ids"] = [b["position_ids"] + list(range(n)) for b, n in zip(batch, pads)]
+        return {key: torch.tensor(value) for key, value in out.items()}
+
+
+def collator(pad_id: int, packing: bool, attn_implementation: str) -> Collator:
+    # Only flash-attention needs a flat micro-batch; sdpa and eager keep rows, as their mask
+    # over a flat one would be (micro_batch x max_length)^2.
+    return Collator(pad_id, flatten=packing and attn_implementation == "flash_attention_2")
 
 
 # ---- DeepSpeed, checkpoints, signals -------------------------------------------------------
@@ -260,7 +281,8 @@ def _callbacks(cfg: TrainConfig, stage_dir: Path, n_params: int, world_size: int
             return control
 
     class Metrics(TrainerCallback):
-        """metrics.jsonl on rank 0: loss, lr, grad norm, tokens/s and MFU per logging step."""
+        """metrics.jsonl on rank 0: loss, lr, grad norm, tokens/s and MFU per logging step;
+        tokens are the attention_mask's real ones, packed or not, never padding."""
 
         def __init__(self):
             self.last = (time.perf_counter(), None)
@@ -326,10 +348,30 @@ def check_model(path: str) -> None:
                           f"are gated: download your copy and point model.path at its directory") from None
 
 
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:  # LLaMA ships none; alpaca-lora pads with <unk> (id 0)
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(cfg: ModelConfig, dtype):
+    """The base model for training, its KV cache off: training never reads one, and while one
+    exists transformers 5 skips the mask it derives from packed position_ids (only without
+    past_key_values), so packed examples would silently attend to each other."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(cfg.path, dtype=dtype, attn_implementation=cfg.attn_implementation)
+    model.config.use_cache = False
+    return model
+
+
 def train(cfg: TrainConfig, stage_dir: Path, records: list[dict]) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
+    from transformers import Trainer, TrainingArguments, set_seed
 
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
@@ -340,17 +382,15 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict]) -> dict:
     if ds is not None and not gpu:
         _skip_shm_comm_build()
 
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
-    if tokenizer.pad_token_id is None:  # LLaMA ships none; alpaca-lora pads with <unk> (id 0)
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    tokenizer = load_tokenizer(cfg.model.path)
     examples, dropped = tokenize(records, tokenizer, cfg.data)
     if not examples:
         raise ConfigError(f"data.max_length={cfg.data.max_length}: no example keeps any of its response")
+    rows = pack(examples, cfg.data.max_length) if cfg.data.packing else examples
 
     dtype = {"auto": torch.bfloat16 if bf16 else torch.float32, "bfloat16": torch.bfloat16,
              "float16": torch.float16, "float32": torch.float32}[cfg.model.dtype]
-    model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=dtype,
-                                                 attn_implementation=cfg.model.attn_implementation)
+    model = load_model(cfg.model, dtype)
     n_params = sum(p.numel() for p in model.parameters())
     set_seed(cfg.seed)  # LoRA's A matrices are drawn here, before the Trainer seeds anything
     if cfg.model.gradient_checkpointing:
@@ -393,8 +433,10 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict]) -> dict:
         disable_tqdm=rank != 0,
     )
     preemption, marker, metrics = _callbacks(cfg, stage_dir, n_params, world_size)
-    trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=Collator(tokenizer.pad_token_id),
-                      callbacks=[preemption, marker, metrics])
+    trainer_class = packed_trainer() if cfg.data.packing else Trainer
+    collate = collator(tokenizer.pad_token_id, cfg.data.packing, cfg.model.attn_implementation)
+    trainer = trainer_class(model=model, args=args, train_dataset=rows, data_collator=collate,
+                            callbacks=[preemption, marker, metrics])
     if rank == 0 and resume:
         print(f"resuming from {resume}", file=sys.stderr)
     result = trainer.train(resume_from_checkpoint=resume)
@@ -406,8 +448,9 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict]) -> dict:
         tokenizer.save_pretrained(stage_dir / "adapter")
         if cfg.merge:
             merge(cfg.model.path, stage_dir / "adapter", stage_dir / "merged", dtype)
-    return {"examples": len(examples), "dropped_prompt_too_long": dropped, "steps": trainer.state.global_step,
-            "world_size": world_size, "gradient_accumulation": grad_accum, "train_loss": result.training_loss,
+    return {"examples": len(examples), "rows": len(rows), "dropped_prompt_too_long": dropped,
+            "steps": trainer.state.global_step, "world_size": world_size, "gradient_accumulation": grad_accum,
+            "train_loss": result.training_loss,
             "parameters": n_params, "trainable_parameters": sum(p.numel() for p in model.parameters()
                                                                  if p.requires_grad)}
 
@@ -469,6 +512,7 @@ def main(args: argparse.Namespace) -> int:
         return REQUEUE_EXIT
     if int(os.environ.get("RANK", 0)) == 0:
         s = manifest["summary"]
-        print(f"trained {s['steps']} steps on {s['examples']} examples (loss {s['train_loss']:.4f}) -> "
+        packed = f" in {s['rows']} packed rows" if cfg.data.packing else ""
+        print(f"trained {s['steps']} steps on {s['examples']} examples{packed} (loss {s['train_loss']:.4f}) -> "
               f"{Path(cfg.run_dir) / 'train' / cfg.stage_name() / 'adapter'}")
     return 0

@@ -84,17 +84,19 @@ def interrupted_then_resumed(nproc, args, run_dir):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("nproc, deepspeed, steps", [
-    (1, "null", 24),
-    (2, "configs/deepspeed/zero2.json", 10),
-    (2, "configs/deepspeed/zero3.json", 10),
-], ids=["1-process", "2-ranks-zero2", "2-ranks-zero3"])
-def test_signal_then_resume_is_bit_exact(tiny_model_dir, data, tmp_path, nproc, deepspeed, steps):
+@pytest.mark.parametrize("nproc, deepspeed, steps, extra", [
+    (1, "null", 24, []),
+    (2, "configs/deepspeed/zero2.json", 10, []),
+    (2, "configs/deepspeed/zero3.json", 10, []),
+    (1, "null", 10, ["data.packing=true", "data.max_length=512"]),  # 80 examples in 67 rows: crosses an epoch
+], ids=["1-process", "2-ranks-zero2", "2-ranks-zero3", "1-process-packed"])
+def test_signal_then_resume_is_bit_exact(tiny_model_dir, data, tmp_path, nproc, deepspeed, steps, extra):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    done = subprocess.run(train_cmd(nproc, *overrides(tiny_model_dir, data, straight, deepspeed, steps)),
+    done = subprocess.run(train_cmd(nproc, *overrides(tiny_model_dir, data, straight, deepspeed, steps), *extra),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    stopped_at = interrupted_then_resumed(nproc, overrides(tiny_model_dir, data, resumed, deepspeed, steps), resumed)
+    stopped_at = interrupted_then_resumed(nproc, [*overrides(tiny_model_dir, data, resumed, deepspeed, steps), *extra],
+                                          resumed)
     assert 0 < stopped_at < steps
     assert losses(straight) == losses(resumed) and len(losses(straight)) == steps
     a, b = adapter(straight), adapter(resumed)
