@@ -24,8 +24,9 @@ BOS and scores a different string (see tests/test_lm_eval_parity.py). A second l
 logits_cache=False, is lm-eval without its one-forward-per-question grouping of single-token
 choices (what lm-eval did before that cache existed): where bioinstruct's grouping pays.
 
-Prints one table: seconds (wall; and the process's CPU seconds, steadier on a shared machine)
-and questions/s per scorer, the rate relative to lm-eval's (wall; CPU in brackets), and how
+Prints the setup (model, torch threads, CPUs and their load average: wall times on a loaded
+machine mean little), then one table: seconds (wall; and the process's CPU seconds, steadier on
+a shared machine) and questions/s per scorer, the speedup over lm-eval (wall; CPU in brackets), and how
 many questions' argmax (acc) and length-normalised argmax (acc_norm, lm-eval's normalisation:
 the choice's length without the leading space) differ from bioinstruct's, with the largest
 log-likelihood difference; then whether the goal (identical predictions, >= 2x lm-eval's
@@ -189,10 +190,10 @@ def compare(args, model_dir: str) -> int:
             exs, plain.loglikelihood(requests[:sum(len(e["choices"]) for e in exs)], disable_tqdm=True))
 
     lengths = [len(ours.encode(ex["context"])) for ex in examples]
-    print(f"model: {model_dir} ({device}, {dtype}, torch threads {torch.get_num_threads()}); "
-          f"batch size {args.batch_size}; {source}; context tokens mean {np.mean(lengths):.0f}, "
-          f"max {max(lengths)}; {args.rounds} round(s), best counts", flush=True)
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    print(f"model: {model_dir} ({device}, {dtype}, torch threads {torch.get_num_threads()}; {cores} CPUs, "
+          f"load average {load:.1f}); batch size {args.batch_size}; {source}; context tokens mean "
+          f"{np.mean(lengths):.0f}, max {max(lengths)}; {args.rounds} round(s), best counts", flush=True)
     if device == "cpu" and load > cores:
         print(f"warning: load average {load:.1f} on {cores} CPUs: other processes compete, wall times are "
               f"unreliable (the CPU seconds less so); try --threads 1 --rounds 5", flush=True)
@@ -217,7 +218,7 @@ def compare(args, model_dir: str) -> int:
                      f"{best[reference] / best[name]:.2f}x ({cpu[reference] / cpu[name]:.2f}x)",
                      "-" if name == "bioinstruct LM" else pred, "-" if name == "bioinstruct LM" else norm,
                      "-" if name == "bioinstruct LM" else f"{dll:.1e}"])
-    print(format_table(["scorer", "questions", "seconds", "CPU s", "questions/s", "vs lm-eval (CPU s)",
+    print(format_table(["scorer", "questions", "seconds", "CPU s", "questions/s", "speedup vs lm-eval (CPU s)",
                         "pred diffs", "pred_norm diffs", "max |Δ loglik|"], rows))
     speedup = best[reference] / best["bioinstruct LM"]
     same = not any(disagreement(preds["bioinstruct LM"], preds[reference])[:2])
@@ -362,7 +363,7 @@ def main() -> int:
     parser.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--no-nocache", action="store_true", help="skip the lm-eval logits_cache=False row")
     parser.add_argument("--quick", action="store_true",
-                        help="48 questions, 1 round, 1 thread, tiny model with 20 pretraining steps (CI)")
+                        help="48 questions, 3 rounds, 1 thread, tiny model with 20 pretraining steps (CI)")
     parser.add_argument("--gpu-7b", action="store_true", help="LLaMA-7B shapes, random bf16 weights, on cuda")
     parser.add_argument("--arch", choices=["7b", "tiny"], default="7b", help="--gpu-7b's architecture")
     parser.add_argument("--gpu-batch-sizes", default="16,32,64")
@@ -370,7 +371,7 @@ def main() -> int:
     parser.add_argument("--with-lm-eval", action="store_true", help="--gpu-7b: lm-eval's rate at each batch size too")
     args = parser.parse_args()
     if args.quick:
-        args.questions, args.rounds, args.threads = min(args.questions, 48), 1, args.threads or 1
+        args.questions, args.rounds, args.threads = min(args.questions, 48), 3, args.threads or 1
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.gpu_7b:

@@ -9,11 +9,14 @@ and greedy generation, for a base model and the same base with a LoRA adapter.
 
 Log-likelihoods follow lm-eval's HF backend: context and continuation are encoded without
 special tokens, trailing context whitespace moves to the continuation, the continuation's
-tokens are those of context+continuation past the context's, and sequences are cut from the
-left to the model's length. Requests are sorted by length and padded on the right (positions
-then start at 0 for every row); a question whose choices are each one token after a shared
-context is scored with a single forward pass. Generation pads on the left; generate()
-derives positions from the attention mask, so a padded row sees the positions it would alone.
+tokens are those of context+continuation past the context's, a context without tokens is
+the BOS token (EOS without one), and sequences are cut from the left to the model's length.
+Each request feeds context+continuation less its last token and reads the continuation's
+log-probs off the last positions; a request whose fed tokens begin a longer request's is
+read off that request's row (a question's single-token choices, for one, share a forward).
+Rows are padded on the right, without an attention mask, and the LM head runs only at the
+positions read. Generation pads on the left; generate() derives positions from the
+attention mask, so a padded row sees the positions it would alone.
 """
 
 from __future__ import annotations
@@ -58,62 +61,74 @@ class LM:
             yield
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.encode_many([text])[0]
+
+    def encode_many(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+    def encode_pairs(self, requests: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+        """(context ids, continuation ids) per request, lm-eval's way; each distinct context is
+        tokenized once, and all of them, like all the context+continuation strings, in one call."""
+        split = [_move_trailing_space(context, continuation) for context, continuation in requests]
+        contexts = list(dict.fromkeys(context for context, _ in split))
+        context_ids = dict(zip(contexts, self.encode_many(contexts)))
+        wholes = self.encode_many([context + continuation for context, continuation in split])
+        return [self._split(context_ids[context], whole) for (context, _), whole in zip(split, wholes)]
 
     def _pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        n_spaces = len(context) - len(context.rstrip())
-        if n_spaces:
-            continuation = context[-n_spaces:] + continuation
-            context = context[:-n_spaces]
-        whole = self.encode(context + continuation)
-        ctx = self.encode(context)
-        return ctx, whole[len(ctx):]
+        return self.encode_pairs([(context, continuation)])[0]
+
+    def _split(self, context: list[int], whole: list[int]) -> tuple[list[int], list[int]]:
+        """(context ids, continuation ids) from the context's ids and context+continuation's."""
+        if context:
+            return context, whole[len(context):]
+        # Nothing to condition on: lm-eval's prefix token, unless the continuation starts with it.
+        prefix = self.tokenizer.bos_token_id
+        prefix = self.tokenizer.eos_token_id if prefix is None else prefix
+        return (whole[:1], whole[1:]) if whole[:1] == [prefix] else ([prefix], whole)
 
     def loglikelihoods(self, requests: list[tuple[str, str]], desc: str = "loglik") -> list[tuple[float, bool]]:
         """Sum log-probability of each continuation given its context, and whether greedy
         decoding would have produced it; in request order."""
-        encoded = [self._pair(c, x) for c, x in requests]
-        results: list[tuple[float, bool] | None] = [None] * len(requests)
-        # Requests sharing a context whose continuations are all single tokens: one forward.
-        groups: dict[tuple[int, ...], list[int]] = {}
-        # (tokens fed, request indices, continuation ids, shared context?)
-        rows: list[tuple[list[int], list[int], list[int], bool]] = []
-        for i, (ctx, cont) in enumerate(encoded):
-            if len(cont) == 1 and ctx:
-                groups.setdefault(tuple(ctx), []).append(i)
-            else:
-                rows.append(((ctx + cont)[-(self.max_length + 1):][:-1], [i], cont, False))
-        rows += [(list(ctx)[-self.max_length:], idx, [encoded[i][1][0] for i in idx], True)
-                 for ctx, idx in groups.items()]
-        rows.sort(key=lambda r: -len(r[0]))
-        torch = self.torch
-        bar = progress(total=len(requests), desc=desc, unit="req")
-        with torch.inference_mode():
-            for start in range(0, len(rows), self.batch_size):
-                batch = rows[start:start + self.batch_size]
-                width = max(len(r[0]) for r in batch)
-                ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for b, (tokens, *_) in enumerate(batch):
-                    ids[b, :len(tokens)] = torch.tensor(tokens)
-                    mask[b, :len(tokens)] = 1
-                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-                logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
-                for b, (tokens, indices, conts, shared) in enumerate(batch):
-                    n = len(tokens)
-                    if shared:  # every choice is the next token after the context
-                        last = logprobs[b, n - 1]
-                        greedy = int(last.argmax())
-                        for i, token in zip(indices, conts):
-                            results[i] = (float(last[token]), greedy == token)
-                    else:
-                        span = logprobs[b, n - len(conts):n]
-                        target = torch.tensor(conts)
-                        results[indices[0]] = (float(span.gather(1, target[:, None]).sum()),
-                                               bool((span.argmax(-1) == target).all()))
-                bar.update(sum(len(r[1]) for r in batch))
+        pairs = self.encode_pairs(requests)
+        # A request feeds context+continuation less its last token, cut from the left to the
+        # model's length, and reads its continuation off the last len(continuation) positions.
+        fed = [tuple((ctx + cont)[-(self.max_length + 1):][:-1]) for ctx, cont in pairs]
+        rows = _rows({i: fed[i] for i, (_, cont) in enumerate(pairs) if cont})
+        order = sorted(rows, key=len, reverse=True)  # similar lengths share a batch: less padding
+        results = [(0.0, True)] * len(requests)  # an empty continuation is certain (lm-eval refuses it)
+        bar = progress(total=sum(map(len, rows.values())), desc=desc, unit="req")
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            served = [(b, i) for b, row in enumerate(batch) for i in rows[row]]
+            reads = [(b, len(fed[i]) - len(pairs[i][1]), pairs[i][1]) for b, i in served]
+            for (_, i), result in zip(served, self._read(batch, reads)):
+                results[i] = result
+            bar.update(len(served))
         bar.close()
-        return results  # type: ignore[return-value]
+        return results
+
+    def _read(self, rows: list[tuple[int, ...]], reads: list[tuple[int, int, list[int]]]) -> list[tuple[float, bool]]:
+        """(sum log-prob, greedy?) of each read (row, first position, continuation ids) from one
+        forward pass over ``rows``, longest first."""
+        torch = self.torch
+        ids = torch.full((len(rows), len(rows[0])), self.tokenizer.pad_token_id, dtype=torch.long)
+        for b, row in enumerate(rows):
+            ids[b, :len(row)] = torch.tensor(row)
+        at = torch.tensor([(b, first + k) for b, first, cont in reads for k in range(len(cont))])
+        targets = torch.tensor([t for *_, cont in reads for t in cont], device=self.device)
+        # The LM head runs only at the positions read (a full-vocabulary log-softmax at every
+        # position, as lm-eval computes, is much of the cost of a small model).
+        keep, column = torch.unique(at[:, 1], return_inverse=True)
+        with torch.inference_mode():
+            # No attention mask: padding is on the right, so causal attention keeps it out of
+            # every position read, and positions count from 0 in every row as they would alone.
+            logits = self.model(input_ids=ids.to(self.device), logits_to_keep=keep.to(self.device)).logits
+            logits = logits[at[:, 0].to(self.device), column.to(self.device)].float()
+            logprobs = logits.log_softmax(-1).gather(1, targets[:, None])[:, 0].cpu()
+            hits = (logits.argmax(-1) == targets).cpu()
+        lengths = [len(cont) for *_, cont in reads]
+        return [(float(lp.sum()), bool(hit.all())) for lp, hit in zip(logprobs.split(lengths), hits.split(lengths))]
 
     def generate(self, prompts: list[str], max_new_tokens: int = 128, desc: str = "generate") -> list[str]:
         """Greedy continuations of ``prompts`` (the tokenizer adds BOS as in training)."""
@@ -142,3 +157,24 @@ class LM:
                 bar.update(len(idx))
         bar.close()
         return out
+
+
+def _move_trailing_space(context: str, continuation: str) -> tuple[str, str]:
+    stripped = context.rstrip()
+    return stripped, context[len(stripped):] + continuation
+
+
+def _rows(windows: dict[int, tuple[int, ...]]) -> dict[tuple[int, ...], list[int]]:
+    """The rows to feed, each with the keys of the windows it serves: the longest window that
+    each begins. With causal attention and positions from 0, a window's logits are the same at
+    the start of any longer sequence, so a question's single-token choices share a row, as do
+    continuations that differ only in their last token."""
+    rows: dict[tuple[int, ...], list[int]] = {}
+    row: tuple[int, ...] = ()
+    # Sorted, a window that begins any other begins the next one, and so that one's row.
+    for window, key in sorted(((w, k) for k, w in windows.items()), reverse=True):
+        if row[:len(window)] != window:
+            row = window
+            rows[row] = []
+        rows[row].append(key)
+    return rows

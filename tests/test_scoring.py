@@ -1,11 +1,13 @@
-"""The batched scorer: log-likelihoods equal one-at-a-time forwards, batched generation equals
-one prompt at a time, and the base model is reachable without reloading."""
+"""The batched scorer: log-likelihoods equal one-at-a-time full forwards (shared rows, logits
+kept only where read, no attention mask, left truncation, empty contexts as lm-eval scores
+them), batched generation equals one prompt at a time, and the base model is reachable
+without reloading."""
 
 import pytest
 import torch
 
 from bioinstruct.metrics import extract_choice, macro_f1, normalize_item, prf, split_items
-from bioinstruct.scoring import LM
+from bioinstruct.scoring import LM, _rows
 
 REQUESTS = [("Question: Which drug treats diabetes?\nA. metformin\nB. aspirin\nAnswer:", c) for c in (" A", " B")]
 REQUESTS += [("Abstract: Metformin lowers glucose.\nQuestion: Does metformin lower glucose?\nAnswer:", c)
@@ -27,12 +29,23 @@ def adapter(tiny_model_dir, tmp_path_factory):
     return out
 
 
-def one_at_a_time(lm, context, continuation):
-    ctx, cont = lm._pair(context, continuation)
+def reference_pair(lm, context, continuation):
+    """lm-eval's HFLM._encode_pair, one request at a time."""
+    ctx = lm.encode(context.rstrip())
+    return ctx, lm.encode(context + continuation)[len(ctx):]
+
+
+def full_forward(lm, ctx, cont):
+    """One request alone: a full forward and a full-vocabulary log-softmax at every position."""
+    tokens = (ctx + cont)[-(lm.max_length + 1):]
     with torch.no_grad():
-        logprobs = torch.log_softmax(lm.model(torch.tensor([ctx + cont])).logits.float(), -1)[0]
-    span = logprobs[len(ctx) - 1:len(ctx) - 1 + len(cont)]
-    return float(span.gather(1, torch.tensor(cont)[:, None]).sum()), bool((span.argmax(-1) == torch.tensor(cont)).all())
+        logprobs = torch.log_softmax(lm.model(torch.tensor([tokens[:-1]])).logits.float(), -1)[0]
+    span, target = logprobs[-len(cont):], torch.tensor(cont)
+    return float(span.gather(1, target[:, None]).sum()), bool((span.argmax(-1) == target).all())
+
+
+def one_at_a_time(lm, context, continuation):
+    return full_forward(lm, *reference_pair(lm, context, continuation))
 
 
 @pytest.mark.integration
@@ -49,6 +62,50 @@ def test_loglikelihoods_match_single_forwards_with_and_without_adapter(tiny_mode
     assert [s for s, _ in base] != [s for s, _ in tuned]
     plain = LM(str(tiny_model_dir), batch_size=16).loglikelihoods(REQUESTS)
     assert [s for s, _ in plain] == pytest.approx([s for s, _ in base], abs=1e-4)
+
+
+@pytest.mark.unit
+def test_rows_serve_each_window_from_the_longest_window_it_begins():
+    windows = {0: (1, 2), 1: (1, 2, 3), 2: (1, 2, 4), 3: (1,), 4: (5,), 5: (1, 2, 3)}
+    rows = {row: sorted(keys) for row, keys in _rows(windows).items()}
+    assert rows == {(1, 2, 3): [0, 1, 3, 5], (1, 2, 4): [2], (5,): [4]}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("max_length", [None, 20])  # 20: contexts are cut from the left
+def test_shared_rows_and_kept_logits_equal_full_forwards(tiny_model_dir, max_length):
+    lm = LM(str(tiny_model_dir), batch_size=3, max_length=max_length)
+    context = REQUESTS[0][0]
+    # Choices that share a row (one token; several tokens whose first is another choice's), and
+    # ones that do not; an empty continuation (certain) and an empty context (BOS).
+    requests = REQUESTS + [(context, " metformin"), (context, " metformin twice"), (context + " ", "A"),
+                           ("Name a statin:", ""), ("", " metformin")]
+    pairs = lm.encode_pairs(requests)
+    assert pairs[:-1] == [reference_pair(lm, c, x) for c, x in requests[:-1]]
+    for (ctx, cont), (score, greedy) in zip(pairs, lm.loglikelihoods(requests)):
+        ref_score, ref_greedy = full_forward(lm, ctx, cont) if cont else (0.0, True)
+        assert score == pytest.approx(ref_score, abs=1e-5) and greedy == ref_greedy
+
+
+@pytest.mark.integration
+def test_empty_context_scores_as_lm_eval_does(tiny_model_dir):
+    """lm-eval conditions an empty context on the prefix token (BOS, else EOS), or on the
+    continuation's first token when that is the prefix token; a whitespace-only context, which
+    lm-eval refuses, is an empty context followed by that whitespace."""
+    huggingface = pytest.importorskip("lm_eval.models.huggingface")
+    from lm_eval.api.instance import Instance
+
+    lm = LM(str(tiny_model_dir), device="cpu", dtype="float32")
+    bos = lm.tokenizer.bos_token_id
+    requests = [("", " metformin"), ("", "<s> aspirin"), ("", " A")]
+    assert lm.encode_pairs(requests + [("  ", "metformin")]) == [
+        ([bos], lm.encode(" metformin")), ([bos], lm.encode(" aspirin")), ([bos], lm.encode(" A")),
+        ([bos], lm.encode("  metformin"))]
+    hflm = huggingface.HFLM(pretrained=str(tiny_model_dir), device="cpu", dtype="float32", add_bos_token=False)
+    theirs = hflm.loglikelihood([Instance(request_type="loglikelihood", doc={}, arguments=r, idx=0)
+                                 for r in requests], disable_tqdm=True)
+    for (score, greedy), (ref_score, ref_greedy) in zip(lm.loglikelihoods(requests), theirs):
+        assert score == pytest.approx(ref_score, abs=1e-5) and greedy == ref_greedy
 
 
 @pytest.mark.integration
