@@ -130,7 +130,10 @@ def apptainer():
 # checks that none of them ends up in an image.
 CONTAINER_CANARY = f"bioinstruct-canary-{os.urandom(8).hex()}"
 CONTAINER_BUILD_SECRETS = {"OPENAI_API_KEY": f"sk-{CONTAINER_CANARY}", "HF_TOKEN": f"hf_{CONTAINER_CANARY}",
-                           "AZURE_OPENAI_API_KEY": CONTAINER_CANARY}
+                           "AZURE_OPENAI_API_KEY": CONTAINER_CANARY,
+                           # apptainer hands these to every container, a build's %post too
+                           "APPTAINERENV_OPENAI_API_KEY": f"sk-{CONTAINER_CANARY}",
+                           "SINGULARITYENV_HF_TOKEN": f"hf_{CONTAINER_CANARY}"}
 
 
 def build_image(apptainer: str, definition: str, out: Path, *options: str):
@@ -153,7 +156,8 @@ def build_image(apptainer: str, definition: str, out: Path, *options: str):
 @pytest.fixture(scope="session")
 def cpu_image(apptainer, tmp_path_factory) -> Path:
     """The CPU image (containers/cpu.def), built once per session with containers/build.sh:
-    about 1.5-3 minutes. Its `python3` has bioinstruct and submitit, for jobs run inside it."""
+    about 3 minutes on 2 cores (5 on a busy machine). Its `python3` has bioinstruct and
+    submitit, for jobs run inside it."""
     out = tmp_path_factory.mktemp("images") / "bioinstruct-cpu.sif"
     build_image(apptainer, "cpu", out)
     return out
