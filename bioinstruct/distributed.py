@@ -61,6 +61,12 @@ def setup_environment() -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             os.environ.setdefault("OMP_NUM_THREADS", "1")
+            import torch
+
+            # OpenMP read the variable when torch was loaded (by _has_gpu, if not before):
+            # apply it. Otherwise each rank runs as many threads as cores, and a loaded
+            # machine's BLAS picks other thread counts, and reduction orders, step to step.
+            torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def _has_gpu() -> bool:

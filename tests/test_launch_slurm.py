@@ -5,6 +5,7 @@ task shown by status and rerun alone by --resume, a two-node job's distributed
 environment, and the plain sbatch templates (training across both nodes)."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -237,7 +238,10 @@ def test_plain_sbatch_templates_generate_and_train(local_slurm, tmp_path, tiny_m
     rows.write_text(f"configs/train/tiny/lora.yaml train data.path={train_data} optim.max_steps=3\n")
     common = ["sbatch", "--parsable", "--chdir", str(REPO), "--mem=1G", "--cpus-per-task=1",
               f"--output={tmp_path}/%x-%j.out"]
-    jobs = [subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip() for command in (
+    # As a user with the venv activated: sbatch hands the job this PATH, the scripts run `bioinstruct`.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    jobs = [subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout.strip()
+            for command in (
         [*common, "slurm/generate.sbatch", f"run_dir={run}", "target=10", "llm.backend=offline"],
         [*common, "--array=1-1", "--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=1", "slurm/train.sbatch",
          str(rows), f"run_dir={run}", f"model.path={tiny_model_dir}", "data.max_length=192"])]
@@ -246,6 +250,7 @@ def test_plain_sbatch_templates_generate_and_train(local_slurm, tmp_path, tiny_m
         assert time.time() < deadline, "the jobs did not end"
         time.sleep(1)
     logs = "\n".join(p.read_text() for p in tmp_path.glob("bi-*.out"))
+    assert (run / "generate" / "manifest.json").exists(), logs
     assert json.loads((run / "generate" / "manifest.json").read_text())["status"] == "complete", logs
     manifest = json.loads((run / "train" / "tiny__train" / "manifest.json").read_text())
     assert manifest["status"] == "complete", logs

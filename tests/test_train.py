@@ -2,6 +2,7 @@
 stopped by SIGUSR2 and resumed bit for bit; bad input fails before a model is loaded."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -191,3 +192,15 @@ def test_slurm_environment_for_srun_tasks():
     assert env == {"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4",
                    "MASTER_ADDR": "node12", "MASTER_PORT": str(20000 + 424242 % 20000)}
     assert slurm_environment({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "RANK": "0"}) == {}  # torchrun did it
+
+
+@pytest.mark.unit
+def test_a_cpu_rank_runs_one_thread_even_when_torch_was_loaded_first():
+    """torch is imported before the rank's environment is set up; the thread count must
+    follow OMP_NUM_THREADS=1 all the same, or a loaded machine breaks bit-exact resume."""
+    code = ("import torch; from bioinstruct.distributed import setup_environment; setup_environment(); "
+            "print(torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "WORLD_SIZE": "2", "RANK": "0"},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "1"
