@@ -167,7 +167,7 @@ class _Builder:
         raise TypeError(f"unsupported config annotation {tp!r} for key '{key}'")
 
 
-def _default_instance(cls: type) -> Any:
+def default_instance(cls: type) -> Any:
     try:
         return cls()
     except (TypeError, ValueError):  # required keys: nothing to start from
@@ -252,7 +252,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
         sources[key] = f"override '{text}'"
         if isinstance(value, dict):
             sources.update({f"{key}.{k}": f"override '{text}'" for k in _flatten(value)})
-    return _Builder(cls, sources).build(cls, tree, default=_default_instance(cls))
+    return _Builder(cls, sources).build(cls, tree, default=default_instance(cls))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -17,6 +17,7 @@ results are never silently mixed from two configs.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__
-from .config import dump_config, to_dict
+from .config import default_instance, dump_config, to_dict
 from .errors import StageConflict, StageStopped
 from .io import atomic_write_json, atomic_write_text, read_json
 
@@ -54,9 +55,12 @@ def git_revision() -> str | None:
     return rev + ("-dirty" if dirty else "")
 
 
+def _canonical(config: dict) -> str:
+    return json.dumps(config, sort_keys=True, ensure_ascii=False)
+
+
 def config_hash(cfg: Any) -> str:
-    canonical = json.dumps(to_dict(cfg), sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return hashlib.sha256(_canonical(to_dict(cfg)).encode()).hexdigest()[:16]
 
 
 def read_manifest(stage_dir: str | os.PathLike) -> dict | None:
@@ -80,16 +84,36 @@ def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+def _with_new_keys(recorded: dict, default: Any) -> dict:
+    """A recorded config plus the keys its class gained since, at their defaults. A new key's
+    default keeps the old behaviour (the rule for adding one), so a run made before the key
+    existed ran as if with that default."""
+    filled = dict(recorded)
+    for field in dataclasses.fields(default):
+        value = getattr(default, field.name)
+        if field.name not in filled:
+            filled[field.name] = to_dict(value) if dataclasses.is_dataclass(value) else value
+        elif dataclasses.is_dataclass(value) and isinstance(filled[field.name], dict):
+            filled[field.name] = _with_new_keys(filled[field.name], value)
+    return filled
+
+
 def finished(stage_dir: str | os.PathLike, stage: str, cfg: Any, *, force: bool = False) -> dict | None:
     """The manifest of a complete run of this stage with this config, or None when the
     stage must run; a complete run with another config raises StageConflict (unless
-    ``force``). Every rank of a distributed stage asks, so all of them decide alike."""
+    ``force``). Keys added to the config since the run count at their defaults. Every rank
+    of a distributed stage asks, so all of them decide alike."""
     previous = read_manifest(stage_dir)
     if not previous or previous.get("status") != "complete" or force:
         return None
     if previous.get("config_hash") == config_hash(cfg):
         return previous
-    changes = "\n  ".join(_changed_keys(previous.get("config", {}), to_dict(cfg)))
+    recorded, default = previous.get("config", {}), default_instance(type(cfg))
+    if default is not None:
+        recorded = _with_new_keys(recorded, default)
+        if _canonical(recorded) == _canonical(to_dict(cfg)):
+            return previous
+    changes = "\n  ".join(_changed_keys(recorded, to_dict(cfg)))
     raise StageConflict(
         f"{stage_dir} holds a complete '{stage}' made with another config:\n  {changes}\n"
         f"Use a new run directory, or --force to redo it with the new config.")

@@ -44,6 +44,31 @@ def test_other_config_is_refused_unless_forced(tmp_path):
     assert len(calls) == 2 and m["config"]["n"] == 4 and m["attempt"] == 2
 
 
+@dataclasses.dataclass
+class Section:
+    size: int = 8
+
+
+@dataclasses.dataclass
+class Grown:
+    """Cfg after a release added keys: one at the top, a new section, one inside a section."""
+    n: int = 3
+    name: str = "x"
+    packing: bool = False
+    section: Section = dataclasses.field(default_factory=Section)
+
+
+def test_keys_added_since_a_run_count_at_their_defaults(tmp_path):
+    calls = []
+    run_stage(tmp_path / "s", "s", Cfg(), body_counting(calls))
+    assert run_stage(tmp_path / "s", "s", Grown(), body_counting(calls))["config"] == {"n": 3, "name": "x"}
+    with pytest.raises(StageConflict, match=r"packing: False -> True"):
+        run_stage(tmp_path / "s", "s", Grown(packing=True), body_counting(calls))
+    with pytest.raises(StageConflict, match=r"section.size: 8 -> 4"):
+        run_stage(tmp_path / "s", "s", Grown(section=Section(4)), body_counting(calls))
+    assert len(calls) == 1
+
+
 def test_failure_is_recorded_and_next_run_retries(tmp_path):
     def broken(out):
         raise RuntimeError("disk full")
