@@ -301,7 +301,8 @@ def gpu_7b(args) -> int:
             lm = LM(tmp, device=device, batch_size=16)
         examples = synthetic_medqa(lm.tokenizer, args.questions, args.context_tokens)
     lengths = [len(lm.encode(ex["context"])) for ex in examples]
-    single = all(len(lm._pair(ex["context"], c)[1]) == 1 for ex in examples[:20] for c in ex["choices"])
+    single = all(len(cont) == 1 for ex in examples[:20]
+                 for _, cont in lm.encode_pairs([(ex["context"], c) for c in ex["choices"]]))
     print(f"{len(examples)} synthetic MedQA-layout questions, context tokens mean {np.mean(lengths):.0f} "
           f"(min {min(lengths)}, max {max(lengths)}), choices ' A'..' D' "
           f"{'single tokens' if single else 'NOT single tokens'}", flush=True)

@@ -791,19 +791,16 @@ def build(cfg: ReportConfig, results: list[Result], skipped: list[dict], sizes: 
         notes.append("No subsets manifest: sizes of size-N subsets are read from their names, and the all-tasks "
                      "model is left out of Figure 3.")
     figures: dict[str, dict] = {}
+    kinds = (("figure2", "Figure 2", rep.figure2_data, plot_figure2, "training subsets on each task"),
+             ("figure3", "Figure 3", rep.figure3_data, plot_figure3, "score against training set size"))
     for family in rep.families:
-        panels = rep.figure2_data(family)
-        if panels:
-            files = plot_figure2(family, panels, cfg.tuned_subset, out / f"figure2_{family}")
-            figures[f"figure2_{family}"] = {"title": f"Figure 2 ({family}): training subsets on each task",
-                                            "family": family, "files": files, "size_inches":
-                                            list(figure_size("figure2", len(panels))), "panels": panels}
-        panels = rep.figure3_data(family)
-        if panels:
-            files = plot_figure3(family, panels, cfg.tuned_subset, out / f"figure3_{family}")
-            figures[f"figure3_{family}"] = {"title": f"Figure 3 ({family}): score against training set size",
-                                            "family": family, "files": files, "size_inches":
-                                            list(figure_size("figure3", len(panels))), "panels": panels}
+        for kind, label, panels_of, plot, caption in kinds:
+            panels = panels_of(family)
+            if panels:
+                files = plot(family, panels, cfg.tuned_subset, out / f"{kind}_{family}")
+                figures[f"{kind}_{family}"] = {"title": f"{label} ({family}): {caption}", "family": family,
+                                               "files": files, "size_inches": list(figure_size(kind, len(panels))),
+                                               "panels": panels}
     data = {"run_dir": cfg.run_dir,
             "inputs": {"fingerprint": fingerprint(results, skipped, sizes), "subsets_manifest": manifest_path,
                        "subset_sizes": sizes, "skipped": skipped,

@@ -75,9 +75,6 @@ class LM:
         wholes = self.encode_many([context + continuation for context, continuation in split])
         return [self._split(context_ids[context], whole) for (context, _), whole in zip(split, wholes)]
 
-    def _pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        return self.encode_pairs([(context, continuation)])[0]
-
     def _split(self, context: list[int], whole: list[int]) -> tuple[list[int], list[int]]:
         """(context ids, continuation ids) from the context's ids and context+continuation's."""
         if context:

@@ -150,7 +150,7 @@ def test_lm_eval_default_prepends_bos(tiny_model_dir, models):
     flag. If this fails, one side changed its convention: revisit the scorer's encoding."""
     context = "Question: Which vitamin deficiency causes night blindness?\nA. C\nB. A\nAnswer:"
     lm, hflm = models
-    ctx, cont = lm._pair(context, " B")
+    [(ctx, cont)] = lm.encode_pairs([(context, " B")])
     assert hflm._encode_pair(context, " B") == (ctx, cont)
     default = HFLM(pretrained=str(tiny_model_dir), device="cpu", dtype="float32", batch_size=1)
     assert default._encode_pair(context, " B") == ([lm.tokenizer.bos_token_id] + ctx, cont)
