@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as _dt
 import graphlib
 import itertools
 import json
@@ -48,7 +47,7 @@ from .io import atomic_write_json, atomic_write_text, read_json
 from .launch_executors import EXECUTORS, Container, Job, Resources
 from .launch_stages import KINDS
 from .launch_status import manifest_path, print_status, read_manifests
-from .rundir import config_hash, finished
+from .rundir import config_hash, finished, utc_now
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -321,10 +320,6 @@ def make_plan(sweep: Sweep, where: str, selected: list[str] | None = None) -> Pl
 
 # ---- the sweep manifest -------------------------------------------------------------------
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def _producers(run_dir: Path, executor) -> dict[str, dict]:
     """Outputs that a queued or running job of any sweep in this run directory produces:
     output folder -> that sweep's task entry (with its job id)."""
@@ -396,7 +391,7 @@ def launch(plan: Plan, executor, *, source: str, out: TextIO) -> dict:
     launched = {stage.name for stage in plan.stages}
     manifest.update(run_dir=str(plan.run_dir), cluster=executor.name,
                     stages=[s for s in manifest.get("stages", []) if s["name"] not in launched])
-    manifest["launches"].append({"time": _now(), "source": source})
+    manifest["launches"].append({"time": utc_now(), "source": source})
     # The sweep as launched (overrides applied), for `launch RUN_DIR --resume`.
     atomic_write_text(plan.dir.with_suffix(".yaml"),
                       dump_config(dataclasses.replace(plan.sweep, run_dir=str(plan.run_dir), cluster=executor.name)))
@@ -434,7 +429,7 @@ def launch(plan: Plan, executor, *, source: str, out: TextIO) -> dict:
         if to_run:
             job = plan.job(stage, [t for t, _ in to_run], [j for u in stage.after for j in job_ids.get(u, [])])
             ids = executor.submit(job)
-            now = _now()
+            now = utc_now()
             for (task, entry), job_id in zip(to_run, ids):
                 _set_job(entry, job_id, log=job.log_paths(job_id), submitted=now, at_launch="submitted")
             # An array is one dependency (123 covers 123_0, 123_1, ...).

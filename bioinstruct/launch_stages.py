@@ -14,7 +14,6 @@ scontrol, so nothing in here requeues anything.
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import os
 import signal
 import socket
@@ -26,6 +25,7 @@ from . import classify, evaluate, generate, report, subsets, train
 from . import filter as filter_stage
 from .config import load_config
 from .io import append_jsonl
+from .rundir import utc_now
 from .tiny_model import TinyModelConfig, make_tiny_model
 
 REQUEUE_EXIT = train.REQUEUE_EXIT  # 75: "state saved, run me again" (slurm/common.sh)
@@ -91,10 +91,6 @@ class Interrupted(BaseException):
     so run_stage records the stage as interrupted (not failed) and nothing swallows it."""
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def _rank() -> int:
     for var in ("RANK", "SLURM_PROCID", "SUBMITIT_LOCAL_GLOBALID"):
         if var in os.environ:
@@ -118,7 +114,7 @@ def _local_ranks_environment() -> None:
 
 def _job_record() -> dict:
     env = os.environ
-    return {"time": _now(), "host": socket.gethostname(),
+    return {"time": utc_now(), "host": socket.gethostname(),
             "job_id": env.get("SLURM_JOB_ID") or env.get("SUBMITIT_LOCAL_JOB_ID"),
             "array_job_id": env.get("SLURM_ARRAY_JOB_ID"), "array_task_id": env.get("SLURM_ARRAY_TASK_ID"),
             "restart": int(env.get("SLURM_RESTART_COUNT", "0"))}
@@ -163,7 +159,7 @@ def run_task(kind: str, config: str, attempts: str) -> str:
         for s, handler in previous.items():
             signal.signal(s, handler)
         if rank == 0:
-            append_jsonl(attempts, [{"event": "end", "time": _now(), "outcome": outcome,
+            append_jsonl(attempts, [{"event": "end", "time": utc_now(), "outcome": outcome,
                                      **({"detail": detail} if detail else {})}])
     if outcome == "requeue":
         print(f"bioinstruct launch: {kind} stopped cleanly ({detail}); exiting to be requeued", file=sys.stderr)

@@ -38,7 +38,8 @@ MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """Now, as the manifests and attempt records write times (UTC, to the second)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -146,7 +147,7 @@ def run_stage(stage_dir: str | os.PathLike, stage: str, cfg: Any,
         "host": socket.gethostname(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "attempt": (previous or {}).get("attempt", 0) + 1,
-        "started": _now(),
+        "started": utc_now(),
         "ended": None,
     }
     atomic_write_json(stage_dir / MANIFEST, manifest)
@@ -156,10 +157,10 @@ def run_stage(stage_dir: str | os.PathLike, stage: str, cfg: Any,
         # A signal or Ctrl-C is not a failure of the stage: it will be run again.
         status = ("stopped" if isinstance(e, StageStopped) else
                   "failed" if isinstance(e, Exception) else "interrupted")
-        manifest.update(status=status, ended=_now(),
+        manifest.update(status=status, ended=utc_now(),
                         error="".join(traceback.format_exception_only(type(e), e)).strip())
         atomic_write_json(stage_dir / MANIFEST, manifest)
         raise
-    manifest.update(status="complete", ended=_now(), summary=summary or {})
+    manifest.update(status="complete", ended=utc_now(), summary=summary or {})
     atomic_write_json(stage_dir / MANIFEST, manifest)
     return manifest
