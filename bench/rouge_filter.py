@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from rouge_score import rouge_scorer
+from rouge_score.rouge_scorer import _score_lcs as rouge_lcs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bioinstruct.metrics import rouge_scorer  # noqa: E402
 from bioinstruct.rougel import RougeLPool, Verdict  # noqa: E402
 from bioinstruct.table import format_table  # noqa: E402
 
@@ -106,14 +107,14 @@ class AlpacaReference:
     """Stanford Alpaca's filter loop with rouge-score and numpy only: the ground truth."""
 
     def __init__(self, seeds: list[str], threshold: float = 0.7, top_k: int = 10):
-        self.scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+        self.scorer = rouge_scorer(("rougeL",), False)
         self.pool = [self.scorer._tokenizer.tokenize(s) for s in seeds]
         self.threshold, self.top_k = threshold, top_k
 
     def offer(self, text: str) -> tuple:
         """(keep, nearest (index, score) or None, top [(index, score)], mean), as summary()."""
         tokens = self.scorer._tokenizer.tokenize(text)
-        scores = [rouge_scorer._score_lcs(tokens, p).fmeasure for p in self.pool]
+        scores = [rouge_lcs(tokens, p).fmeasure for p in self.pool]
         best = max(scores)
         nearest = (scores.index(best), best) if best > 0 else None
         top = sorted((-s, i) for i, s in enumerate(scores) if s > 0)[: self.top_k]
@@ -195,7 +196,7 @@ def main() -> None:
     sample = [(tokenize(texts[i]), pool_tokens[d - ends[i] + sizes[i]]) for i, d in zip(rows_i, draws)]
     start = time.perf_counter()
     for a, b in sample:
-        rouge_scorer._score_lcs(a, b)
+        rouge_lcs(a, b)
     ref_us = (time.perf_counter() - start) / len(sample) * 1e6
     ref_s = ref_us * pairs / 1e6
 

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from .llm import Engine, LLMConfig, Request
+from .metrics import rouge_scorer
 from .prompts import PromptTemplate
 
 DIMENSIONS = ("coherence", "completeness", "naturalness", "factuality")
@@ -29,12 +30,10 @@ def parse_scores(text: str | None) -> dict[str, int] | None:
 
 
 def offline_judge(body: dict) -> str:
-    from rouge_score import rouge_scorer
-
     prompt = body["messages"][-1]["content"]
     reference = re.search(r"Reference answer: (.*?)\nAssistant's answer: ", prompt, re.S)
     output = re.search(r"Assistant's answer: (.*?)\n\nScore each dimension", prompt, re.S)
-    f = rouge_scorer.RougeScorer(["rougeL"]).score(reference.group(1), output.group(1))["rougeL"].fmeasure
+    f = rouge_scorer(("rougeL",), False).score(reference.group(1), output.group(1))["rougeL"].fmeasure
     score = max(1, min(10, round(1 + 9 * f)))
     return "\n".join(f"{d}: {score}" for d in DIMENSIONS)
 

@@ -23,6 +23,7 @@ timeout and preemption from the elapsed time; neither is used.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shlex
 import subprocess
 import sys
@@ -156,14 +157,15 @@ class SlurmExecutor:
         return " ".join([self.python(job), "-u -m submitit.core._submit", shlex.quote(str(job.folder))])
 
     def script(self, job: Job) -> str:
-        """The sbatch script ``submit`` would write, byte for byte."""
-        from submitit.slurm.slurm import _make_sbatch_string
-
+        """The sbatch script ``submit`` would write, byte for byte. submitit has no public call
+        for it: its private ``_make_sbatch_string`` is pinned by the lock, and the golden
+        scripts in tests/test_launch.py fail if its output changes."""
+        _make_sbatch_string = _submitit().slurm.slurm._make_sbatch_string
         return _make_sbatch_string(command=self.command(job), folder=job.folder,
                                    map_count=len(job.calls) if job.array else None, **self.parameters(job))
 
     def submit(self, job: Job) -> list[str]:
-        import submitit
+        submitit = _submitit()
         from submitit.core.utils import FailedJobError, FailedSubmissionError
 
         job.folder.mkdir(parents=True, exist_ok=True)
@@ -233,8 +235,7 @@ class LocalExecutor:
         return None
 
     def _executor(self, job: Job):
-        import submitit
-
+        submitit = _submitit()
         r = job.resources
         ex = submitit.LocalExecutor(folder=job.folder, python=shlex.join(python_in_container(job)))
         ex.update_parameters(timeout_min=r.time_min, tasks_per_node=r.nodes * r.tasks_per_node,
@@ -267,9 +268,7 @@ class DebugExecutor(LocalExecutor):
     name = "debug"
 
     def _executor(self, job: Job):
-        import submitit
-
-        return submitit.DebugExecutor(folder=job.folder)
+        return _submitit().DebugExecutor(folder=job.folder)
 
     def submit(self, job: Job) -> list[str]:
         job.folder.mkdir(parents=True, exist_ok=True)
@@ -282,6 +281,29 @@ class DebugExecutor(LocalExecutor):
 
     def live(self, job_ids: list[str]) -> dict[str, Live]:
         return {}
+
+
+def _submitit():
+    """submitit, imported without its import-time ``logging.config.dictConfig``, which closes
+    every logging handler already in the process: a library must leave its caller's logging
+    alone (under pytest it closed absl's handler and, with it, the captured stderr). Its
+    warnings still reach stderr through logging's last-resort handler; its jobs, new
+    processes, configure submitit's logging as usual. SUBMITIT_LOG_LEVEL=<level> is honoured."""
+    if "submitit" not in sys.modules:
+        previous = os.environ.get("SUBMITIT_LOG_LEVEL")
+        os.environ["SUBMITIT_LOG_LEVEL"] = "NOCONFIG"
+        try:
+            import submitit  # noqa: F401
+        finally:
+            if previous is None:
+                del os.environ["SUBMITIT_LOG_LEVEL"]
+            else:
+                os.environ["SUBMITIT_LOG_LEVEL"] = previous
+        if previous and previous.upper() != "NOCONFIG":
+            import logging
+
+            logging.getLogger("submitit").setLevel(int(previous) if previous.isdigit() else previous.upper())
+    return sys.modules["submitit"]
 
 
 def _controller_alive(pid: int) -> bool:

@@ -7,6 +7,7 @@ confidence interval over examples (seeded, so the same predictions give the same
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import unicodedata
@@ -78,11 +79,21 @@ def prf(pred_items: Sequence[Sequence[str]], gold_items: Sequence[Sequence[str]]
     return {"precision": precision, "recall": recall, "f1": f1}
 
 
+@functools.cache
+def rouge_scorer(types: tuple[str, ...], use_stemmer: bool):
+    """rouge-score's scorer, built once per process. Its tokenizer is passed in because
+    ``RougeScorer`` otherwise logs "Using default tokenizer." through absl, and absl calls
+    ``logging.basicConfig()`` when the root logger has no handler: a library must never
+    configure its caller's root logger (under pytest it bound the root handler to one
+    test's captured stream, and later tests wrote to a closed file)."""
+    from rouge_score import rouge_scorer as rs, tokenizers
+
+    return rs.RougeScorer(list(types), tokenizer=tokenizers.DefaultTokenizer(use_stemmer))
+
+
 def rouge(outputs: Sequence[str], references: Sequence[str]) -> dict[str, list[float]]:
     """Per-example ROUGE-1/2/L F-measures (rouge-score, with Porter stemming as usual)."""
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    scorer = rouge_scorer(("rouge1", "rouge2", "rougeL"), True)
     scores = [scorer.score(ref, out) for out, ref in zip(outputs, references)]
     return {k: [s[k].fmeasure for s in scores] for k in ("rouge1", "rouge2", "rougeL")}
 

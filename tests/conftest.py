@@ -161,3 +161,16 @@ def cpu_image(apptainer, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("images") / "bioinstruct-cpu.sif"
     build_image(apptainer, "cpu", out)
     return out
+
+
+TIERS = ("unit", "integration", "slurm", "container")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test belongs to exactly one tier, so `pytest -m unit` and `-m integration` split
+    the suite without overlap (a module-level pytestmark plus a per-test mark gives two)."""
+    wrong = [f"{item.nodeid}: {sorted(tiers) or 'no tier'}" for item in items
+             if len(tiers := {m.name for m in item.iter_markers() if m.name in TIERS}) != 1]
+    if wrong:
+        raise pytest.UsageError("each test needs exactly one tier marker (" + ", ".join(TIERS) + "):\n  "
+                                + "\n  ".join(wrong))

@@ -16,7 +16,6 @@ from bioinstruct.records import record_id
 from bioinstruct.testing.openai_server import Faults, OpenAIServer
 from conftest import wait_for_lines
 
-pytestmark = pytest.mark.unit
 
 INSTRUCTIONS = [
     "Which drug is first-line for type 2 diabetes?",
@@ -34,6 +33,7 @@ def write_input(tmp_path, instructions=INSTRUCTIONS):
     return path
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("answer, label", [
     ("qa", "qa"), (" IE.", "ie"), ("Category: generation", "generation"), ("other", "other"),
     ("Information extraction", "ie"), ("question answering", "qa"),
@@ -43,6 +43,7 @@ def test_parse_label_accepts_one_label_only(answer, label):
     assert parse_label(answer) == label
 
 
+@pytest.mark.unit
 def test_offline_rules_match_most_seed_labels():
     seeds = [json.loads(line) for line in open(os.path.join(os.path.dirname(__file__), "..", "bioinstruct",
                                                              "data", "seed_tasks.jsonl"))]
@@ -50,6 +51,7 @@ def test_offline_rules_match_most_seed_labels():
     assert agree >= 60  # 66 of 80 when written
 
 
+@pytest.mark.unit
 def test_offline_classify_writes_labels_in_order_with_provenance(tmp_path):
     m = run(ClassifyConfig(run_dir=str(tmp_path), input=str(write_input(tmp_path)), llm=LLMConfig(backend="offline")))
     rows = read_jsonl(tmp_path / "classify" / "labelled.jsonl")
@@ -60,6 +62,7 @@ def test_offline_classify_writes_labels_in_order_with_provenance(tmp_path):
     assert m["summary"]["counts"] == {"qa": 1, "ie": 2, "generation": 2, "other": 1, "unknown": 0}
 
 
+@pytest.mark.unit
 def test_bad_input_fails_before_any_work(tmp_path):
     bad = tmp_path / "kept.jsonl"
     bad.write_text('{"instruction": "Name a statin.", "output": "x"}\n{"output": "y"}\n')

@@ -16,9 +16,8 @@ from bioinstruct.io import read_jsonl
 from bioinstruct.rundir import read_manifest
 from conftest import wait_for_lines
 
-pytestmark = pytest.mark.unit
 
-
+@pytest.mark.unit
 def test_parse_plain_continuation_with_noinput():
     text = ("List three loop diuretics.\n4. Input:\n<noinput>\n4. Output:\nfurosemide, bumetanide, torsemide\n"
             "###\n5. Instruction: Is aspirin an anticoagulant?\n5. Input:\nN/A\n5. Output:\nNo, it is an antiplatelet drug.\n###\n")
@@ -28,6 +27,7 @@ def test_parse_plain_continuation_with_noinput():
         (5, "Is aspirin an anticoagulant?", "", "No, it is an antiplatelet drug.")]
 
 
+@pytest.mark.unit
 def test_parse_markdown_headers_bold_and_reordered_fields():
     text = ("**4. Instruction:** Extract the drugs.\n**4. Output:**\nmetformin\n**4. Input:**\nShe takes metformin.\n\n"
             "### 5. Instruction:\nSummarize the note.\n### 5. Input:\nPt stable.\n### 5. Output:\n**Stable patient.**\n")
@@ -38,6 +38,7 @@ def test_parse_markdown_headers_bold_and_reordered_fields():
                         "output": "Stable patient."}
 
 
+@pytest.mark.unit
 def test_parse_missing_fields_and_unnumbered_headers():
     text = ("Name a statin.\n4. Output:\natorvastatin\n###\n5. Instruction: Define sepsis.\n5. Input:\n<noinput>\n###\n"
             "Instruction: Define gout.\nOutput: Urate crystal arthritis.\n")
@@ -47,6 +48,7 @@ def test_parse_missing_fields_and_unnumbered_headers():
     assert items[2]["number"] == 6 and items[2]["instruction"] == "Define gout."
 
 
+@pytest.mark.unit
 def test_parse_drops_only_the_truncated_last_item():
     text = "Name a statin.\n4. Input:\n<noinput>\n4. Output:\natorvastatin\n###\n5. Instruction: Explain the mech"
     items = parse_response(text, 4, "length")
@@ -55,6 +57,7 @@ def test_parse_drops_only_the_truncated_last_item():
     assert parse_response(text, 4, "stop")[1] == {"number": 5, "reject": "missing_output"}
 
 
+@pytest.mark.unit
 def test_parse_rejects_next_item_leaking_into_a_field():
     text = ("Name a statin.\n4. Input:\n<noinput>\n4. Output:\natorvastatin 5. Instruction: Name a diuretic. "
             "5. Output: furosemide\n###\n6. Instruction: Define gout.\n6. Input:\n\n6. Output:\nArthritis.\n")
@@ -63,11 +66,13 @@ def test_parse_rejects_next_item_leaking_into_a_field():
     assert items[1]["instruction"] == "Define gout."
 
 
+@pytest.mark.unit
 def test_parse_repeated_field_and_empty_content():
     assert parse_response("A.\n4. Input:\nx\n4. Input:\ny\n4. Output:\nz\n", 4, "stop")[0]["reject"] == "repeated_field"
     assert parse_response(None, 4, "content_filter") == [{"number": 4, "reject": "truncated"}]
 
 
+@pytest.mark.unit
 def test_seeds_ship_with_the_package_and_bad_seed_files_name_the_line(tmp_path):
     seeds = load_seeds(None)
     assert len(seeds) == 80
@@ -86,6 +91,7 @@ def test_seeds_ship_with_the_package_and_bad_seed_files_name_the_line(tmp_path):
             load_seeds(bad)
 
 
+@pytest.mark.unit
 def test_template_must_have_the_tasks_placeholder(tmp_path):
     t = tmp_path / "t.yaml"
     t.write_text("user: Write {num_tasks} tasks.\n")
@@ -98,6 +104,7 @@ def test_template_must_have_the_tasks_placeholder(tmp_path):
     assert user.count("Instruction:") == 4
 
 
+@pytest.mark.unit
 def test_offline_responder_answers_in_the_numbered_format():
     messages = prompt_messages(load_template(None), load_seeds(None)[:3], 8)
     text = offline_responder({"messages": messages})
@@ -112,6 +119,7 @@ def offline_cfg(tmp_path, **kw):
                           llm=GenerateConfig().llm.__class__(backend="offline"), **kw)
 
 
+@pytest.mark.unit
 def test_offline_generation_reaches_the_target(tmp_path):
     m = run(offline_cfg(tmp_path))
     assert m["status"] == "complete"
@@ -132,6 +140,7 @@ def test_offline_generation_reaches_the_target(tmp_path):
     assert len(read_jsonl(out / "responses.jsonl")) == n_responses
 
 
+@pytest.mark.unit
 def test_budget_stops_cleanly_and_a_rerun_continues(tmp_path):
     cfg = offline_cfg(tmp_path, target=60)
     cfg.llm.budget.max_requests = 2

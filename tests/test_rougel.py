@@ -8,13 +8,14 @@ import random
 
 import numpy as np
 import pytest
-from rouge_score import rouge_scorer
+from rouge_score.rouge_scorer import _score_lcs as rouge_lcs
 
+from bioinstruct.metrics import rouge_scorer
 from bioinstruct.rougel import Match, RougeLPool, Verdict, rouge_l_f, tokenize
 
 pytestmark = pytest.mark.unit
 
-SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+SCORER = rouge_scorer(("rougeL",), False)
 rs_tokenize = SCORER._tokenizer.tokenize
 
 
@@ -29,7 +30,7 @@ def alpaca_loop(seeds: list[str], candidates: list[str], threshold: float = 0.7,
     out = []
     for text in candidates:
         tokens = rs_tokenize(text)
-        scores = [rouge_scorer._score_lcs(tokens, p).fmeasure for p in pool]
+        scores = [rouge_lcs(tokens, p).fmeasure for p in pool]
         best = max(scores) if scores else 0.0
         keep = best <= threshold
         nearest = (scores.index(best), best) if best > 0 else None

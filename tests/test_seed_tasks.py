@@ -9,9 +9,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from rouge_score import rouge_scorer
 
 import bioinstruct
+from bioinstruct.metrics import rouge_scorer
 
 pytestmark = pytest.mark.unit
 
@@ -82,7 +82,7 @@ def test_instruction_lengths(seeds):
 
 
 def test_instructions_are_mutually_distinct(seeds):
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    scorer = rouge_scorer(("rougeL",), False)
     worst = (0.0, "", "")
     for a, b in itertools.combinations(seeds, 2):
         f = scorer.score(a["instruction"], b["instruction"])["rougeL"].fmeasure

@@ -11,15 +11,14 @@ import types
 import numpy as np
 import pytest
 from matplotlib.image import imread
-from rouge_score import rouge_scorer
 
 from bioinstruct.cli import main
 from bioinstruct.errors import DataError
+from bioinstruct.metrics import rouge_scorer
 from bioinstruct.stats import DPI, FIGSIZE, StatsConfig, describe, load_spacy, nearest_other, run, verb_objects
 
-pytestmark = pytest.mark.unit
 
-SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+SCORER = rouge_scorer(("rougeL",), False)
 
 # Instruction words: 7 7 7 7 6 6 6 9; input words: 0 5 7 7 12 8 0 5.
 RECORDS = [
@@ -79,12 +78,14 @@ def assert_png(path, name):
     assert image[..., :3].std() > 0.05  # something is drawn
 
 
+@pytest.mark.unit
 def test_describe_interpolates_percentiles():
     assert describe([4, 1, 3, 2]) == pytest.approx(
         {"n": 4, "min": 1, "median": 2.5, "mean": 2.5, "p90": 3.7, "p99": 3.97, "max": 4})
     assert describe([]) == {"n": 0}
 
 
+@pytest.mark.unit
 def test_card_numbers_on_a_hand_made_dataset(tmp_path):
     stats, card, out = stats_of(tmp_path)
     assert stats["records"] == 8
@@ -116,6 +117,7 @@ def test_card_numbers_on_a_hand_made_dataset(tmp_path):
     assert not (out / "tokens.png").exists() and not (out / "verbs.png").exists()
 
 
+@pytest.mark.unit
 def test_nearest_other_is_exact_with_and_without_a_sample():
     instructions = [r["instruction"] for r in RECORDS] + ["β-δ γ", "Name the drug class for hypertension in adults."]
     everyone = list(range(len(instructions)))
@@ -127,6 +129,7 @@ def test_nearest_other_is_exact_with_and_without_a_sample():
     assert nearest_other(instructions, subset) == [found[i] for i in subset]
 
 
+@pytest.mark.unit
 def test_sampled_similarity_says_so(tmp_path):
     stats, card, _ = stats_of(tmp_path, similarity_sample=3, seed=1)
     sim = stats["similarity"]
@@ -134,6 +137,7 @@ def test_sampled_similarity_says_so(tmp_path):
     assert "a random sample of 3 of the 8 instructions (seed 1), each against all 7 others" in card
 
 
+@pytest.mark.unit
 def test_skip_notes_without_categories_tokenizer_or_spacy(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "spacy", None)  # import spacy raises ImportError
     plain = [{k: v for k, v in r.items() if k != "category"} for r in RECORDS]
@@ -146,6 +150,7 @@ def test_skip_notes_without_categories_tokenizer_or_spacy(tmp_path, monkeypatch)
     assert sorted(stats["figures"]) == ["similarity", "words"]
 
 
+@pytest.mark.unit
 def test_spacy_without_its_pipeline_or_switched_off(monkeypatch):
     def load(name, **kwargs):
         raise OSError(f"[E050] Can't find model '{name}'")
@@ -174,6 +179,7 @@ class FakeNlp:
             yield types.SimpleNamespace(sents=iter([types.SimpleNamespace(root=root)]))
 
 
+@pytest.mark.unit
 def test_verb_objects_and_their_figure(tmp_path, monkeypatch):
     instructions = ["List the drugs.", "List the drugs again.", "List the genes.", "Summarize the abstract.",
                     "Extract values.", "Which drug is first-line?"]
@@ -215,6 +221,7 @@ def test_truncation_matches_an_independent_count(tmp_path, tiny_model_dir):
     assert_png(out / "tokens.png", "tokens")
 
 
+@pytest.mark.unit
 def test_malformed_input_names_the_line_and_writes_nothing(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(RECORDS[0]) + "\n\n" + '{"instruction": "Name a statin.", "output": 3}\n')
@@ -226,6 +233,7 @@ def test_malformed_input_names_the_line_and_writes_nothing(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.unit
 def test_cli_writes_the_card_once(tmp_path, capsys):
     data = write_jsonl(tmp_path / "data.jsonl", RECORDS)
     argv = ["stats", "--in", str(data), "--run-dir", str(tmp_path / "run"), "spacy_model=null"]
@@ -238,6 +246,7 @@ def test_cli_writes_the_card_once(tmp_path, capsys):
     assert card.stat().st_mtime_ns == before
 
 
+@pytest.mark.unit
 def test_real_seed_tasks_with_a_sample(tmp_path, shared_data):
     lines = (shared_data / "self_instruct" / "seed_tasks.jsonl").read_text().splitlines()
     tasks = [json.loads(line) for line in lines]
