@@ -12,24 +12,14 @@ inside the container (apptainer exec --nv image.sif bioinstruct doctor). Exit st
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
 import shutil
 import sys
 import subprocess
 from pathlib import Path
 
+from .environment import PACKAGES, version
 from .table import format_table
-
-PACKAGES = ["bioinstruct", "torch", "transformers", "peft", "accelerate", "datasets", "deepspeed",
-            "submitit", "openai", "rouge-score", "rapidfuzz"]
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def _command_version(cmd: list[str]) -> str:
@@ -89,7 +79,7 @@ def _cache_row() -> tuple[str, str]:
 
 
 def rows(key_env: str) -> list[tuple[str, str]]:
-    out = [(f"package {name}", _version(name)) for name in PACKAGES]
+    out = [(f"package {name}", version(name) or "not installed") for name in PACKAGES]
     out += _torch_rows()
     out.append(_deepspeed_row())
     for cmd in ("sbatch", "squeue", "scontrol", "sacct"):

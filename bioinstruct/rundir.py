@@ -6,7 +6,7 @@ Stages talk to each other only through files under one run directory::
         generate/   instructions.jsonl ...       (each stage writes only its own folder)
         filter/     kept.jsonl decisions.jsonl ...
         train/<model>__<subset>/ adapter/ ...
-        <stage>/manifest.json                     status, config, version, times
+        <stage>/manifest.json                     status, config, versions, times
         <stage>/config.yaml                       the resolved config the stage ran with
 
 A stage whose manifest says ``complete`` with the same config is skipped, which is
@@ -29,7 +29,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__
+from . import __version__, environment
 from .config import default_instance, dump_config, to_dict
 from .errors import StageConflict, StageStopped
 from .io import atomic_write_json, atomic_write_text, read_json
@@ -144,6 +144,7 @@ def run_stage(stage_dir: str | os.PathLike, stage: str, cfg: Any,
         "config_hash": config_hash(cfg),
         "version": __version__,
         "git_revision": git_revision(),
+        "environment": environment.describe(),
         "host": socket.gethostname(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "attempt": (previous or {}).get("attempt", 0) + 1,
@@ -157,10 +158,11 @@ def run_stage(stage_dir: str | os.PathLike, stage: str, cfg: Any,
         # A signal or Ctrl-C is not a failure of the stage: it will be run again.
         status = ("stopped" if isinstance(e, StageStopped) else
                   "failed" if isinstance(e, Exception) else "interrupted")
-        manifest.update(status=status, ended=utc_now(),
+        manifest.update(status=status, ended=utc_now(), environment=environment.describe(),
                         error="".join(traceback.format_exception_only(type(e), e)).strip())
         atomic_write_json(stage_dir / MANIFEST, manifest)
         raise
-    manifest.update(status="complete", ended=utc_now(), summary=summary or {})
+    # Again at the end: a GPU stage has imported torch by now, so CUDA is known.
+    manifest.update(status="complete", ended=utc_now(), summary=summary or {}, environment=environment.describe())
     atomic_write_json(stage_dir / MANIFEST, manifest)
     return manifest

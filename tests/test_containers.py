@@ -86,11 +86,11 @@ def test_gpu_definition_contract():
     d = defcheck.check(APPTAINERFILE, REPO)
     base = d.header["from"]
     assert d.header["bootstrap"] == "docker"
-    # The official PyTorch image, devel flavour (nvcc for DeepSpeed's JIT ops), same torch as
-    # the test suite pins in the Makefile.
+    # The official PyTorch image, devel flavour (nvcc for DeepSpeed's JIT ops), same torch
+    # release as the CPU lock's (tests/test_locks.py checks the rest of the lock).
     m = re.fullmatch(r"pytorch/pytorch:(\d+\.\d+\.\d+)-cuda(\d+\.\d+)-cudnn\d+-devel", base)
     assert m, base
-    assert f"torch=={m.group(1)}" in (REPO / "Makefile").read_text()
+    assert f"torch=={m.group(1)}+cpu" in (REPO / "requirements" / "torch-cpu.txt").read_text()
     assert d.labels["org.opencontainers.image.base.name"] == f"docker.io/{base}"
     post = d.sections["post"][0]
     assert "export DS_BUILD_OPS=0" in post
@@ -99,25 +99,6 @@ def test_gpu_definition_contract():
     assert "TORCH_EXTENSIONS_DIR=/cache/" in env
     assert "bioinstruct doctor" in d.sections["test"][0]
     assert "import torch, transformers, peft, deepspeed, datasets, submitit, openai" in d.sections["test"][0]
-
-
-@pytest.mark.unit
-def test_requirements_are_pinned_and_cover_the_package():
-    gpu = _requirements(CONTAINERS / "requirements-gpu.txt")
-    cpu = _requirements(CONTAINERS / "requirements-cpu.txt")
-    assert all(re.fullmatch(r"\d+(\.\d+)*", v) for v in [*gpu.values(), *cpu.values()]), (gpu, cpu)
-    # Every dependency of the package but torch (the base image's) is pinned for the GPU image.
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10: the installed metadata says the same
-        deps = [r for r in importlib.metadata.requires("bioinstruct") or [] if "extra ==" not in r]
-    else:
-        deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    names = {_normal(re.split(r"[<>=!~;\[ ]", dep, maxsplit=1)[0]) for dep in deps}
-    assert names - {"torch"} <= set(gpu), f"not in requirements-gpu.txt: {sorted(names - {'torch'} - set(gpu))}"
-    assert "torch" not in gpu and "torch" not in cpu
-    # Both images install the same versions as each other where they overlap.
-    assert {k: v for k, v in cpu.items() if k in gpu} == {k: gpu[k] for k in cpu if k in gpu}
 
 
 @pytest.mark.unit
@@ -379,7 +360,7 @@ def test_gpu_definition_builds_on_the_cpu_base(apptainer, gpu_on_cpu_base):
     assert "package deepspeed" in log and "DeepSpeed accelerator  cpu" in log  # doctor ran
     frozen = {_normal(n): v for n, _, v in (line.partition("==") for line in
               (sandbox / "opt" / "bioinstruct" / "pip-freeze.txt").read_text().splitlines()) if v}
-    for name, version in _requirements(CONTAINERS / "requirements-gpu.txt").items():
+    for name, version in _requirements(REPO / "requirements" / "gpu.txt").items():
         assert frozen.get(name) == version, name
     assert frozen["torch"] == torch_version
     labels = json.loads(_ok(_run([apptainer, "inspect", "--json", "--labels", str(sandbox)])).stdout)

@@ -35,6 +35,19 @@ def test_manifest_and_idempotent_rerun(tmp_path, capsys):
     assert "already complete" in capsys.readouterr().err
 
 
+def test_manifest_records_the_versions_that_decide_results(tmp_path):
+    """A results folder says how to rebuild its environment (with requirements/*.txt)."""
+    import importlib.metadata
+    import sys
+
+    m = read_manifest(run_stage(tmp_path / "s", "s", Cfg(), body_counting([])) and tmp_path / "s")
+    packages = m["environment"]["packages"]
+    for name in ("torch", "transformers", "tokenizers", "peft", "accelerate", "deepspeed", "datasets", "openai"):
+        assert packages[name] == importlib.metadata.version(name)
+    assert m["environment"]["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert ("cuda" in m["environment"]) == ("torch" in sys.modules)
+
+
 def test_other_config_is_refused_unless_forced(tmp_path):
     calls = []
     run_stage(tmp_path / "s", "s", Cfg(), body_counting(calls))
