@@ -3,11 +3,13 @@
     srun --ntasks-per-node=4 --gpus-per-task=1 bioinstruct train --config ...   # one task per GPU
     torchrun --nproc_per_node=4 -m bioinstruct train --config ...                 # one node
     bioinstruct train --config ... --nproc 2                                      # CPU ranks (tests)
+    bioinstruct train --config ...                                                # one process
 
 torch.distributed reads RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT. Under
 ``srun`` none of them is set, so they are derived from Slurm's SLURM_PROCID, SLURM_LOCALID,
 SLURM_NTASKS and the first host of SLURM_JOB_NODELIST; the port comes from the job id, so
-every task of one job picks the same port and two jobs on one node do not collide.
+every task of one job picks the same port and two jobs on one node do not collide. A process
+that no launcher started is rank 0 of 1 on a free local port.
 """
 
 from __future__ import annotations
@@ -52,9 +54,20 @@ def slurm_environment(env: dict[str, str] | None = None) -> dict[str, str]:
     }
 
 
+def standalone_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Rank 0 of 1 for a process no launcher started (an interactive GPU node, a laptop):
+    without these DeepSpeed falls back to MPI discovery and fails asking for mpi4py."""
+    env = os.environ if env is None else env
+    if "RANK" in env or "SLURM_PROCID" in env:
+        return {}
+    return {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+
+
 def setup_environment() -> None:
-    """Fill in torch.distributed's variables from Slurm, and CPU defaults without a GPU."""
-    os.environ.update(slurm_environment())
+    """Fill in torch.distributed's variables from Slurm (or rank 0 of 1 without a launcher),
+    and CPU defaults without a GPU."""
+    os.environ.update(slurm_environment() or standalone_environment())
     if not _has_gpu():
         # DeepSpeed otherwise guesses its accelerator and warns on stdout; one OpenMP thread
         # per rank, or two ranks on two cores fight over them.

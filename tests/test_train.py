@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bioinstruct.distributed import expand_nodelist, slurm_environment
+from bioinstruct.distributed import expand_nodelist, slurm_environment, standalone_environment
 from bioinstruct.errors import ConfigError, DataError
 from bioinstruct.generate import load_seeds
 from bioinstruct.train import REQUEUE_EXIT, TrainConfig, complete_checkpoints, deepspeed_config, run
@@ -32,8 +32,10 @@ def data(tmp_path_factory):
 
 
 def overrides(model, data, run_dir, deepspeed, max_steps):
+    """The test's run; ``deepspeed=None`` keeps the config's own (the shipped default)."""
     return [f"run_dir={run_dir}", f"model.path={model}", "model.name=tiny", f"data.path={data}",
-            "data.max_length=192", f"deepspeed={deepspeed}", f"optim.max_steps={max_steps}", "optim.effective_batch=8",
+            "data.max_length=192", *([f"deepspeed={deepspeed}"] if deepspeed else []),
+            f"optim.max_steps={max_steps}", "optim.effective_batch=8",
             "optim.micro_batch=2", "optim.warmup_steps=2", "optim.lr=0.003", "checkpoint.every_steps=100",
             "logging_steps=1"]
 
@@ -87,10 +89,12 @@ def interrupted_then_resumed(nproc, args, run_dir):
 @pytest.mark.integration
 @pytest.mark.parametrize("nproc, deepspeed, steps, extra", [
     (1, "null", 24, []),
+    # As the README's one-process command runs it: no launcher, the shipped DeepSpeed config.
+    (1, None, 10, []),
     (2, "configs/deepspeed/zero2.json", 10, []),
     (2, "configs/deepspeed/zero3.json", 10, []),
     (1, "null", 10, ["data.packing=true", "data.max_length=512"]),  # 80 examples in 67 rows: crosses an epoch
-], ids=["1-process", "2-ranks-zero2", "2-ranks-zero3", "1-process-packed"])
+], ids=["1-process", "1-process-shipped-deepspeed", "2-ranks-zero2", "2-ranks-zero3", "1-process-packed"])
 def test_signal_then_resume_is_bit_exact(tiny_model_dir, data, tmp_path, nproc, deepspeed, steps, extra):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     done = subprocess.run(train_cmd(nproc, *overrides(tiny_model_dir, data, straight, deepspeed, steps), *extra),
@@ -192,6 +196,15 @@ def test_slurm_environment_for_srun_tasks():
     assert env == {"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4",
                    "MASTER_ADDR": "node12", "MASTER_PORT": str(20000 + 424242 % 20000)}
     assert slurm_environment({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "RANK": "0"}) == {}  # torchrun did it
+
+
+@pytest.mark.unit
+def test_a_process_without_a_launcher_is_rank_0_of_1():
+    env = standalone_environment({})
+    assert {k: env[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR")} == {
+        "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    assert 0 < int(env["MASTER_PORT"]) < 65536
+    assert standalone_environment({"RANK": "3"}) == {} and standalone_environment({"SLURM_PROCID": "0"}) == {}
 
 
 @pytest.mark.unit
