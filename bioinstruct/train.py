@@ -20,7 +20,9 @@ Output (run_dir/train/<model.name>__<data.subset>/):
 Preemption: SIGUSR2 (Slurm's warning, --signal=USR2@120) or SIGTERM makes every rank save
 a full checkpoint at the next step and exit with status 75 ("requeue me"). The next run
 (checkpoint.resume=auto) continues from the newest complete checkpoint, bit for bit: the
-same adapter and the same per-step losses as a run that was never interrupted.
+same adapter and the same per-step losses as a run that was never interrupted. A signal that
+comes while the model loads is kept, and acted on at the end of the first step; one that comes
+during the last step lets the run finish (exit 0), as there is nothing left to requeue.
 Packing (data.packing=true, bioinstruct/packing.py) puts several short examples in one row of
 up to data.max_length tokens, exactly (no attention or loss across examples); a sample is
 then a row, so optim.effective_batch counts rows of several examples each.
@@ -34,13 +36,14 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Literal
 
 from .config import add_config_arguments, config_from_args
 from .errors import ConfigError, DataError, StageStopped
-from .io import JsonlAppender, atomic_write_text, read_json
+from .io import JsonlAppender, atomic_write_text, read_json, read_jsonl
 from .packing import pack, packed_trainer
 from .prompts import alpaca_prompt
 from .records import read_records
@@ -48,6 +51,15 @@ from .rundir import finished, run_stage
 
 REQUEUE_EXIT = 75  # EX_TEMPFAIL: stopped by a signal after a complete checkpoint; run again
 COMPLETE = "COMPLETE"
+# Set by SIGUSR2 / SIGTERM from the moment `bioinstruct train` starts (see catch_signals).
+SIGNALLED = threading.Event()
+
+
+def catch_signals() -> None:
+    """Remember Slurm's warning (or a SIGTERM) instead of dying of it: model loading takes
+    minutes, and a process killed then leaves its manifest "running" and nothing saved."""
+    for sig in (signal.SIGUSR2, signal.SIGTERM):
+        signal.signal(sig, lambda _signum, _frame: SIGNALLED.set())
 REPO = Path(__file__).resolve().parent.parent
 # Dense bf16 peak per GPU (FLOP/s) for MFU when training.peak_tflops is not set.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "V100": 125e12}
@@ -248,19 +260,16 @@ def _callbacks(cfg: TrainConfig, stage_dir: Path, n_params: int, world_size: int
         (a ZeRO checkpoint needs every rank, so nothing is saved inside the handler)."""
 
         def __init__(self):
-            self.signalled = False
             self.stopped = False
-            for sig in (signal.SIGUSR2, signal.SIGTERM):
-                signal.signal(sig, self._handler)
-
-        def _handler(self, signum, _frame):
-            self.signalled = True
+            catch_signals()
 
         def on_step_end(self, args, state, control, **kwargs):
-            flag = torch.tensor([1.0 if self.signalled else 0.0])
+            flag = torch.tensor([1.0 if SIGNALLED.is_set() else 0.0])
             if dist.is_available() and dist.is_initialized():
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            if flag.item() > 0:
+            # After the last step the run ends anyway: finishing beats a requeue that would
+            # resume from a checkpoint at max_steps (the Trainer then trains one step more).
+            if flag.item() > 0 and state.global_step < state.max_steps:
                 self.stopped = True
                 control.should_save = True
                 control.should_training_stop = True
@@ -439,7 +448,7 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict]) -> dict:
                             callbacks=[preemption, marker, metrics])
     if rank == 0 and resume:
         print(f"resuming from {resume}", file=sys.stderr)
-    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=resume)
     if preemption.stopped:
         raise Preempted(f"signalled at step {trainer.state.global_step}: complete checkpoint saved, "
                         f"exiting with {REQUEUE_EXIT} to be requeued")
@@ -450,9 +459,22 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict]) -> dict:
             merge(cfg.model.path, stage_dir / "adapter", stage_dir / "merged", dtype)
     return {"examples": len(examples), "rows": len(rows), "dropped_prompt_too_long": dropped,
             "steps": trainer.state.global_step, "world_size": world_size, "gradient_accumulation": grad_accum,
-            "train_loss": result.training_loss,
+            "train_loss": mean_loss(stage_dir / "metrics.jsonl") if rank == 0 else None,
             "parameters": n_params, "trainable_parameters": sum(p.numel() for p in model.parameters()
                                                                  if p.requires_grad)}
+
+
+def mean_loss(metrics: Path) -> float | None:
+    """The mean training loss over every step, from metrics.jsonl (each logged loss stands for
+    the steps since the one before). The Trainer's own figure covers only the steps this
+    process ran, so a resumed run reported a wrong one (0.0 when nothing was left to do)."""
+    if not metrics.exists():  # logging_steps beyond the last step
+        return None
+    by_step = {row["step"]: row["loss"] for row in read_jsonl(metrics)}  # a repeated step: the last counts
+    total, previous = 0.0, 0
+    for step in sorted(by_step):
+        total, previous = total + by_step[step] * (step - previous), step
+    return total / previous if previous else None
 
 
 def merge(base: str, adapter: Path, out: Path, dtype) -> None:
@@ -504,6 +526,7 @@ def main(args: argparse.Namespace) -> int:
         argv = ["train", *(["--config", args.config] if args.config else []), *args.overrides,
                 *(["--force"] if args.force else [])]
         return spawn(args.nproc, argv)
+    catch_signals()
     cfg = config_from_args(TrainConfig, args)
     try:
         manifest = run(cfg, force=args.force)
@@ -513,6 +536,7 @@ def main(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", 0)) == 0:
         s = manifest["summary"]
         packed = f" in {s['rows']} packed rows" if cfg.data.packing else ""
-        print(f"trained {s['steps']} steps on {s['examples']} examples{packed} (loss {s['train_loss']:.4f}) -> "
+        loss = "n/a" if s["train_loss"] is None else f"{s['train_loss']:.4f}"
+        print(f"trained {s['steps']} steps on {s['examples']} examples{packed} (loss {loss}) -> "
               f"{Path(cfg.run_dir) / 'train' / cfg.stage_name() / 'adapter'}")
     return 0

@@ -120,6 +120,57 @@ def test_signal_then_resume_is_bit_exact(tiny_model_dir, data, tmp_path, nproc, 
     assert not torch.equal(before, tuned)
 
 
+def wait_for(predicate, proc, timeout=240):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline
+        time.sleep(0.02)
+
+
+@pytest.mark.integration
+def test_a_signal_while_loading_or_in_the_last_step_behaves_as_documented(tiny_model_dir, data, tmp_path):
+    """Epochs mode. A signal while the model loads is kept and acted on at the end
+    of step 1 (exit 75, a complete checkpoint, manifest "stopped"); one during the last step
+    lets the run finish (exit 0). Both end with the uninterrupted run's adapter and loss."""
+    def args(run_dir):
+        return [*overrides(tiny_model_dir, data, run_dir, "null", -1), "optim.epochs=1"]
+
+    straight = subprocess.run(train_cmd(1, *args(tmp_path / "straight")), capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr
+    expected = json.loads((stage(tmp_path / "straight") / "manifest.json").read_text())["summary"]
+    steps = expected["steps"]
+    assert steps >= 3 and expected["train_loss"] > 0
+
+    early = tmp_path / "early"
+    proc = subprocess.Popen(train_cmd(1, *args(early)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    manifest = stage(early) / "manifest.json"
+    wait_for(manifest.exists, proc)  # the manifest is written just before the model loads
+    proc.send_signal(signal.SIGUSR2)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == REQUEUE_EXIT, err
+    assert json.loads(manifest.read_text())["status"] == "stopped"
+    assert [c.name for c in complete_checkpoints(stage(early) / "checkpoints")] == ["checkpoint-1"]
+
+    last = tmp_path / "last"
+    proc = subprocess.Popen(train_cmd(1, *args(last)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = stage(last) / "metrics.jsonl"
+    wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= steps - 1, proc)
+    proc.send_signal(signal.SIGUSR2)  # in the last step (or while the adapter is saved)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+
+    resumed = subprocess.run(train_cmd(1, *args(early)), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0 and "resuming from" in resumed.stderr, resumed.stderr
+    for run_dir in (early, last):
+        summary = json.loads((stage(run_dir) / "manifest.json").read_text())["summary"]
+        assert summary["steps"] == steps and summary["train_loss"] == expected["train_loss"]
+        assert losses(run_dir) == losses(tmp_path / "straight")
+        a, b = adapter(tmp_path / "straight"), adapter(run_dir)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert f"(loss {expected['train_loss']:.4f})" in resumed.stdout
+
+
 @pytest.mark.integration
 def test_loss_goes_down_and_metrics_are_logged(tiny_model_dir, data, tmp_path):
     from bioinstruct.config import load_config
