@@ -7,6 +7,10 @@
 Stage verbs share the config syntax: ``--config FILE.yaml`` then dotted
 ``key=value`` overrides (``lora.r=16 data.max_length=1024``); ``--print-config``
 shows the resolved config without running anything.
+
+Exit status: 0 done, 2 bad input (one line saying what and where; a path that cannot be read
+or written counts), 75 stopped by a signal after saving (run the same command again), 1 an
+unexpected error: one line, and ``--debug`` (or BIOINSTRUCT_DEBUG=1) shows its traceback.
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(verb.name, help=verb.summary, description=module.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
+        p.add_argument("--debug", action="store_true",
+                       help="show the traceback of an unexpected error (also BIOINSTRUCT_DEBUG=1)")
         p.set_defaults(_main=module.main)
     return parser
 
@@ -97,3 +103,18 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"bioinstruct {args.verb}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # A path that does not exist, cannot be written, is a file where a folder is needed:
+        # the user's to fix, and the OS names the path.
+        if args.debug or os.environ.get("BIOINSTRUCT_DEBUG") == "1":
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"bioinstruct {args.verb}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if args.debug or os.environ.get("BIOINSTRUCT_DEBUG") == "1":
+            raise
+        message = " ".join(str(e).split()) or "(no message)"
+        print(f"bioinstruct {args.verb}: unexpected error: {type(e).__name__}: {message} "
+              f"(rerun with --debug for the traceback)", file=sys.stderr)
+        return 1

@@ -68,3 +68,41 @@ def test_overrides_may_follow_options(tmp_path, capsys):
     assert "threshold: 0.5" in out and "min_instruction_words: 2" in out and "input: x.jsonl" in out
     with pytest.raises(SystemExit):
         main(["filter", "--in", "x.jsonl", "--bogus"])
+
+
+def test_an_unexpected_error_is_one_line_and_the_manifest_says_failed(tmp_path, capsys, monkeypatch):
+    """A bug ends in one line naming it and how to see more; the stage's manifest says
+    "failed" with the message; --debug shows the traceback."""
+    import json
+
+    from bioinstruct import filter as filter_stage
+
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"instruction": "Name two loop diuretics.", "input": "", "output": "furosemide"}) + "\n")
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a bug\nover two lines")
+
+    monkeypatch.setattr(filter_stage, "write_jsonl", broken)
+    args = ["filter", "--in", str(data), "--out", str(tmp_path / "filter" / "kept.jsonl")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err == ("bioinstruct filter: unexpected error: RuntimeError: a bug over two lines "
+                   "(rerun with --debug for the traceback)\n")
+    manifest = json.loads((tmp_path / "filter" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "a bug" in manifest["error"]
+    with pytest.raises(RuntimeError):
+        main([*args, "--debug"])
+
+
+def test_a_path_that_cannot_be_written_is_a_clear_error(tmp_path, capsys):
+    import json
+
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"instruction": "Name two loop diuretics.", "input": "", "output": "furosemide"}) + "\n")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["filter", "--in", str(data), "--out", str(blocker / "kept.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bioinstruct filter: error: ") and str(blocker) in err and err.count("\n") == 1
+    assert blocker.read_text() == "not a folder"
