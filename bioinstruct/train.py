@@ -317,6 +317,26 @@ def _callbacks(cfg: TrainConfig, stage_dir: Path, n_params: int, world_size: int
     return Preemption(), Checkpoints(), Metrics()
 
 
+def _quiet_known_warnings() -> None:
+    """Warnings every run would print that ask nothing of the user, so a Slurm log shows the
+    ones that do. peft asks a deprecated transformers property; DeepSpeed's CPU all-gather
+    calls a deprecated torch function; and transformers sets accelerate's accumulation to 1 on
+    purpose (it accumulates itself), so accelerate reports a "mismatch" with the DeepSpeed
+    config and takes DeepSpeed's value, which is ours (optim.effective_batch)."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"`torch.distributed.all_gather_into_tensor` is deprecated",
+                            category=FutureWarning)
+    logging.getLogger("accelerate.accelerator").addFilter(
+        lambda record: "Gradient accumulation steps mismatch" not in record.getMessage())
+    if not sys.stderr.isatty():  # "Loading weights" bars: carriage returns in a log file
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def _skip_shm_comm_build() -> None:
     """On CPU DeepSpeed compiles a shared-memory all-reduce op (a minute of g++) when its
     comm backend starts; gloo does the job for CPU ranks, so mark the op unavailable."""
@@ -382,6 +402,7 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict]) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments, set_seed
 
+    _quiet_known_warnings()
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     gpu = torch.cuda.is_available()
@@ -439,7 +460,9 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict]) -> dict:
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
         dataloader_num_workers=0,
-        disable_tqdm=rank != 0,
+        # In a log file (Slurm) tqdm's redraws are a storm of carriage returns; the Trainer's
+        # one line per logging step ({'loss': ...}) is the progress there.
+        disable_tqdm=rank != 0 or not sys.stderr.isatty(),
     )
     preemption, marker, metrics = _callbacks(cfg, stage_dir, n_params, world_size)
     trainer_class = packed_trainer() if cfg.data.packing else Trainer
@@ -537,6 +560,8 @@ def main(args: argparse.Namespace) -> int:
         s = manifest["summary"]
         packed = f" in {s['rows']} packed rows" if cfg.data.packing else ""
         loss = "n/a" if s["train_loss"] is None else f"{s['train_loss']:.4f}"
-        print(f"trained {s['steps']} steps on {s['examples']} examples{packed} (loss {loss}) -> "
+        dropped = s.get("dropped_prompt_too_long")
+        dropped = f", {dropped} dropped (prompt over data.max_length={cfg.data.max_length})" if dropped else ""
+        print(f"trained {s['steps']} steps on {s['examples']} examples{packed}{dropped} (loss {loss}) -> "
               f"{Path(cfg.run_dir) / 'train' / cfg.stage_name() / 'adapter'}")
     return 0
