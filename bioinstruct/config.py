@@ -39,6 +39,23 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
     return keys
 
 
+class FieldError(ValueError):
+    """A config's __post_init__ refusing one field's value: the error names that key and
+    where it was set (file:line or the override)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def at_least(section: Any, minimum: float, *names: str) -> None:
+    """For a config's __post_init__: each named field is >= ``minimum`` (None passes: unset)."""
+    for name in names:
+        value = getattr(section, name)
+        if value is not None and value < minimum:
+            raise FieldError(name, f"must be >= {minimum}, got {value}")
+
+
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -66,11 +83,13 @@ class _Sources(dict):
 
     def __missing__(self, key: str) -> str:
         key = key.split("[", 1)[0]
+        # A key set below this one (task_data.x.path for task_data.x) is where it came from.
+        child = next((v for k, v in self.items() if k.startswith(key + ".")), None)
         while key:
             if dict.__contains__(self, key):
                 return dict.__getitem__(self, key)
             key = key.rsplit(".", 1)[0] if "." in key else ""
-        return "config"
+        return child or "config"
 
 
 @dataclasses.dataclass
@@ -99,10 +118,14 @@ class _Builder:
                 raise ConfigError(f"{self.sources[prefix.rstrip('.')]}: missing required key '{prefix}{f.name}'")
         try:
             return cls(**kwargs)
+        except FieldError as e:
+            key = prefix + e.field
+            raise ConfigError(f"{self.sources[key]}: key '{key}' {e}") from None
         except ValueError as e:
-            # __post_init__ validation: name the section being built.
-            section = prefix.rstrip(".") or "config"
-            raise ConfigError(f"{self.sources[section]}: {section}: {e}") from None
+            # Other __post_init__ checks concern several fields: name the section.
+            section = prefix.rstrip(".")
+            where = self.sources[section or "config"]
+            raise ConfigError(f"{where}: {section + ': ' if section and section != where else ''}{e}") from None
 
     def coerce(self, value: Any, tp: Any, key: str, default: Any = None) -> Any:
         """Check ``value`` against the annotation ``tp``; return it in canonical form."""

@@ -26,17 +26,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
 from . import metrics as M
-from .config import add_config_arguments, config_from_args
+from .config import FieldError, add_config_arguments, at_least, config_from_args
 from .errors import ConfigError, UserError
 from .io import JsonlAppender, atomic_write_json, read_jsonl
 from .llm import LLMConfig
 from .prompts import alpaca_prompt
-from .rundir import is_complete, read_manifest, run_stage
+from .rundir import check_writable, is_complete, read_manifest, run_stage
 from .table import format_table
+from .tasks import task_names
 
 CHUNK = 64  # examples per append: a killed shard loses at most this much work
 
@@ -63,6 +65,16 @@ class EvaluateConfig:
 
     def __post_init__(self):
         shard_of(self.shard)
+        at_least(self, 1, "batch_size", "max_new_tokens", "limit")
+        if not self.tasks:
+            raise FieldError("tasks", f"is empty: name one or more of {', '.join(task_names())}")
+        for key, names in (("tasks", self.tasks), ("task_data", self.task_data)):
+            for name in names:
+                if name not in task_names():
+                    close = difflib.get_close_matches(name, task_names(), n=1, cutoff=0.4)
+                    hint = f" (closest: '{close[0]}')" if close else ""
+                    field = f"{key}.{name}" if key == "task_data" else key
+                    raise FieldError(field, f"names an unknown task '{name}'{hint}; tasks: {', '.join(task_names())}")
 
     def models(self) -> list[tuple[str, bool]]:
         """(folder name, adapter on?) for each model this call scores."""
@@ -192,6 +204,7 @@ def run(cfg: EvaluateConfig, *, force: bool = False) -> list[dict]:
 
     if not cfg.model:
         raise ConfigError("no model: give --model DIR (and --adapter DIR for a tuned model)")
+    check_writable(cfg.out, "--out")  # before the model loads
     i, n = shard_of(cfg.shard)
     tasks = [load_task(name, cfg.task_data.get(name)) for name in cfg.tasks]
     examples = {t.name: load_examples(t)[:cfg.limit] for t in tasks}  # every data problem shows up first

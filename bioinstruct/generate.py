@@ -36,7 +36,7 @@ from typing import Any, Iterator
 from .config import add_config_arguments, config_from_args
 from .errors import ConfigError, DataError, StageStopped
 from .filter import Criteria, CandidateFilter
-from .io import JsonlAppender, iter_jsonl_numbered, write_jsonl
+from .io import JsonlAppender, iter_rows, write_jsonl
 from .llm import Engine, Ledger, LLMConfig, Request, preflight
 from .progress import progress
 from .prompts import PromptTemplate
@@ -70,19 +70,22 @@ class GenerateConfig:
 
 # ---- seeds and prompt ------------------------------------------------------------------
 
+SEED_LAYOUT = ('a seed is {"id", "instruction", "instances": [{"input", "output"}]}, as in Self-Instruct\'s '
+               "and Alpaca's seed_tasks.jsonl; README, Generating instructions, shows how to convert other layouts")
+
+
 def load_seeds(path: str | Path | None) -> list[dict]:
-    """Seed tasks, validated line by line before any request is sent."""
+    """Seed tasks (JSON Lines or a JSON array), validated one by one before any request is sent."""
     path = Path(path) if path else DEFAULT_SEEDS
     if not path.exists():
         raise DataError(f"{path}: seed file not found")
     seeds, ids = [], set()
-    for lineno, seed in iter_jsonl_numbered(path):
-        where = f"{path}:{lineno}"
+    for where, seed in iter_rows(path):
         if not isinstance(seed, dict):
             raise DataError(f"{where}: a seed task must be a JSON object")
         for field in ("id", "instruction", "instances"):
             if field not in seed:
-                raise DataError(f"{where}: seed task has no '{field}'")
+                raise DataError(f"{where}: seed task has no '{field}' ({SEED_LAYOUT})")
         if not isinstance(seed["instruction"], str) or not seed["instruction"].strip():
             raise DataError(f"{where}: 'instruction' must be a non-empty string")
         instances = seed["instances"]
@@ -90,6 +93,10 @@ def load_seeds(path: str | Path | None) -> list[dict]:
                 isinstance(i, dict) and isinstance(i.get("input", ""), str) and isinstance(i.get("output"), str)
                 for i in instances):
             raise DataError(f"{where}: 'instances' must be a non-empty list of {{input, output}} strings")
+        if not all(i["output"].strip() for i in instances):
+            # A demo with an empty output teaches the model to answer nothing: the filter then
+            # rejects everything as empty_output, after the requests are paid for.
+            raise DataError(f"{where}: an instance of seed '{seed['id']}' has an empty 'output'")
         if seed.get("category") is not None and seed["category"] not in CATEGORIES:
             raise DataError(f"{where}: category '{seed['category']}' is not one of {', '.join(CATEGORIES)}")
         if seed["id"] in ids:

@@ -9,12 +9,16 @@ Two rules hold everywhere in bioinstruct:
   killed writer is cut off before the next append, so a restarted job continues
   where the previous one stopped.
 
-Readers raise :class:`DataError` naming ``file:line`` for malformed input.
+Readers raise :class:`DataError` naming ``file:line`` for malformed input. Every stage reads
+user data through :func:`iter_rows`: JSON Lines, a JSON array or CSV, UTF-8 with or without a
+byte-order mark, LF or CRLF line ends, each row located by ``file:line``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import re
@@ -242,6 +246,71 @@ def iter_jsonl(path: str | os.PathLike, *, allow_torn_tail: bool = False) -> Ite
 
 def read_jsonl(path: str | os.PathLike, *, allow_torn_tail: bool = False) -> list[Any]:
     return list(iter_jsonl(path, allow_torn_tail=allow_torn_tail))
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A user's text file: UTF-8, a byte-order mark dropped, CRLF read as LF; bytes that are
+    not UTF-8 raise DataError at ``file:line``."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8") from None
+    return text.replace("\r\n", "\n")
+
+
+def _json_array_rows(path: Path, text: str) -> Iterator[tuple[str, Any]]:
+    """The elements of a JSON array, each with the line it starts on."""
+    try:
+        json.loads(text)  # the whole file first: a syntax error anywhere is reported as such
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+    decoder, ws = json.JSONDecoder(), re.compile(r"[\s,]*")
+    pos, line, counted = ws.match(text, text.index("[") + 1).end(), 1, 0
+    while text[pos] != "]":
+        line, counted = line + text.count("\n", counted, pos), pos
+        row, pos = decoder.raw_decode(text, pos)
+        yield f"{path}:{line}", row
+        pos = ws.match(text, pos).end()
+
+
+def _csv_rows(path: Path, text: str) -> Iterator[tuple[str, dict]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    start = 2  # the line a row starts on (a quoted cell may span lines)
+    try:
+        for row in reader:
+            where, start = f"{path}:{start}", reader.line_num + 1
+            if None in row or None in row.values():  # DictReader's marks of extra / missing cells
+                cells = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or [])
+                raise DataError(f"{where}: {cells} fields, the header has {len(reader.fieldnames)}")
+            yield where, row
+    except csv.Error as e:
+        raise DataError(f"{path}:{start}: {e}") from None
+
+
+def iter_rows(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
+    """``(file:line, row)`` for each row of a user's data file: CSV (by the .csv suffix; rows
+    are dicts keyed by the header), a JSON array (the first character is ``[``), else JSON
+    Lines (blank lines skipped). Raises DataError at the first undecodable byte or malformed row."""
+    path = Path(path)
+    text = read_text(path)
+    if path.suffix.lower() == ".csv":
+        yield from _csv_rows(path, text)
+    elif text.lstrip().startswith("["):
+        yield from _json_array_rows(path, text)
+    else:
+        for lineno, line in enumerate(text.split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                hint = (" (a pretty-printed JSON object? the file must be JSON Lines or a JSON array)"
+                        if lineno == 1 and line.strip() == "{" else "")
+                raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno}){hint}") from None
+            yield f"{path}:{lineno}", row
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> None:

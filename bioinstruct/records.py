@@ -1,20 +1,19 @@
 """Instruction records: ``{instruction, input, output}`` plus whatever provenance a stage adds.
 
 Every stage from filter on reads them through :func:`read_records`, which accepts JSONL
-(our stages' outputs) and a JSON list (the released ``biomed_instruct_25k.json``, Alpaca
-data) and names the file and line (or record) of the first bad one, before any work starts.
+(our stages' outputs), a JSON list (the released ``biomed_instruct_25k.json``, Alpaca data)
+and CSV, and names the file and line of the first bad one, before any work starts.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from .errors import DataError
-from .io import iter_jsonl_numbered
+from .io import iter_rows
 
 FIELDS = ("instruction", "input", "output")
 # The paper's four task categories; classify writes "unknown" when the model never gave one.
@@ -41,27 +40,22 @@ def _check(record: Any, where: str, required: tuple[str, ...]) -> dict:
 
 
 def read_records(path: str | os.PathLike, required: tuple[str, ...] = ("instruction", "output")) -> list[dict]:
-    """All records of a JSONL or JSON-list file; a missing ``input`` means "" (as in
-    Alpaca data). ``hf://OWNER/DATASET/FILE`` reads from the hub (see :func:`resolve_input`).
-    Raises DataError at the first malformed record."""
+    """All records of a JSONL, JSON-list or CSV file (:func:`bioinstruct.io.iter_rows`); a
+    missing ``input`` means "" (as in Alpaca data). ``hf://OWNER/DATASET/FILE`` reads from the
+    hub (see :func:`resolve_input`). Raises DataError at the first malformed record, and for a
+    file with none."""
     path = resolve_input(str(path))
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-        if not isinstance(data, list):
-            raise DataError(f"{path}: expected a JSON list of records (or use .jsonl, one per line)")
-        located = ((f"{path}: record {i}", r) for i, r in enumerate(data))
-    else:
-        located = ((f"{path}:{n}", r) for n, r in iter_jsonl_numbered(path))
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, not a data file")
     records = []
-    for where, record in located:
+    for where, record in iter_rows(path):
         record = _check(record, where, required)
         record.setdefault("input", "")
         records.append(record)
+    if not records:
+        raise DataError(f"{path}: no records")
     return records
 
 

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from . import __version__, environment
 from .config import default_instance, dump_config, to_dict
-from .errors import StageConflict, StageStopped
+from .errors import ConfigError, StageConflict, StageStopped
 from .io import atomic_write_json, atomic_write_text, read_json
 
 MANIFEST = "manifest.json"
@@ -120,6 +120,20 @@ def finished(stage_dir: str | os.PathLike, stage: str, cfg: Any, *, force: bool 
         f"Use a new run directory, or --force to redo it with the new config.")
 
 
+def check_writable(path: str | os.PathLike, key: str) -> None:
+    """Fail before any work (a model load can take minutes) when ``path``, a folder a stage will
+    write in, cannot be one: an existing file, a path under a file, or a folder this user may
+    not write in. ``key`` is the option or config key that named it."""
+    path = Path(path).absolute()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key}: {path} is a file; a folder is needed here")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{key}: {path} lies under {existing}, which is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: cannot write in {existing} (permission denied)")
+
+
 def run_stage(stage_dir: str | os.PathLike, stage: str, cfg: Any,
               body: Callable[[Path], dict | None], *, force: bool = False) -> dict:
     """Run ``body(stage_dir)`` under the contract; return the final manifest.
@@ -130,6 +144,7 @@ def run_stage(stage_dir: str | os.PathLike, stage: str, cfg: Any,
     by a killed process simply runs again: bodies resume from their own files.
     """
     stage_dir = Path(stage_dir)
+    check_writable(stage_dir, f"the {stage} folder")
     previous = read_manifest(stage_dir)
     if done := finished(stage_dir, stage, cfg, force=force):
         print(f"[{stage}] already complete in {stage_dir}; nothing to do", file=sys.stderr)

@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .config import add_config_arguments, config_from_args
-from .errors import ConfigError, DataError
+from .errors import ConfigError
 from .filter import Criteria
 from .io import atomic_open, atomic_write_json, atomic_write_text
 from .progress import progress
@@ -452,8 +452,6 @@ def load_dataset(spec: str) -> tuple[Path, list[dict]]:
     """The local path of the dataset (downloaded if ``hf://``) and its checked records."""
     path = resolve_input(spec)
     records = read_records(path)
-    if not records:
-        raise DataError(f"{path}: no records")
     return path, records
 
 

@@ -41,13 +41,13 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from .config import add_config_arguments, config_from_args
-from .errors import ConfigError, DataError, StageStopped
+from .config import FieldError, add_config_arguments, at_least, config_from_args
+from .errors import ConfigError, StageStopped
 from .io import JsonlAppender, atomic_write_text, read_json, read_jsonl
 from .packing import pack, packed_trainer
 from .prompts import alpaca_prompt
 from .records import read_records
-from .rundir import finished, run_stage
+from .rundir import check_writable, finished, run_stage
 
 REQUEUE_EXIT = 75  # EX_TEMPFAIL: stopped by a signal after a complete checkpoint; run again
 COMPLETE = "COMPLETE"
@@ -82,6 +82,13 @@ class LoraSettings:
     dropout: float = 0.05
     target_modules: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "v_proj"])
 
+    def __post_init__(self):
+        at_least(self, 1, "r", "alpha")
+        if not 0.0 <= self.dropout < 1.0:
+            raise FieldError("dropout", f"must be within [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise FieldError("target_modules", "is empty: name the layers to adapt, e.g. [q_proj, v_proj]")
+
 
 @dataclasses.dataclass
 class DataConfig:
@@ -90,6 +97,9 @@ class DataConfig:
     max_length: int = 512  # tokens; `bioinstruct stats` shows what each cutoff truncates
     train_on_inputs: bool = False  # False: loss on the response only
     packing: bool = False  # several examples per row up to max_length; a sample is then a row
+
+    def __post_init__(self):
+        at_least(self, 1, "max_length")
 
 
 @dataclasses.dataclass
@@ -104,12 +114,24 @@ class OptimConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
 
+    def __post_init__(self):
+        at_least(self, 1, "effective_batch", "micro_batch")
+        at_least(self, 0, "warmup_steps", "weight_decay", "max_grad_norm")
+        for name in ("lr", "epochs"):
+            if getattr(self, name) <= 0:
+                raise FieldError(name, f"must be > 0, got {getattr(self, name)}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise FieldError("max_steps", f"must be > 0, or -1 to train optim.epochs, got {self.max_steps}")
+
 
 @dataclasses.dataclass
 class CheckpointConfig:
     every_steps: int = 200
     keep_last: int = 2
     resume: Literal["auto", "never"] = "auto"
+
+    def __post_init__(self):
+        at_least(self, 1, "every_steps", "keep_last")
 
 
 @dataclasses.dataclass
@@ -127,8 +149,7 @@ class TrainConfig:
     peak_tflops: float | None = None  # per device, for MFU; None: from the GPU's name
 
     def __post_init__(self):
-        if self.checkpoint.keep_last < 1:
-            raise ValueError("checkpoint.keep_last must be >= 1")
+        at_least(self, 1, "logging_steps")
 
     def stage_name(self) -> str:
         subset = self.data.subset if self.data.path is None else Path(self.data.path).stem
@@ -525,10 +546,9 @@ def run(cfg: TrainConfig, *, force: bool = False) -> dict:
     gradient_accumulation(cfg.optim, world_size)
     deepspeed_config(cfg, world_size, bf16=False)
     records = read_records(data_path(cfg))
-    if not records:
-        raise DataError(f"{data_path(cfg)}: no training records")
     check_model(cfg.model.path)
     stage_dir = Path(cfg.run_dir) / "train" / cfg.stage_name()
+    check_writable(stage_dir, "run_dir")
     if int(os.environ.get("RANK", 0)) != 0:
         # Only rank 0 keeps the manifest; the others make the same skip decision, then train.
         return finished(stage_dir, "train", cfg, force=force) or {"summary": train(cfg, stage_dir, records)}

@@ -214,7 +214,7 @@ def test_bad_input_fails_before_loading_a_model(tmp_path, data, tiny_model_dir):
         run(cfg("data.path=null", "data.subset=qa"))
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    with pytest.raises(DataError, match="no training records"):
+    with pytest.raises(DataError, match=r"empty.jsonl: no records"):
         run(cfg(f"data.path={empty}"))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": 3}\n')

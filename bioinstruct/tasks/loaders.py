@@ -30,12 +30,12 @@ with ``file:line`` (JSONL, CSV) or ``file: record KEY`` (JSON objects and arrays
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import ConfigError, DataError
+from ..io import iter_rows, read_text
 from ..metrics import normalize_item
 
 LETTERS = ["A", "B", "C", "D"]
@@ -71,46 +71,16 @@ def _need(path: Any, key: str) -> Path:
     return p
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text ({e.reason})") from None
-
-
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(_read_text(path))
+        return json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
 
 
 def _records(path: Path) -> Iterator[tuple[str, dict]]:
-    """``(where, record)`` for a JSON Lines file or a JSON array of objects (detected by the
-    first character); ``where`` is ``file:line`` or ``file: record N`` (0-based)."""
-    text = _read_text(path)
-    if text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
-        for i, row in enumerate(rows):
-            where = f"{path}: record {i}"
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            yield where, row
-        return
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            hint = " (a pretty-printed JSON object? this file must be JSON Lines or a JSON array)" \
-                if lineno == 1 and line.strip() == "{" else ""
-            raise DataError(f"{where}: invalid JSON: {e.msg} (column {e.colno}){hint}") from None
+    """``(file:line, record)`` for a JSON Lines file or a JSON array of objects."""
+    for where, row in iter_rows(path):
         if not isinstance(row, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
         yield where, row
@@ -668,46 +638,24 @@ def load_conv2note(data: dict) -> list[dict]:
         raise ConfigError("data.instruction for conv2note must contain {section_header}")
     out = _Examples()
     required = ("ID", "section_header", "section_text", "dialogue")
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise DataError(f"{path}:1: empty file (expected the header {','.join(required)})") from None
-        except (csv.Error, UnicodeDecodeError) as e:
-            raise DataError(f"{path}:1: {e}") from None
-        missing = [c for c in required if c not in header]
-        if missing:
+    for where, row in iter_rows(path):
+        if missing := [c for c in required if c not in row]:
             raise DataError(f"{path}:1: missing column(s) {', '.join(missing)} "
-                            f"(header: {','.join(header)}; expected {','.join(required)})")
-        col = {c: header.index(c) for c in required}
-        start = 2
-        while True:
-            try:
-                cells = next(reader)
-            except StopIteration:
-                break
-            except (csv.Error, UnicodeDecodeError) as e:
-                raise DataError(f"{path}:{start}: {e}") from None
-            where = f"{path}:{start}"  # the line the record starts on
-            start = reader.line_num + 1
-            if not any(c.strip() for c in cells):
-                continue
-            if len(cells) != len(header):
-                raise DataError(f"{where}: {len(cells)} fields, the header has {len(header)}")
-            row = {c: cells[i] for c, i in col.items()}
-            code = _str(row, "section_header", where).strip()
-            reference = _str(row, "section_text", where).strip()
-            dialogue = _str(row, "dialogue", where).strip()
-            eid = _str(row, "ID", where).strip()
-            name = MTS_SECTION_NAMES.get(code.upper(), code) if expand else code
-            out.add({
-                "id": eid,
-                "instruction": template.replace("{section_header}", name),
-                "input": dialogue,
-                "reference": reference,
-                "meta": {"section_header": code},
-            }, where)
+                            f"(header: {','.join(row)}; expected {','.join(required)})")
+        if not any((v or "").strip() for v in row.values()):
+            continue
+        code = _str(row, "section_header", where).strip()
+        reference = _str(row, "section_text", where).strip()
+        dialogue = _str(row, "dialogue", where).strip()
+        eid = _str(row, "ID", where).strip()
+        name = MTS_SECTION_NAMES.get(code.upper(), code) if expand else code
+        out.add({
+            "id": eid,
+            "instruction": template.replace("{section_header}", name),
+            "input": dialogue,
+            "reference": reference,
+            "meta": {"section_header": code},
+        }, where)
     if not out:
         raise DataError(f"{path}: no rows")
     return list(out)
