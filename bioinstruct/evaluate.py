@@ -35,6 +35,7 @@ from .config import FieldError, add_config_arguments, at_least, config_from_args
 from .errors import ConfigError, UserError
 from .io import JsonlAppender, atomic_write_json, read_jsonl
 from .llm import LLMConfig
+from .models import check_adapter, check_model
 from .prompts import alpaca_prompt
 from .rundir import check_writable, is_complete, read_manifest, run_stage
 from .table import format_table
@@ -204,7 +205,10 @@ def run(cfg: EvaluateConfig, *, force: bool = False) -> list[dict]:
 
     if not cfg.model:
         raise ConfigError("no model: give --model DIR (and --adapter DIR for a tuned model)")
-    check_writable(cfg.out, "--out")  # before the model loads
+    check_model(cfg.model, "--model")  # every path is checked before the model loads
+    if cfg.adapter:
+        check_adapter(cfg.adapter, "--adapter")
+    check_writable(cfg.out, "--out")
     i, n = shard_of(cfg.shard)
     tasks = [load_task(name, cfg.task_data.get(name)) for name in cfg.tasks]
     examples = {t.name: load_examples(t)[:cfg.limit] for t in tasks}  # every data problem shows up first

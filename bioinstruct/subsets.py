@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 from .config import add_config_arguments, config_from_args
+from .errors import ConfigError
 from .io import atomic_write_json, write_jsonl
 from .records import CATEGORIES, read_records
 from .rundir import run_stage
@@ -76,7 +77,7 @@ def plan(records: list[dict], cfg: SubsetsConfig) -> list[dict]:
     order = list(range(len(records)))
     random.Random(cfg.seed).shuffle(order)  # one shuffle: smaller sizes are prefixes of larger
     subsets += [{"name": f"size-{n}", "filter": f"first {n} of a seed-{cfg.seed} shuffle", "indices": sorted(order[:n])}
-                for n in sorted(set(cfg.sizes)) if n < len(records)]
+                for n in sorted(set(cfg.sizes))]
     if cfg.size_matched and len(present) > 1:
         smallest = min(len(by_cat[c]) for c in present)
         for c in present:
@@ -106,6 +107,10 @@ def _write(subset: dict, records: list[dict], out: Path, cfg: SubsetsConfig) -> 
 def run(cfg: SubsetsConfig, *, force: bool = False) -> dict:
     source = cfg.input or str(Path(cfg.run_dir) / "classify" / "labelled.jsonl")
     records = read_records(source, required=("instruction", "output", "category"))
+    if too_big := sorted(n for n in set(cfg.sizes) if n >= len(records)):
+        # Dropping them would leave the data-size sweep's training jobs without their subsets.
+        raise ConfigError(f"sizes: {', '.join(map(str, too_big))} not below the {len(records)} records of {source} "
+                          f"(the subset 'all' holds every record); leave them out of sizes")
 
     def body(stage_dir: Path) -> dict:
         subsets = [_write(s, records, stage_dir / s["name"], cfg) for s in plan(records, cfg)]

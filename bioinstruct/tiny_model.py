@@ -21,7 +21,8 @@ import math
 from pathlib import Path
 
 from .config import add_config_arguments, config_from_args
-from .io import atomic_write_json
+from .errors import ConfigError
+from .io import atomic_write_json, read_text
 from .progress import progress
 from .rundir import run_stage
 
@@ -56,7 +57,11 @@ class TinyModelConfig:
 
 def corpus_lines(cfg: TinyModelConfig) -> list[str]:
     path = Path(cfg.corpus) if cfg.corpus else DEFAULT_CORPUS
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    if not path.is_file():
+        raise ConfigError(f"corpus: {path} is not a file")
+    lines = [line.strip() for line in read_text(path).splitlines()]
+    if not any(lines):
+        raise ConfigError(f"corpus: {path} is empty")
     return [line for line in lines if line]
 
 
@@ -141,6 +146,7 @@ def build(cfg: TinyModelConfig, out: Path) -> dict:
 def make_tiny_model(out: str | Path, cfg: TinyModelConfig | None = None, *, force: bool = False) -> dict:
     """Build (or find complete) the tiny model in ``out``; return its manifest."""
     cfg = cfg or TinyModelConfig()
+    corpus_lines(cfg)  # a bad corpus fails before the folder is touched
     return run_stage(out, "make-tiny-model", cfg, lambda d: build(cfg, d), force=force)
 
 

@@ -44,6 +44,7 @@ from typing import Literal
 from .config import FieldError, add_config_arguments, at_least, config_from_args
 from .errors import ConfigError, StageStopped
 from .io import JsonlAppender, atomic_write_text, read_json, read_jsonl
+from .models import check_model
 from .packing import pack, packed_trainer
 from .prompts import alpaca_prompt
 from .records import read_records
@@ -380,24 +381,6 @@ def _peak_flops(cfg: TrainConfig) -> float | None:
 
 # ---- the recipe --------------------------------------------------------------------------
 
-def check_model(path: str) -> None:
-    """A model path that cannot load fails here, before any GPU time is spent."""
-    local = Path(path).expanduser()
-    if local.is_dir():
-        if not (local / "config.json").exists():
-            raise ConfigError(f"model.path: {path} has no config.json (not a saved transformers model)")
-        return
-    if path.startswith(("/", ".", "~")) or path.count("/") != 1:
-        raise ConfigError(f"model.path: no such directory: {path} (or give a hub id like meta-llama/Llama-2-7b-hf)")
-    from transformers import AutoConfig
-
-    try:
-        AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"model.path: cannot load '{path}' from the hub ({type(e).__name__}); LLaMA weights "
-                          f"are gated: download your copy and point model.path at its directory") from None
-
-
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
@@ -546,7 +529,7 @@ def run(cfg: TrainConfig, *, force: bool = False) -> dict:
     gradient_accumulation(cfg.optim, world_size)
     deepspeed_config(cfg, world_size, bf16=False)
     records = read_records(data_path(cfg))
-    check_model(cfg.model.path)
+    check_model(cfg.model.path, "model.path")
     stage_dir = Path(cfg.run_dir) / "train" / cfg.stage_name()
     check_writable(stage_dir, "run_dir")
     if int(os.environ.get("RANK", 0)) != 0:

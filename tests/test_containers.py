@@ -357,7 +357,7 @@ def test_gpu_definition_builds_on_the_cpu_base(apptainer, gpu_on_cpu_base):
     torch_version = importlib.metadata.version("torch")
     assert "No broken requirements found." in log
     assert f"import check: torch {torch_version}" in log  # %test ran; the stand-in torch was kept
-    assert "package deepspeed" in log and "DeepSpeed accelerator  cpu" in log  # doctor ran
+    assert re.search(r"package deepspeed +\d", log) and re.search(r"DeepSpeed accelerator +cpu", log)  # doctor ran
     frozen = {_normal(n): v for n, _, v in (line.partition("==") for line in
               (sandbox / "opt" / "bioinstruct" / "pip-freeze.txt").read_text().splitlines()) if v}
     for name, version in _requirements(REPO / "requirements" / "gpu.txt").items():

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from bioinstruct.errors import DataError
+from bioinstruct.errors import ConfigError, DataError
 from bioinstruct.io import read_jsonl
 from bioinstruct.subsets import SubsetsConfig, run
 
@@ -26,7 +26,9 @@ def labelled(tmp_path, counts={"qa": 5, "ie": 8, "generation": 7, "other": 2, "u
 
 def test_all_subsets_with_manifest_and_formats(tmp_path):
     source, rows = labelled(tmp_path)
-    m = run(SubsetsConfig(run_dir=str(tmp_path), input=str(source), sizes=[5, 10, 100],
+    with pytest.raises(ConfigError, match=r"sizes: 100 not below the 23 records"):
+        run(SubsetsConfig(run_dir=str(tmp_path), input=str(source), sizes=[5, 10, 100]))
+    m = run(SubsetsConfig(run_dir=str(tmp_path), input=str(source), sizes=[5, 10],
                           formats=["jsonl", "alpaca", "hf"]))
     subsets = {s["name"]: s for s in m["summary"]["subsets"]}
     assert subsets["all"]["size"] == 23
@@ -34,7 +36,7 @@ def test_all_subsets_with_manifest_and_formats(tmp_path):
         {"qa": 5, "ie": 8, "generation": 7, "other": 2}
     assert subsets["qa+ie"]["size"] == 13 and len([n for n in subsets if "+" in n]) == 6
     assert subsets["all-but-other"]["size"] == 20
-    assert "size-100" not in subsets  # larger than the data: 'all' already is that subset
+    assert "size-100" not in subsets  # refused above: larger than the data
     assert all(subsets[f"matched-{c}"]["size"] == 2 for c in ("qa", "ie", "generation", "other"))
     out = tmp_path / "subsets"
     qa_ie = read_jsonl(out / "qa+ie" / "data.jsonl")
