@@ -89,9 +89,9 @@ def shard_of(text: str) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:
-        raise ValueError(f"shard must be I/N like 2/8, got {text!r}") from None
+        raise FieldError("shard", f"must be I/N like 2/8, got {text!r}") from None
     if not 1 <= i <= n:
-        raise ValueError(f"shard {text}: need 1 <= I <= N")
+        raise FieldError("shard", f"is {text}: need 1 <= I <= N")
     return i, n
 
 

@@ -381,6 +381,27 @@ def _peak_flops(cfg: TrainConfig) -> float | None:
 
 # ---- the recipe --------------------------------------------------------------------------
 
+def check_target_modules(cfg: TrainConfig) -> None:
+    """Every name in lora.target_modules is a layer of the model, found on a weightless copy
+    built from config.json (a second, even for 13B): peft adapts the names that match and
+    skips the others without a word, so one typo gave an adapter with fewer layers."""
+    import difflib
+
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg.model.path))
+    names = [name for name, module in model.named_modules() if not list(module.children())]
+    for target in cfg.lora.target_modules:
+        if not any(name == target or name.endswith("." + target) for name in names):
+            layers = sorted({name.rsplit(".", 1)[-1] for name in names})
+            close = difflib.get_close_matches(target, layers, n=1)
+            hint = f" (closest: '{close[0]}')" if close else ""
+            raise ConfigError(f"lora.target_modules: '{target}' is no layer of {cfg.model.path}{hint}; "
+                              f"its layers: {', '.join(layers)}")
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
@@ -530,6 +551,7 @@ def run(cfg: TrainConfig, *, force: bool = False) -> dict:
     deepspeed_config(cfg, world_size, bf16=False)
     records = read_records(data_path(cfg))
     check_model(cfg.model.path, "model.path")
+    check_target_modules(cfg)
     stage_dir = Path(cfg.run_dir) / "train" / cfg.stage_name()
     check_writable(stage_dir, "run_dir")
     if int(os.environ.get("RANK", 0)) != 0:
