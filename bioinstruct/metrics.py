@@ -2,32 +2,44 @@
 
 Accuracy and macro-F1 for multiple choice, precision / recall / F1 of extracted items,
 ROUGE-1/2/L and embedding similarity for generated text, each with a percentile bootstrap
-confidence interval over examples (seeded, so the same predictions give the same interval).
+confidence interval over examples (seeded, so the same predictions give the same interval;
+numpy's generator draws the resamples, all at once).
 """
 
 from __future__ import annotations
 
 import functools
-import random
 import re
 import unicodedata
-from typing import Callable, Sequence
+from typing import Sequence
+
+import numpy as np
 
 BOOTSTRAP = 1000
 
 
-def bootstrap_ci(values: Sequence[float], statistic: Callable[[Sequence[float]], float] | None = None,
-                 seed: int = 0, level: float = 0.95) -> tuple[float, float] | None:
-    """A percentile bootstrap interval of ``statistic`` (default: the mean) over examples."""
+def _resampled_sums(columns: np.ndarray, seed: int) -> np.ndarray:
+    """The column sums of BOOTSTRAP resamples of the rows (examples), drawn with replacement:
+    shape (BOOTSTRAP, columns). One array operation per column, so intervals cost
+    milliseconds at n in the thousands rather than seconds inside a GPU job."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(columns), size=(BOOTSTRAP, len(columns)))
+    return np.stack([columns[:, j][idx].sum(axis=1) for j in range(columns.shape[1])], axis=1)
+
+
+def _interval(draws: np.ndarray, level: float) -> tuple[float, float]:
+    draws = np.sort(draws)
+    return (float(draws[int((1 - level) / 2 * BOOTSTRAP)]),
+            float(draws[min(BOOTSTRAP - 1, int((1 + level) / 2 * BOOTSTRAP))]))
+
+
+def bootstrap_ci(values: Sequence[float], seed: int = 0, level: float = 0.95) -> tuple[float, float] | None:
+    """A percentile bootstrap interval of the mean over examples (seeded: the same values
+    give the same interval)."""
     if len(values) < 2:
         return None
-    stat = statistic or (lambda v: sum(v) / len(v))
-    rng = random.Random(seed)
-    n = len(values)
-    draws = sorted(stat([values[rng.randrange(n)] for _ in range(n)]) for _ in range(BOOTSTRAP))
-    lo = draws[int((1 - level) / 2 * BOOTSTRAP)]
-    hi = draws[min(BOOTSTRAP - 1, int((1 + level) / 2 * BOOTSTRAP))]
-    return (lo, hi)
+    column = np.asarray(values, dtype=float)[:, None]
+    return _interval(_resampled_sums(column, seed)[:, 0] / len(values), level)
 
 
 def summarize(values: Sequence[float]) -> dict:
@@ -66,17 +78,31 @@ def split_items(output: str) -> list[str]:
     return [p.strip(" -*\u2022\t") for p in parts if p and p.strip(" -*\u2022\t")]
 
 
-def prf(pred_items: Sequence[Sequence[str]], gold_items: Sequence[Sequence[str]]) -> dict:
-    """Micro precision / recall / F1 of normalised item sets, summed over examples."""
-    tp = fp = fn = 0
-    for pred, gold in zip(pred_items, gold_items):
+def item_counts(pred_items: Sequence[Sequence[str]], gold_items: Sequence[Sequence[str]]) -> np.ndarray:
+    """Per example, the (true positive, false positive, false negative) counts of its
+    normalised item sets: shape (examples, 3). Computed once; totals and intervals are sums."""
+    counts = np.zeros((len(pred_items), 3))
+    for i, (pred, gold) in enumerate(zip(pred_items, gold_items)):
         p = {normalize_item(x) for x in pred} - {""}
         g = {normalize_item(x) for x in gold} - {""}
-        tp, fp, fn = tp + len(p & g), fp + len(p - g), fn + len(g - p)
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1}
+        counts[i] = (len(p & g), len(p - g), len(g - p))
+    return counts
+
+
+def _f1(tp, fp, fn):
+    """Micro F1 = 2PR / (P + R) = 2tp / (2tp + fp + fn); 0 without a true positive."""
+    return np.where(tp > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+
+
+def prf(pred_items: Sequence[Sequence[str]], gold_items: Sequence[Sequence[str]]) -> dict:
+    """Micro precision / recall / F1 of normalised item sets, summed over examples, and a
+    bootstrap interval of F1 over examples."""
+    counts = item_counts(pred_items, gold_items)
+    tp, fp, fn = counts.sum(axis=0)
+    out = {"precision": tp / (tp + fp) if tp + fp else 0.0, "recall": tp / (tp + fn) if tp + fn else 0.0,
+           "f1": float(_f1(tp, fp, fn))}
+    out["f1_ci95"] = _interval(_f1(*_resampled_sums(counts, 0).T), 0.95) if len(counts) >= 2 else None
+    return out
 
 
 @functools.cache
