@@ -314,8 +314,8 @@ class Index:
                 hits[rec].append({"item": item, "method": "near_duplicate",
                                   "overlap": {"shingles": shared, "item_shingles": total,
                                               "containment": round(shared / total, 4)}})
-        for row in hits:
-            row.sort(key=lambda x: (x["item"], x["method"]))
+        for row in hits:  # by item, n-grams (the stronger evidence) first
+            row.sort(key=lambda x: (x["item"], x["method"] != "ngram"))
         return hits
 
     def _near(self, wins, starts) -> list[tuple[int, int, int]]:
@@ -361,6 +361,13 @@ REASONS = {"ngram": "ngram_overlap", "near_duplicate": "near_duplicate"}
 DECISION = {"drop": "dropped", "flag": "flagged", "keep": "kept"}
 
 
+def _reason(hits: list[dict]) -> str | None:
+    """The stronger evidence names the reason: an n-gram, else a near-duplicate."""
+    if not hits:
+        return None
+    return REASONS["ngram"] if any(h["method"] == "ngram" for h in hits) else REASONS["near_duplicate"]
+
+
 def decide(records: list[dict], index: Index, policy: str) -> list[dict]:
     """One decision per record, hits with both texts; records are matched a chunk at a time."""
     decisions = []
@@ -373,8 +380,8 @@ def decide(records: list[dict], index: Index, policy: str) -> list[dict]:
                      "item_text": index.items[h["item"]].text()} for h in found]
             row = {"index": i, "id": record_id(record), "instruction": record["instruction"],
                    "decision": DECISION[policy] if hits else "kept",
-                   "reason": REASONS[min(h["method"] for h in hits)] if hits else None}
-            if hits:  # ngram before near_duplicate: the stronger evidence names the reason
+                   "reason": _reason(hits)}
+            if hits:
                 row.update(record_text=record_text(record), hits=hits)
             decisions.append(row)
         bar.update(len(chunk))
