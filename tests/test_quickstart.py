@@ -17,7 +17,7 @@ def test_quickstart_runs_end_to_end_and_reruns_as_a_no_op(tmp_path):
     m = read_manifest(run_dir / "tiny-model")
     assert m["status"] == "complete"
     assert m["config"]["pretrain_steps"] == 20
-    for stage in ("generate", "filter", "classify", "stats", "subsets", "train/tiny__all", "report"):
+    for stage in ("generate", "filter", "decontaminate", "classify", "stats", "subsets", "train/tiny__all", "report"):
         assert read_manifest(run_dir / stage)["status"] == "complete", stage
     assert len(list((run_dir / "evaluate").glob("*/*/results.json"))) == 18  # 9 tasks, base + tuned
     assert (run_dir / "report" / "index.html").exists()
