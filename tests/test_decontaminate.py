@@ -319,3 +319,22 @@ def test_missing_task_data_is_listed_or_refused(tmp_path, capsys):
                                          "records": 0, "items_touched": 0}
     assert main(args + ["missing_data=error", "--force"]) == 2
     assert "not found (task medqa" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_the_card_has_a_contamination_section(planted, shared_data, tmp_path):
+    from bioinstruct import stats
+
+    _, records = planted
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:100]))
+    assert main(["decontaminate", "--in", str(tmp_path / "in.jsonl"), f"run_dir={tmp_path}", "tasks=[medmcqa]",
+                 f"task_data.medmcqa.root={shared_data}"]) == 0
+    summary = json.loads((tmp_path / "decontaminate" / "summary.json").read_text())
+    stats.run(stats.StatsConfig(input=str(tmp_path / "decontaminate" / "clean.jsonl"), run_dir=str(tmp_path),
+                                spacy_model=None, similarity_sample=20))
+    card = (tmp_path / "stats" / "card.md").read_text()
+    section = card.split("## Contamination with evaluation items")[1].split("\n## ")[0]
+    hit = summary["tasks"]["medmcqa"]
+    assert f"{summary['contaminated']} of 100 instructions" in section and summary["contaminated"] > 0
+    assert f"| medmcqa | 4,183 | {hit['records']} | {hit['items_touched']} |" in section
+    assert summary["examples"][0]["item_id"] in section
