@@ -52,7 +52,7 @@ import numpy as np
 
 from .config import add_config_arguments, config_from_args
 from .errors import ConfigError, DataError
-from .io import atomic_write_json, write_jsonl
+from .io import atomic_write_json, iter_jsonl_numbered, write_jsonl
 from .progress import progress
 from .records import read_records, record_id
 from .rundir import run_stage
@@ -356,6 +356,20 @@ def _pairs(parts) -> tuple[np.ndarray, ...]:
 
 
 # ---- the stage ---------------------------------------------------------------------------
+
+def touched_items(path: str) -> dict[str, set[str]]:
+    """Per task, the ids of the items some record of a decisions.jsonl touched (whatever its
+    decision). Evaluate reads it to score the untouched items too."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such file (a decisions.jsonl from bioinstruct decontaminate)")
+    touched: dict[str, set[str]] = collections.defaultdict(set)
+    for lineno, d in iter_jsonl_numbered(path):
+        if not isinstance(d, dict) or "decision" not in d or not isinstance(d.get("hits", []), list):
+            raise DataError(f"{path}:{lineno}: not a bioinstruct decontaminate decision (no 'decision')")
+        for hit in d.get("hits", ()):
+            touched[hit["task"]].add(str(hit["item_id"]))
+    return dict(touched)
+
 
 REASONS = {"ngram": "ngram_overlap", "near_duplicate": "near_duplicate"}
 DECISION = {"drop": "dropped", "flag": "flagged", "keep": "kept"}
