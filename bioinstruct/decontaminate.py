@@ -63,7 +63,7 @@ CHUNK = 4096  # records hashed at a time; results do not depend on it
 EXAMPLES = 20  # hits shown in summary.json (and the card)
 _WORD = re.compile(r"\w+")
 # A field's leading label as the loaders write it ("Question: ..."): not part of the item.
-_LABEL = re.compile(r"^(?:abstract|question|context|premise|hypothesis|choices)\s*:\s*", re.I)
+_LABEL = re.compile(r"^(?:abstract|question|context|premise|hypothesis)\s*:\s*", re.I)
 _MULT = np.uint64(0x9E3779B97F4A7C15)  # odd: a polynomial hash over word ids, mod 2**64
 _SALT = np.uint64(0xC2B2AE3D27D4EB4F)  # separates windows of different lengths
 

@@ -21,7 +21,8 @@ Output (run_dir), one folder per stage, each with manifest.json and config.yaml:
   train/        LoRA on the tiny model over subset 'all', 2 CPU ranks, DeepSpeed ZeRO-2
                 (configs/train/tiny/lora.yaml)
   evaluate/     base and tuned tiny model on all nine tasks, on the synthetic demo data
-                (bioinstruct/data/demo_tasks), with the offline judge
+                (bioinstruct/data/demo_tasks), with the offline judge; each score also over
+                the items no generated instruction touched
   report/       the paper's tables and figures for this run (index.html)
 The numbers are those of a 0.2M-parameter model on synthetic text: they show the pipeline
 works end to end, nothing about BioInstruct.
@@ -100,7 +101,8 @@ def run(cfg: QuickstartConfig, *, force: bool = False) -> dict[str, dict]:
     evaluation = evaluate.EvaluateConfig(
         model=str(run_dir / "tiny-model"), adapter=str(run_dir / "train" / "tiny__all" / "adapter"),
         tasks=task_names(), out=str(run_dir / "evaluate"), task_data=demo_data,
-        batch_size=8, max_new_tokens=32, judge=True, judge_llm=LLMConfig(backend="offline"))
+        batch_size=8, max_new_tokens=32, judge=True, judge_llm=LLMConfig(backend="offline"),
+        decontamination=str(run_dir / "decontaminate" / "decisions.jsonl"))
     results = evaluate.run(evaluation, force=force)
     manifests["evaluate"] = {"status": "complete", "summary": {"results": len(results)}}
     manifests["report"] = report.run(report.ReportConfig(run_dir=str(run_dir)), force=force)
