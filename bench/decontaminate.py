@@ -122,8 +122,7 @@ def main() -> int:
         return 0
     rng = random.Random(0)
     cfg = DecontaminateConfig(tasks=["medmcqa", "pubmedqa", "conv2note"],
-                              task_data={t: {"root": str(DATA)} for t in ("medmcqa", "pubmedqa")}
-                              | {"conv2note": {"path": str(DATA / "mts_dialog" / "MTS-Dialog-TestSet-1-MEDIQA-Chat-2023.csv")}})
+                              task_data={t: {"root": str(DATA)} for t in ("medmcqa", "pubmedqa", "conv2note")})
     items = eval_items(cfg, rng, args.stand_ins)
     records, planted = instructions(args.records, items, rng)
 
@@ -155,7 +154,8 @@ def main() -> int:
             ("index + match", f"{c2 - c0:.2f}", f"{w2 - w0:.2f}", ""),
             (f"naive: {args.verify} x {len(items):,} pairs", f"{c5 - c4:.2f}", "", f"{1e6 * per_pair:.2f} us / pair"),
             (f"naive, all {len(records):,} (extrapolated)", f"{all_pairs:,.0f}", "", "")]
-    print(f"{len(items):,} evaluation items ({', '.join(f'{k} {v}' for k, v in collections.Counter(i.task for i in items).items())}); "
+    per_task = collections.Counter(i.task for i in items)
+    print(f"{len(items):,} evaluation items ({', '.join(f'{k} {v}' for k, v in per_task.items())}); "
           f"{len(records):,} instructions, {sum(p >= 0 for p in planted)} planted")
     print(format_table(["step", "CPU s", "wall s", "rate"], rows))
     print(f"speed-up over naive all-pairs: {all_pairs / max(c2 - c0, 1e-9):,.0f}x (CPU time)")

@@ -173,7 +173,8 @@ def run(cfg: ClassifyConfig, *, force: bool = False) -> dict:
                                                "response_id": response["id"] if response else None}})
         write_jsonl(stage_dir / "labelled.jsonl", labelled)
         counts = collections.Counter(r["category"] for r in labelled)
-        summary = {"input": source, "instructions": len(labelled), "counts": {c: counts[c] for c in (*CATEGORIES, UNKNOWN)},
+        summary = {"input": source, "instructions": len(labelled),
+                   "counts": {c: counts[c] for c in (*CATEGORIES, UNKNOWN)},
                    "shares_percent": {c: round(100 * counts[c] / max(len(labelled), 1), 1) for c in CATEGORIES},
                    "paper_shares_percent": PAPER_SHARES, "usage": engine.ledger.snapshot()}
         atomic_write_json(stage_dir / "summary.json", summary)

@@ -90,7 +90,8 @@ def reworded(item: Item, rng: random.Random) -> dict:
 def seed_records(shared_data: Path) -> list[dict]:
     """Real instructions with no evaluation item in them: both seed sets' instances."""
     records = []
-    for path in (REPO / "bioinstruct" / "data" / "seed_tasks.jsonl", shared_data / "self_instruct" / "seed_tasks.jsonl"):
+    for path in (REPO / "bioinstruct" / "data" / "seed_tasks.jsonl",
+                 shared_data / "self_instruct" / "seed_tasks.jsonl"):
         for task in read_jsonl(path):
             records += [{"instruction": task["instruction"], "input": i["input"], "output": i["output"]}
                         for i in task["instances"]]
@@ -150,7 +151,8 @@ def test_reordered_options_and_a_short_question_are_a_near_duplicate():
                                    "(4) infectious mononucleosis", "herpangina")])
     assert hits == [[("q2", "near_duplicate")]]
     # the same options without the question: not every distinctive part is there
-    assert match([rec("Which of these is a tumour?", "herpes, herpangina, lymphoma or infectious mononucleosis")]) == [[]]
+    options = "herpes, herpangina, lymphoma or infectious mononucleosis"
+    assert match([rec("Which of these is a tumour?", options)]) == [[]]
 
 
 @pytest.mark.unit

@@ -128,7 +128,8 @@ def test_decontamination_scores_the_untouched_items_too_and_the_report_shows_bot
     clean = [r for r in rows if r["id"] != copied[0].id]
     untouched = results["medqa"]["untouched"]
     assert untouched["excluded"] == 1 and untouched["n"] == len(clean) == len(rows) - 1
-    assert untouched["metrics"]["acc"]["value"] == pytest.approx(sum(r["pred"] == r["gold"] for r in clean) / len(clean))
+    right = sum(r["pred"] == r["gold"] for r in clean)
+    assert untouched["metrics"]["acc"]["value"] == pytest.approx(right / len(clean))
     assert results["medqa"]["metrics"]["acc"]["n"] == len(rows)
     # every item touched: no untouched score at all, never a zero
     assert results["pubmedqa"]["untouched"] == {"decisions": decisions, "excluded": len(items["pubmedqa"]), "n": 0,
