@@ -1,6 +1,6 @@
 """Decontamination: bioinstruct.decontaminate's index against a naive all-pairs comparison.
 
-    python bench/decontaminate.py                      # 25,000 instructions (~1 minute)
+    python bench/decontaminate.py                      # 25,000 instructions (~30 s)
     python bench/decontaminate.py --records 1000000    # the 1M-instruction scale
     python bench/decontaminate.py --quick              # small sizes, seconds (CI)
 

@@ -257,6 +257,7 @@ class Index:
         h, it = h[keep], it[keep]
         self.item_shingles = np.bincount(it, minlength=len(items))
         self.shingles = (h, it)  # sorted by hash (from _pairs)
+        self.gram_keys, self.shingle_keys = _Keys(self.grams[0]), _Keys(h)
         # shared shingles an item needs: containment of them, at least min_shared (all, if fewer)
         self.need = np.maximum(np.ceil(cfg.containment * self.item_shingles - 1e-9),
                                np.minimum(cfg.min_shared, self.item_shingles)).astype(np.int64)
@@ -287,9 +288,9 @@ class Index:
             if L not in wins:
                 continue
             h, start = wins[L]
-            hit = np.isin(h, gh)
-            h, start = h[hit], start[hit]
-            lo, hi = np.searchsorted(gh, h, "left"), np.searchsorted(gh, h, "right")
+            key = self.gram_keys.find(h)
+            hit = key >= 0
+            h, start, lo, hi = h[hit], start[hit], self.gram_keys.lo[key[hit]], self.gram_keys.hi[key[hit]]
             for hv, pos, rec, a, b in zip(h.tolist(), start.tolist(), _owner(starts, start).tolist(),
                                           lo.tolist(), hi.tolist()):
                 for j in range(a, b):
@@ -323,18 +324,18 @@ class Index:
         sh, sitem = self.shingles
         if not len(sh):
             return []
-        hs, recs = [], []
+        keys = self.shingle_keys
+        found = []
         for L in range(1, self.cfg.shingle + 1):
             if L in wins:
                 h, start = wins[L]
-                hit = np.isin(h, sh)
-                hs.append(h[hit])
-                recs.append(_owner(starts, start[hit]))
-        h, rec = np.concatenate(hs), np.concatenate(recs)
+                key = keys.find(h)
+                hit = key >= 0
+                found.append(_owner(starts, start[hit]) * len(keys.lo) + key[hit])
         # one (record, shingle) each, then every item holding that shingle
-        pairs = np.unique(np.stack([rec.astype(np.uint64), h]), axis=1)
-        rec, h = pairs[0].astype(np.int64), pairs[1]
-        lo, hi = np.searchsorted(sh, h, "left"), np.searchsorted(sh, h, "right")
+        pair = np.unique(np.concatenate(found))
+        rec, key = pair // len(keys.lo), pair % len(keys.lo)
+        lo, hi = keys.lo[key], keys.hi[key]
         count = hi - lo
         before = np.cumsum(count) - count
         idx = np.repeat(lo - before, count) + np.arange(int(count.sum()))
@@ -343,6 +344,22 @@ class Index:
         rec, item = key // len(self.items), key % len(self.items)
         ok = (shared >= self.need[item]) & (self.item_shingles[item] >= self.cfg.min_item_shingles)
         return list(zip(rec[ok].tolist(), item[ok].tolist(), shared[ok].tolist()))
+
+
+class _Keys:
+    """The distinct hashes of a sorted hash array, each with its run [lo, hi) in that array."""
+
+    def __init__(self, sorted_hashes: np.ndarray):
+        self.keys = np.unique(sorted_hashes)
+        self.lo = np.searchsorted(sorted_hashes, self.keys, "left")
+        self.hi = np.searchsorted(sorted_hashes, self.keys, "right")
+
+    def find(self, h: np.ndarray) -> np.ndarray:
+        """Each hash's index among the keys, or -1."""
+        if not len(self.keys):
+            return np.full(len(h), -1, np.int64)
+        pos = np.minimum(np.searchsorted(self.keys, h), len(self.keys) - 1)
+        return np.where(self.keys[pos] == h, pos, -1)
 
 
 def _pairs(parts) -> tuple[np.ndarray, ...]:
