@@ -7,8 +7,9 @@
     bioinstruct classify run_dir=runs/v1 llm.backend=offline            # rule-based, no API key
 
 Input: --in, a JSONL or JSON list of {instruction, input, output} (default:
-run_dir/filter/kept.jsonl); a few-shot prompt template (prompt_template=FILE.yaml with
-{instruction} and {input}; default: bioinstruct/data/prompts/classify.yaml).
+run_dir/decontaminate/clean.jsonl when that stage is complete, else run_dir/filter/kept.jsonl);
+a few-shot prompt template (prompt_template=FILE.yaml with {instruction} and {input};
+default: bioinstruct/data/prompts/classify.yaml).
 Output (run_dir/classify/):
   labelled.jsonl   the input records, in order, with id, category (qa, ie, generation,
                    other, or unknown when the model never gave a valid label) and
@@ -37,7 +38,7 @@ from .llm import Engine, LLMConfig, Request, preflight
 from .progress import progress
 from .prompts import PromptTemplate
 from .records import CATEGORIES, PAPER_SHARES, UNKNOWN, read_records, record_id
-from .rundir import run_stage
+from .rundir import is_complete, run_stage
 from .table import format_table
 
 REMINDER = "Answer with exactly one word: qa, ie, generation or other."
@@ -47,7 +48,7 @@ INPUT_PREVIEW = 600  # characters of the input shown; the task type is in the in
 @dataclasses.dataclass
 class ClassifyConfig:
     run_dir: str = "runs/default"
-    input: str | None = None  # default: run_dir/filter/kept.jsonl
+    input: str | None = None  # default: run_dir/decontaminate/clean.jsonl, else run_dir/filter/kept.jsonl
     prompt_template: str | None = None
     parse_attempts: int = 2  # answers asked per instruction before it is labelled unknown
     llm: LLMConfig = dataclasses.field(
@@ -113,8 +114,16 @@ def _request(template: PromptTemplate, rid: str, record: dict, attempt: int) -> 
                    {"record_id": rid, "attempt": attempt, "template_sha256": template.sha256})
 
 
+def default_input(run_dir: str) -> str:
+    """The decontaminated set once that stage is complete in the run directory, else the
+    filter's output (a run directory made before decontamination existed)."""
+    if is_complete(Path(run_dir) / "decontaminate"):
+        return str(Path(run_dir) / "decontaminate" / "clean.jsonl")
+    return str(Path(run_dir) / "filter" / "kept.jsonl")
+
+
 def run(cfg: ClassifyConfig, *, force: bool = False) -> dict:
-    source = cfg.input or str(Path(cfg.run_dir) / "filter" / "kept.jsonl")
+    source = cfg.input or default_input(cfg.run_dir)
     records = read_records(source)
     ids = [record_id(r) for r in records]
     seen: dict[str, int] = {}
@@ -164,7 +173,8 @@ def run(cfg: ClassifyConfig, *, force: bool = False) -> dict:
                                                "response_id": response["id"] if response else None}})
         write_jsonl(stage_dir / "labelled.jsonl", labelled)
         counts = collections.Counter(r["category"] for r in labelled)
-        summary = {"instructions": len(labelled), "counts": {c: counts[c] for c in (*CATEGORIES, UNKNOWN)},
+        summary = {"input": source, "instructions": len(labelled),
+                   "counts": {c: counts[c] for c in (*CATEGORIES, UNKNOWN)},
                    "shares_percent": {c: round(100 * counts[c] / max(len(labelled), 1), 1) for c in CATEGORIES},
                    "paper_shares_percent": PAPER_SHARES, "usage": engine.ledger.snapshot()}
         atomic_write_json(stage_dir / "summary.json", summary)

@@ -37,6 +37,8 @@ VERBS = [
          module="bioinstruct.generate"),
     Verb("filter", "ROUGE-L near-duplicate and rule filters on any instruction JSONL",
          module="bioinstruct.filter"),
+    Verb("decontaminate", "drop instructions that contain an evaluation item (n-grams, near-duplicates)",
+         module="bioinstruct.decontaminate"),
     Verb("classify", "label each instruction QA / IE / generation / other", module="bioinstruct.classify"),
     Verb("agreement", "Krippendorff's alpha between label sets; annotation sheets",
          module="bioinstruct.agreement"),

@@ -13,7 +13,10 @@ Output (--out DIR/<model>/<task>/; <model> is "base", or the adapter's name):
   shard-I-of-N/predictions.jsonl   one line per example, appended as produced; a restarted
                                    shard skips what is done (manifest.json marks it complete)
   results.json                     metrics with n and 95% bootstrap intervals, written by
-                                   the shard that completes the set (or by --merge)
+                                   the shard that completes the set (or by --merge); with
+                                   decontamination=DECISIONS.jsonl (bioinstruct decontaminate)
+                                   also "untouched": the same metrics over the items no
+                                   instruction touched, and how many were left out
 Scoring: multiple choice by log-likelihood of each choice after lm-evaluation-harness's
 prompt (acc, acc_norm; macro-F1 for PubMedQA) for every model, and, for the adapter model,
 also generatively with the Alpaca prompt it was trained with (greedy; letter / option
@@ -55,6 +58,8 @@ class EvaluateConfig:
     compare_base: bool = True  # with an adapter, also score the base model in the same call
     generative: bool = True  # multiple choice also answered generatively by the adapter model
     task_data: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # per-task loader options
+    # A decontaminate decisions.jsonl: also score the items no instruction of it touched.
+    decontamination: str | None = None
     limit: int | None = None  # the first N examples of each task (quick looks)
     batch_size: int = 32
     max_new_tokens: int = 256
@@ -191,9 +196,20 @@ def write_results(task, task_dir: Path, cfg: EvaluateConfig, model_label: str) -
         raise UserError(f"{task_dir}: {len(missing)} of {n} shards are not complete "
                         f"({', '.join(str(i) for i in missing[:10])}); run them before merging")
     rows = [row for s in shards for row in read_jsonl(s / "predictions.jsonl")]
+    metrics = task_metrics(task, rows, cfg, task_dir)
     results = {"task": task.name, "kind": task.kind, "model": model_label,
                "model_path": cfg.model, "adapter": cfg.adapter if model_label != "base" else None,
-               "n": len(rows), "shards": n, "metrics": task_metrics(task, rows, cfg, task_dir)}
+               "n": len(rows), "shards": n, "metrics": metrics}
+    if cfg.decontamination:
+        from .decontaminate import touched_items
+
+        touched = touched_items(cfg.decontamination).get(task.name, set())
+        clean = [r for r in rows if r["id"] not in touched]
+        # the judge replays its answers for these rows from the same folder: nothing is paid twice;
+        # no untouched item at all leaves no metric (a report shows it missing, never as zero)
+        untouched = metrics if len(clean) == len(rows) else task_metrics(task, clean, cfg, task_dir) if clean else {}
+        results["untouched"] = {"decisions": cfg.decontamination, "excluded": len(rows) - len(clean),
+                                "n": len(clean), "metrics": untouched}
     atomic_write_json(task_dir / "results.json", results)
     return results
 
@@ -211,6 +227,10 @@ def run(cfg: EvaluateConfig, *, force: bool = False) -> list[dict]:
     check_writable(cfg.out, "--out")
     i, n = shard_of(cfg.shard)
     tasks = [load_task(name, cfg.task_data.get(name)) for name in cfg.tasks]
+    if cfg.decontamination:  # a bad decisions file shows up before any scoring
+        from .decontaminate import touched_items
+
+        touched_items(cfg.decontamination)
     examples = {t.name: load_examples(t)[:cfg.limit] for t in tasks}  # every data problem shows up first
     from .scoring import LM
 
@@ -255,7 +275,8 @@ def merge(out: str, cfg: EvaluateConfig) -> list[dict]:
         if shard is None:
             continue
         manifest = read_manifest(shard)
-        shard_cfg = dataclasses.replace(cfg, **{k: manifest["config"][k] for k in ("model", "adapter", "judge")})
+        shard_cfg = dataclasses.replace(cfg, **{k: manifest["config"][k] for k in ("model", "adapter", "judge")},
+                                        decontamination=manifest["config"].get("decontamination"))
         task = load_task(task_dir.name, manifest["config"]["task_data"].get(task_dir.name))
         results.append(merge_task(task, task_dir, shard_cfg, task_dir.parent.name))
     if not results:

@@ -59,6 +59,7 @@ KIND_RESOURCES = {
     "tiny-model": Resources(time_min=30),
     "generate": Resources(cpus_per_task=4, mem_gb=8, time_min=48 * 60),  # API-bound: hours of waiting
     "filter": Resources(cpus_per_task=4, mem_gb=16, time_min=12 * 60),
+    "decontaminate": Resources(cpus_per_task=2, mem_gb=16, time_min=2 * 60),  # minutes for 1M instructions
     "classify": Resources(cpus_per_task=4, mem_gb=8, time_min=24 * 60),
     "subsets": Resources(mem_gb=8, time_min=60),
     "train": Resources(gpus_per_node=1, tasks_per_node=1, cpus_per_task=8, mem_gb=64, time_min=24 * 60,

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from . import classify, evaluate, generate, report, subsets, train
+from . import classify, decontaminate, evaluate, generate, report, subsets, train
 from . import filter as filter_stage
 from .config import load_config
 from .io import append_jsonl
@@ -68,6 +68,8 @@ KINDS: dict[str, StageKind] = {
                           outputs=lambda c: [Path(c.run_dir) / "generate"], stage="generate"),
     "filter": StageKind(config=filter_stage.FilterConfig, run=filter_stage.run,
                         outputs=lambda c: [Path(c.output).parent], stage="filter"),
+    "decontaminate": StageKind(config=decontaminate.DecontaminateConfig, run=decontaminate.run,
+                               outputs=lambda c: [Path(c.run_dir) / "decontaminate"], stage="decontaminate"),
     "classify": StageKind(config=classify.ClassifyConfig, run=classify.run,
                           outputs=lambda c: [Path(c.run_dir) / "classify"], stage="classify"),
     "subsets": StageKind(config=subsets.SubsetsConfig, run=subsets.run,

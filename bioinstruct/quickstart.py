@@ -11,7 +11,9 @@ Output (run_dir), one folder per stage, each with manifest.json and config.yaml:
   tiny-model/   tokenizer + LLaMA weights (make-tiny-model)
   generate/     self-instruct with the offline responder (synthetic text, no API key)
   filter/       the standalone filter over the generated instructions, pool = seeds
-  classify/     categories from the offline rule-based classifier
+  decontaminate/ clean.jsonl: the kept instructions that hold no item of the nine tasks'
+                demo data (the same data evaluate scores)
+  classify/     categories from the offline rule-based classifier, on the clean set
   agreement/    sheet.csv: 20 instructions to label by hand, then compare with
                 bioinstruct agreement --labels classify/labelled.jsonl agreement/sheet.csv
   stats/        the dataset card (card.md), token lengths with the tiny model's tokenizer
@@ -19,7 +21,8 @@ Output (run_dir), one folder per stage, each with manifest.json and config.yaml:
   train/        LoRA on the tiny model over subset 'all', 2 CPU ranks, DeepSpeed ZeRO-2
                 (configs/train/tiny/lora.yaml)
   evaluate/     base and tuned tiny model on all nine tasks, on the synthetic demo data
-                (bioinstruct/data/demo_tasks), with the offline judge
+                (bioinstruct/data/demo_tasks), with the offline judge; each score also over
+                the items no generated instruction touched
   report/       the paper's tables and figures for this run (index.html)
 The numbers are those of a 0.2M-parameter model on synthetic text: they show the pipeline
 works end to end, nothing about BioInstruct.
@@ -32,13 +35,14 @@ import dataclasses
 import time
 from pathlib import Path
 
-from . import agreement, classify, evaluate, generate, report, stats, subsets
+from . import agreement, classify, decontaminate, evaluate, generate, report, stats, subsets
 from .distributed import spawn
 from .errors import UserError
 from .rundir import read_manifest
 from . import filter as filter_stage
 from .config import add_config_arguments, config_from_args
 from .llm import LLMConfig
+from .tasks import task_names
 from .tiny_model import TinyModelConfig, make_tiny_model
 
 
@@ -73,6 +77,9 @@ def run(cfg: QuickstartConfig, *, force: bool = False) -> dict[str, dict]:
         output=str(run_dir / "filter" / "kept.jsonl"),
         pool=gen.seed_tasks or str(generate.DEFAULT_SEEDS))
     manifests["filter"] = filter_stage.run(filt, force=force)
+    demo_data = {t: {"root": str(DEMO_TASKS)} for t in task_names()}
+    manifests["decontaminate"] = decontaminate.run(
+        decontaminate.DecontaminateConfig(run_dir=str(run_dir), task_data=demo_data), force=force)
     manifests["classify"] = classify.run(
         classify.ClassifyConfig(run_dir=str(run_dir), llm=LLMConfig(backend="offline")), force=force)
     labelled = str(run_dir / "classify" / "labelled.jsonl")
@@ -91,12 +98,11 @@ def run(cfg: QuickstartConfig, *, force: bool = False) -> dict[str, dict]:
     if code:
         raise UserError(f"training exited with status {code}; see the messages above")
     manifests["train"] = read_manifest(run_dir / "train" / "tiny__all")
-    from .tasks import task_names
-
     evaluation = evaluate.EvaluateConfig(
         model=str(run_dir / "tiny-model"), adapter=str(run_dir / "train" / "tiny__all" / "adapter"),
-        tasks=task_names(), out=str(run_dir / "evaluate"), task_data={t: {"root": str(DEMO_TASKS)} for t in task_names()},
-        batch_size=8, max_new_tokens=32, judge=True, judge_llm=LLMConfig(backend="offline"))
+        tasks=task_names(), out=str(run_dir / "evaluate"), task_data=demo_data,
+        batch_size=8, max_new_tokens=32, judge=True, judge_llm=LLMConfig(backend="offline"),
+        decontamination=str(run_dir / "decontaminate" / "decisions.jsonl"))
     results = evaluate.run(evaluation, force=force)
     manifests["evaluate"] = {"status": "complete", "summary": {"results": len(results)}}
     manifests["report"] = report.run(report.ReportConfig(run_dir=str(run_dir)), force=force)

@@ -20,6 +20,8 @@ and config.yaml:
   headline.csv      average QA/NLI accuracy, IE F1 and judge score, base vs tuned, the
                     relative gain, and the paper's (+17.3%, +5.7%, +96%)
   qa.csv ie.csv generation.csv models.csv   the tables, values only (missing: empty)
+  contamination.csv  when evaluate was given a decontaminate decisions file: each model and
+                    task's score over all items beside its score over the untouched ones
   scores.csv        every score in long form with n, 95% bootstrap interval and source
   figure2_<family>.png/.pdf   per evaluation task, every training subset's score (single
                     categories, pairs, others), the base and all-tasks models as lines, the
@@ -123,6 +125,7 @@ class Result:
     n: int | None
     model_path: str | None
     metrics: dict[str, Any]
+    untouched: dict[str, Any] | None = None  # evaluate's scores over items no instruction touched
 
 
 def natural_key(text: str) -> list:
@@ -183,7 +186,7 @@ def load_results(run_dir: Path, exclude: Path) -> tuple[list[Result], list[dict]
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
         for fam in families:
             results.append(Result(source, sha, task, kind, label, fam, variant, data.get("n"),
-                                  data.get("model_path"), data["metrics"]))
+                                  data.get("model_path"), data["metrics"], data.get("untouched")))
     return results, skipped
 
 
@@ -494,6 +497,29 @@ class Report:
                 "columns": ["model", "training instructions", *(TASK_LABELS.get(t, t) for t in tasks)], "rows": rows,
                 "notes": ["Scores: " + "; ".join(metrics) + "."]}
 
+    def contamination_table(self) -> dict | None:
+        """Each model and task scored with a decontaminate decisions file: the primary metric
+        over all items and over the items no training instruction touched; None without any."""
+        rows = []
+        for (family, variant, task), r in sorted(self.index.items(),
+                                                 key=lambda kv: (natural_key(kv[0][0]), kv[0][1], kv[0][2])):
+            if not isinstance(r.untouched, dict) or not isinstance(r.untouched.get("metrics"), dict):
+                continue
+            metric = self.primary_metric(task, variant)
+            everything = score_cell(r, metric)
+            clean = score_cell(dataclasses.replace(r, metrics=r.untouched["metrics"], n=r.untouched.get("n")), metric)
+            diff = f"{clean['value'] - everything['value']:+.3f}" if everything and clean else None
+            rows.append([self.model_name(family, variant), TASK_LABELS.get(task, task), metric, everything, clean,
+                         f"{r.untouched.get('excluded', 0):,}", diff])
+        if not rows:
+            return None
+        return {"name": "contamination", "title": "Scores on the items no training instruction touched",
+                "columns": ["model", "task", "metric", "all items", "untouched items", "items left out",
+                            "untouched - all"], "rows": rows, "label_columns": 3,
+                "notes": ["Untouched: the evaluation items that no instruction in the decontaminate decisions file "
+                          "(bioinstruct evaluate decontamination=...) overlapped, whatever its decision; a gap "
+                          "between the two columns is what contamination may have added."]}
+
     def _metric_note(self, task: str) -> str:
         tuned, base = self.primary_metric(task, "x"), self.primary_metric(task, "base")
         return tuned if tuned == base else f"{tuned} (base: {base})"
@@ -783,6 +809,8 @@ def build(cfg: ReportConfig, results: list[Result], skipped: list[dict], sizes: 
     qa, ie, gen = rep.qa_table(), rep.ie_table(), rep.generation_table()
     tables = {"headline": rep.headline_table(), "qa": qa, "ie": ie, "generation": gen,
               "models": rep.models_table()}
+    if contamination := rep.contamination_table():
+        tables["contamination"] = contamination
     notes = list(rep.notes)
     notes += [f"Skipped {s['source']}: {s['why']}" for s in skipped]
     if not results:

@@ -14,6 +14,8 @@ Output (RUN_DIR/stats/), each file written atomically; manifest.json and config.
   words.png        whitespace word counts of instruction, input and output
   tokens.png       training-prompt lengths in tokens (only with tokenizer=DIR_OR_HUB_ID)
   similarity.png   each instruction's ROUGE-L F to its nearest other instruction
+The card's contamination section (hits per evaluation task, examples) comes from
+RUN_DIR/decontaminate when that stage is complete there.
   verbs.png        the paper's Figure 1B, top 20 root verbs and their top 4 direct objects
                    (only when spaCy and spacy_model, default en_core_web_sm, can be loaded)
 
@@ -43,18 +45,19 @@ import numpy as np
 from .config import add_config_arguments, config_from_args
 from .errors import ConfigError
 from .filter import Criteria
-from .io import atomic_open, atomic_write_json, atomic_write_text
+from .io import atomic_open, atomic_write_json, atomic_write_text, read_json
 from .progress import progress
 from .prompts import alpaca_prompt
 from .records import LABELS, PAPER_SHARES, read_records, resolve_input
 from .rougel import RougeLPool
-from .rundir import run_stage
+from .rundir import is_complete, run_stage
 from .table import format_table
 
 UNLABELLED = "unlabelled"  # a record without a category
 PAPER_MAX_LENGTH = 512
 NEAR_DUPLICATE = Criteria.threshold  # the filter's default: Alpaca's 0.7
 TOP_VERBS, TOP_OBJECTS = 20, 4  # the paper's Figure 1B
+CONTAMINATION_EXAMPLES = 5
 
 DPI = 120
 FIGSIZE = {"categories": (8.0, 4.5), "words": (12.0, 4.0), "tokens": (9.0, 4.5),
@@ -433,6 +436,26 @@ def render_card(stats: dict) -> str:
                           [(f"{p['score']:.3f}", _short(p["a"]), _short(p["b"])) for p in sim["most_similar_pairs"]]),
                 ""]
 
+    out += ["## Contamination with evaluation items", ""]
+    con = stats.get("contamination")
+    if con:
+        out += [f"From `{con['path']}` (bioinstruct decontaminate, policy {con['policy']}): {con['contaminated']:,} "
+                f"of {con['records']:,} instructions held an item of an evaluation set "
+                f"({', '.join(f'{r} {n:,}' for r, n in con['reasons'].items()) or 'none'}); "
+                f"{con['clean']:,} went on.", "",
+                _md_table(["task", "items checked", "instructions hit", "items touched"],
+                          [(t, f"{v['items']:,}" if not v.get("missing") else f"no data ({v['missing']})",
+                            f"{v['records']:,}", f"{v['items_touched']:,}") for t, v in con["tasks"].items()]), ""]
+        if con["examples"]:
+            out += ["Examples:", "",
+                    _md_table(["task", "item", "method", "overlap", "instruction", "item text"],
+                              [(e["task"], e["item_id"], e["method"],
+                                ", ".join(f"{k} {v}" for k, v in e["overlap"].items() if k != "example"),
+                                _short(e["record_text"], 80), _short(e["item_text"], 80))
+                               for e in con["examples"][:CONTAMINATION_EXAMPLES]]), ""]
+    else:
+        out += [f"*{notes['contamination']}*", ""]
+
     out += ["## Root verbs and their direct objects (the paper's Figure 1B)", ""]
     verbs = stats["verbs"]
     if verbs:
@@ -500,6 +523,14 @@ def compute(records: list[dict], cfg: StatsConfig, tokenizer, out: Path) -> dict
         stats["tokens"] = {"tokenizer": cfg.tokenizer, "length": describe(full),
                            "prompt_length": describe(prompt), "truncation": truncation(full, prompt, cfg.max_lengths)}
         figure("tokens", plot_tokens, full, stats["tokens"]["truncation"])
+
+    decon = Path(cfg.run_dir) / "decontaminate"
+    stats["contamination"] = None
+    if is_complete(decon):
+        stats["contamination"] = {"path": str(decon / "decisions.jsonl"), **read_json(decon / "summary.json")}
+    else:
+        stats["notes"]["contamination"] = f"No complete decontamination in {decon}: overlap with the evaluation " \
+                                          "sets is unknown (run bioinstruct decontaminate)."
 
     stats["similarity"] = similarity([r["instruction"] for r in records], cfg.similarity_sample, cfg.seed)
     figure("similarity", plot_similarity, stats["similarity"])

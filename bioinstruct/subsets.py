@@ -5,7 +5,8 @@
     bioinstruct subsets run_dir=runs/v1 push_to_hub=me/bioinstruct-subsets   # only when asked
 
 Input: --in, labelled records (default: run_dir/classify/labelled.jsonl; each with a
-category among qa, ie, generation, other, unknown).
+category among qa, ie, generation, other, unknown). When the run directory has a complete
+decontaminate stage, a record it dropped is refused: subsets are built from the clean set.
 Output (run_dir/subsets/<name>/): data.jsonl, and per `formats` alpaca.json (a JSON list
 of {instruction, input, output}) and hf/ (datasets.save_to_disk). The stage manifest
 (run_dir/subsets/manifest.json) lists every subset under summary.subsets with its
@@ -33,10 +34,10 @@ from pathlib import Path
 from typing import Literal
 
 from .config import add_config_arguments, config_from_args
-from .errors import ConfigError
-from .io import atomic_write_json, write_jsonl
-from .records import CATEGORIES, read_records
-from .rundir import run_stage
+from .errors import ConfigError, DataError
+from .io import atomic_write_json, read_jsonl, write_jsonl
+from .records import CATEGORIES, read_records, record_id
+from .rundir import is_complete, run_stage
 from .table import format_table
 
 
@@ -104,9 +105,24 @@ def _write(subset: dict, records: list[dict], out: Path, cfg: SubsetsConfig) -> 
             "sha256": hashlib.sha256((out / "data.jsonl").read_bytes()).hexdigest()}
 
 
+def check_clean(records: list[dict], source: str, run_dir: str) -> None:
+    """Refuse records that the run directory's decontaminate stage dropped: subsets are
+    built from the clean set (a classify made before decontamination is one way to get them)."""
+    stage = Path(run_dir) / "decontaminate"
+    if not is_complete(stage):
+        return
+    dropped = {d["id"] for d in read_jsonl(stage / "decisions.jsonl") if d["decision"] == "dropped"}
+    found = [i for i, r in enumerate(records) if record_id(r) in dropped]
+    if found:
+        raise DataError(f"{source}: {len(found)} record(s) (first: record {found[0]}) are ones {stage} dropped as "
+                        "contaminated with evaluation items; classify the clean set (bioinstruct classify "
+                        f"run_dir={run_dir} --force reads decontaminate/clean.jsonl), then make the subsets")
+
+
 def run(cfg: SubsetsConfig, *, force: bool = False) -> dict:
     source = cfg.input or str(Path(cfg.run_dir) / "classify" / "labelled.jsonl")
     records = read_records(source, required=("instruction", "output", "category"))
+    check_clean(records, source, cfg.run_dir)
     if too_big := sorted(n for n in set(cfg.sizes) if n >= len(records)):
         # Dropping them would leave the data-size sweep's training jobs without their subsets.
         raise ConfigError(f"sizes: {', '.join(map(str, too_big))} not below the {len(records)} records of {source} "

@@ -102,3 +102,51 @@ def test_missing_data_says_where_to_get_it(tiny_model_dir, tmp_path, monkeypatch
         run(cfg(tiny_model_dir, None, tmp_path / "out", tasks=["mednli"]))
     assert not (tmp_path / "out").exists()
     shutil.rmtree(empty)
+
+
+def test_decontamination_scores_the_untouched_items_too_and_the_report_shows_both(tiny_model_dir, tmp_path):
+    from bioinstruct import decontaminate, report
+    from bioinstruct.tasks import load_examples, load_task
+
+    items = {name: [decontaminate.item_of(t, ex) for ex in load_examples(t)]
+             for name, t in ((n, load_task(n)) for n in ("medqa", "pubmedqa"))}
+    copied = items["medqa"][:1] + items["pubmedqa"]  # one medqa item, every pubmedqa one
+    records = [{"instruction": "Answer this.", "input": "\n".join(t for _, t in it.fields), "output": it.answer}
+               for it in copied]
+    records.append({"instruction": "Say hello to the world, politely.", "input": "", "output": "Hello, world."})
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    decontaminate.run(decontaminate.DecontaminateConfig(run_dir=str(tmp_path), input=str(tmp_path / "in.jsonl"),
+                                                        tasks=["medqa", "pubmedqa"]))
+    decisions = str(tmp_path / "decontaminate" / "decisions.jsonl")
+    assert decontaminate.touched_items(decisions) == {"medqa": {copied[0].id},
+                                                      "pubmedqa": {it.id for it in items["pubmedqa"]}}
+
+    out = tmp_path / "evaluate"
+    results = {r["task"]: r for r in run(cfg(tiny_model_dir, None, out, tasks=["medqa", "pubmedqa"],
+                                             decontamination=decisions))}
+    rows = read_jsonl(out / "base" / "medqa" / "shard-1-of-1" / "predictions.jsonl")
+    clean = [r for r in rows if r["id"] != copied[0].id]
+    untouched = results["medqa"]["untouched"]
+    assert untouched["excluded"] == 1 and untouched["n"] == len(clean) == len(rows) - 1
+    right = sum(r["pred"] == r["gold"] for r in clean)
+    assert untouched["metrics"]["acc"]["value"] == pytest.approx(right / len(clean))
+    assert results["medqa"]["metrics"]["acc"]["n"] == len(rows)
+    # every item touched: no untouched score at all, never a zero
+    assert results["pubmedqa"]["untouched"] == {"decisions": decisions, "excluded": len(items["pubmedqa"]), "n": 0,
+                                                "metrics": {}}
+
+    rep = report.run(report.ReportConfig(run_dir=str(tmp_path)))
+    table = json.loads((tmp_path / "report" / "report.json").read_text())["tables"]["contamination"]
+    by_task = {row[1]: row for row in table["rows"]}
+    medqa = next(row for task, row in by_task.items() if "MedQA" in task)
+    assert medqa[3]["value"] == results["medqa"]["metrics"]["acc"]["value"]
+    assert medqa[4]["value"] == untouched["metrics"]["acc"]["value"] and medqa[5] == "1"
+    pubmedqa = next(row for task, row in by_task.items() if "PubMedQA" in task)
+    assert pubmedqa[4] is None and pubmedqa[6] is None
+    assert "contamination.csv" in rep["summary"]["files"]
+    assert "Scores on the items no training instruction touched" in (tmp_path / "report" / "report.md").read_text()
+
+    (tmp_path / "bad.jsonl").write_text('{"index": 0}\n')
+    with pytest.raises(UserError, match=r"bad.jsonl:1: not a bioinstruct decontaminate decision"):
+        run(cfg(tiny_model_dir, None, tmp_path / "e2", tasks=["medqa"], decontamination=str(tmp_path / "bad.jsonl")))
+    assert not (tmp_path / "e2").exists()

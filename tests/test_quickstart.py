@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -17,10 +18,14 @@ def test_quickstart_runs_end_to_end_and_reruns_as_a_no_op(tmp_path):
     m = read_manifest(run_dir / "tiny-model")
     assert m["status"] == "complete"
     assert m["config"]["pretrain_steps"] == 20
-    for stage in ("generate", "filter", "classify", "stats", "subsets", "train/tiny__all", "report"):
+    for stage in ("generate", "filter", "decontaminate", "classify", "stats", "subsets", "train/tiny__all", "report"):
         assert read_manifest(run_dir / stage)["status"] == "complete", stage
     assert len(list((run_dir / "evaluate").glob("*/*/results.json"))) == 18  # 9 tasks, base + tuned
     assert (run_dir / "report" / "index.html").exists()
+    # every score also over the items no generated instruction touched, both in the report
+    for path in (run_dir / "evaluate").glob("*/*/results.json"):
+        assert json.loads(path.read_text())["untouched"]["decisions"].endswith("decontaminate/decisions.jsonl")
+    assert "Scores on the items no training instruction touched" in (run_dir / "report" / "report.md").read_text()
     second = subprocess.run(cmd, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr
     assert "already complete" in second.stderr

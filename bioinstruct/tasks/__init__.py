@@ -158,20 +158,28 @@ def _check(task: Task, examples: list[dict]) -> None:
                                      "option_texts and gold do not agree")
 
 
+class TaskDataMissing(DataError):
+    """A task's data file is not there (``path``); the message says how to obtain it."""
+
+    def __init__(self, message: str, path: Path):
+        super().__init__(message)
+        self.path = path
+
+
 def load_examples(task: Task) -> list[dict]:
-    """The task's examples, in file order. A missing file raises DataError saying where it
-    was looked for and how to obtain it; a malformed record, DataError naming file:line
-    (or file: record KEY)."""
+    """The task's examples, in file order. A missing file raises TaskDataMissing (a
+    DataError) saying where it was looked for and how to obtain it; a malformed record,
+    DataError naming file:line (or file: record KEY)."""
     fn = getattr(loaders, task.loader)
     try:
         examples = fn(task.data)
     except loaders.MissingData as e:
-        raise DataError(
+        raise TaskDataMissing(
             f"{e.path}: not found (task {task.name}, data.{e.key}). To obtain it: {task.obtain} "
             f"Then put it at {e.path} (the data root is {task.data.get('root')}: set "
-            f"{DATA_ROOT_ENV}=DIR or data.root=DIR), or point data.{e.key} at your copy.") from None
+            f"{DATA_ROOT_ENV}=DIR or data.root=DIR), or point data.{e.key} at your copy.", e.path) from None
     _check(task, examples)
     return examples
 
 
-__all__ = ["Task", "task_names", "load_task", "load_examples", "data_root", "KINDS"]
+__all__ = ["Task", "TaskDataMissing", "task_names", "load_task", "load_examples", "data_root", "KINDS"]

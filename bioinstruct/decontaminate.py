@@ -1,0 +1,489 @@
+"""Decontaminate: find instruction records that contain an evaluation item, and drop them.
+
+    bioinstruct decontaminate run_dir=runs/v1                    # runs/v1/filter/kept.jsonl
+    bioinstruct decontaminate run_dir=runs/v1 --in biomed_instruct_25k.json    # the released data
+    bioinstruct decontaminate run_dir=runs/v1 policy=flag ngram=8 task_data.medqa.path=/data/medqa/test.jsonl
+
+Input: --in, a JSONL (or JSON list) of {instruction, input, output} (default:
+run_dir/filter/kept.jsonl); the evaluation tasks' items, read by the same loaders as
+`bioinstruct evaluate` (tasks=..., task_data.<task>.<option>=..., $BIOINSTRUCT_DATA). A task
+whose data is not on this machine is skipped and listed (missing_data=error refuses instead).
+Output (run_dir/decontaminate/), manifest.json and config.yaml:
+  clean.jsonl      policy=drop (default): the records that touch no item, in input order;
+                   policy=flag: every record, a touching one with a "contamination" list;
+                   policy=keep: every record as it was (report only)
+  decisions.jsonl  one line per record: index, id, decision (kept, dropped, flagged), reason
+                   (null, ngram_overlap, near_duplicate) and each hit: task, item id, method,
+                   overlap, the record's and the item's text
+  summary.json     counts per decision and per task, items touched per task, examples
+classify reads clean.jsonl once this stage is complete in the run directory, so subsets are
+built from the clean set.
+
+Two measures, on text normalised to lowercase words (NFKC; punctuation and whitespace are
+separators, so case, spacing and punctuation changes do not matter):
+  ngram_overlap   a word n-gram (ngram=13, as GPT-3's and lm-evaluation-harness's
+                  decontamination) of an item field (question, each option, context line,
+                  reference) occurs in the record's instruction+input+output; a field shorter
+                  than ngram words but of at least min_ngram words counts as one whole n-gram.
+                  Fields are taken one by one, so reordered options still match.
+  near_duplicate  at least `containment` of the item's distinctive word shingles (shingle-word
+                  windows of each field; a shorter field is one shingle) occur in the record:
+                  survives light rewording, which breaks long n-grams. Not distinctive, so left
+                  out: shingles in more than common_items items ("which of the following"), and
+                  one-word fields that are a number or under three characters ("A", "10";
+                  "SLE" and "Lymphoma" count). The record must hold at least min_shared of them
+                  too, or all of them when the item has fewer; items with fewer than
+                  min_item_shingles are checked by n-grams only. Computed exactly through an
+                  inverted index of the shingles, not estimated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import re
+import sys
+import unicodedata
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .config import add_config_arguments, config_from_args
+from .errors import ConfigError, DataError
+from .io import atomic_write_json, iter_jsonl_numbered, write_jsonl
+from .progress import progress
+from .records import read_records, record_id
+from .rundir import run_stage
+from .table import format_table
+
+POLICIES = ("drop", "flag", "keep")
+CHUNK = 4096  # records hashed at a time; results do not depend on it
+EXAMPLES = 20  # hits shown in summary.json (and the card)
+_WORD = re.compile(r"\w+")
+# A field's leading label as the loaders write it ("Question: ..."): not part of the item.
+_LABEL = re.compile(r"^(?:abstract|question|context|premise|hypothesis)\s*:\s*", re.I)
+_MULT = np.uint64(0x9E3779B97F4A7C15)  # odd: a polynomial hash over word ids, mod 2**64
+_SALT = np.uint64(0xC2B2AE3D27D4EB4F)  # separates windows of different lengths
+
+
+def _all_tasks() -> list[str]:
+    from .tasks import task_names
+
+    return task_names()
+
+
+@dataclasses.dataclass
+class DecontaminateConfig:
+    run_dir: str = "runs/default"
+    input: str | None = None  # default: run_dir/filter/kept.jsonl
+    tasks: list[str] = dataclasses.field(default_factory=_all_tasks)
+    task_data: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # per-task loader options
+    missing_data: Literal["skip", "error"] = "skip"  # a task whose data is absent
+    policy: Literal["drop", "flag", "keep"] = "drop"
+    ngram: int = 13
+    min_ngram: int = 8  # a field of min_ngram..ngram-1 words is one whole n-gram
+    near_duplicate: bool = True
+    shingle: int = 3  # words per shingle
+    containment: float = 0.5  # share of an item's distinctive shingles found in a record
+    min_shared: int = 6  # and at least this many of them (all of them, for an item with fewer)
+    min_item_shingles: int = 3  # items with fewer distinctive shingles: n-grams only
+    common_items: int = 25  # a shingle in more items than this is not distinctive
+
+    def __post_init__(self):
+        if self.ngram < 1 or not 1 <= self.min_ngram <= self.ngram:
+            raise ValueError("need ngram >= 1 and 1 <= min_ngram <= ngram")
+        if min(self.shingle, self.min_shared, self.min_item_shingles, self.common_items) < 1:
+            raise ValueError("shingle, min_shared, min_item_shingles and common_items must be >= 1")
+        if not 0.0 < self.containment <= 1.0:
+            raise ValueError(f"containment must be within (0, 1], got {self.containment}")
+
+
+# ---- text --------------------------------------------------------------------------------
+
+def words(text: str) -> list[str]:
+    """Normalised words: NFKC, lowercase, punctuation and whitespace as separators."""
+    return _WORD.findall(unicodedata.normalize("NFKC", text).lower())
+
+
+def record_text(record: dict) -> str:
+    return "\n".join(t for t in (record["instruction"], record.get("input", ""), record["output"]) if t)
+
+
+@dataclasses.dataclass
+class Item:
+    """One evaluation example as decontamination sees it: named text fields."""
+    task: str
+    id: str
+    fields: list[tuple[str, str]]  # (question | option | context | reference | input, text)
+    answer: str | None = None
+
+    def text(self) -> str:
+        lines = [text for name, text in self.fields if name != "option"]
+        options = [text for name, text in self.fields if name == "option"]
+        lines += [f"{chr(65 + i)}. {t}" for i, t in enumerate(options)]
+        return "\n".join(lines) + (f"\nAnswer: {self.answer}" if self.answer else "")
+
+
+def item_of(task, example: dict) -> Item:
+    """The fields of a loader's example (see bioinstruct.tasks.loaders): a multiple-choice
+    question and each option apart (so their order does not matter), a label-only task's
+    context lines and question, a generation task's input and reference."""
+    eid = example["id"]
+    if task.kind == "multiple_choice":
+        texts, labels = example["option_texts"], example["labels"]
+        answer = texts[example["gold"]]
+        block = "".join(f"{k}. {v}\n" for k, v in zip(labels, texts)).rstrip("\n")
+        if example["input"].endswith("\n" + block):  # the question, then "A. text" lines
+            question = example["input"].removesuffix(block).rstrip()
+            return Item(task.name, eid, [("question", question)] + [("option", t) for t in texts], answer)
+        lines = [_LABEL.sub("", line) for line in example["input"].splitlines()]
+        return Item(task.name, eid, [("context", line) for line in lines if line.strip()], answer)
+    fields = [("input", example["input"])]
+    if task.kind == "generation":
+        fields.append(("reference", example["reference"]))
+    return Item(task.name, eid, fields, None)
+
+
+def load_items(cfg: DecontaminateConfig) -> tuple[list[Item], dict[str, Any]]:
+    """Every item of every configured task whose data is here; and per task, how many items
+    or why none (a missing file is skipped unless missing_data=error)."""
+    from .tasks import TaskDataMissing, load_examples, load_task
+
+    unknown = set(cfg.task_data) - set(cfg.tasks)
+    if unknown:
+        raise ConfigError(f"task_data names {', '.join(sorted(unknown))}, not among tasks ({', '.join(cfg.tasks)})")
+    items, tasks = [], {}
+    for name in cfg.tasks:
+        task = load_task(name, cfg.task_data.get(name))
+        try:
+            examples = load_examples(task)
+        except TaskDataMissing as e:
+            if cfg.missing_data == "error":
+                raise
+            tasks[name] = {"items": 0, "missing": str(e.path)}
+            print(f"[decontaminate] {name}: no data ({tasks[name]['missing']}); not checked", file=sys.stderr)
+            continue
+        items += [item_of(task, ex) for ex in examples]
+        tasks[name] = {"items": len(examples)}
+    return items, tasks
+
+
+# ---- hashing -----------------------------------------------------------------------------
+
+class _Vocab:
+    """Word ids from 1; a word no item has is 0, which no window may contain (so a record's
+    words outside every item, and the gaps between fields and records, end windows)."""
+
+    def __init__(self):
+        self.ids: dict[str, int] = {}
+
+    def add(self, tokens: list[str]) -> list[int]:
+        return [self.ids.setdefault(t, len(self.ids) + 1) for t in tokens]
+
+    def look(self, tokens: list[str]) -> list[int]:
+        get = self.ids.get
+        return [get(t, 0) for t in tokens]
+
+
+def _stream(sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """The sequences joined with a 0 after each, and each one's start."""
+    lengths = np.fromiter((len(s) + 1 for s in sequences), dtype=np.int64, count=len(sequences))
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    flat = np.zeros(int(lengths.sum()), dtype=np.uint64)
+    for s, seq in zip(starts, sequences):
+        flat[s:s + len(seq)] = seq
+    return flat, starts
+
+
+def _windows(flat: np.ndarray, lengths: range) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """For each window length L: (hash, start) of every window of L words without a 0."""
+    zeros = np.concatenate([[0], np.cumsum(flat == 0)])
+    out, h = {}, np.zeros(0, dtype=np.uint64)
+    for L in range(1, max(lengths) + 1):
+        m = len(flat) - L + 1
+        if m <= 0:
+            break
+        h = h[:m] * _MULT + flat[L - 1:L - 1 + m] if L > 1 else flat.copy()
+        if L in lengths:
+            start = np.nonzero(zeros[L:L + m] == zeros[:m])[0]
+            out[L] = (h[start] + np.uint64(L * int(_SALT) % 2**64), start)
+    return out
+
+
+def _owner(starts: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    return np.searchsorted(starts, positions, side="right") - 1
+
+
+class Index:
+    """The evaluation items' n-grams and distinctive shingles, for matching many records."""
+
+    def __init__(self, items: list[Item], cfg: DecontaminateConfig):
+        self.items, self.cfg = items, cfg
+        self.vocab = _Vocab()
+        fields, owner = [], []
+        for i, item in enumerate(items):
+            for _, text in item.fields:
+                tokens = words(text)
+                if tokens:
+                    fields.append(self.vocab.add(tokens))
+                    owner.append(i)
+        self.words = np.array([""] + list(self.vocab.ids), dtype=object)
+        owner = np.asarray(owner, dtype=np.int64)
+        sizes = np.fromiter((len(f) for f in fields), dtype=np.int64, count=len(fields))
+        self.flat, starts = _stream(fields)
+        n, k = cfg.ngram, cfg.shingle
+        wins = _windows(self.flat, range(1, max(n, k) + 1))
+
+        # n-grams: every n-window, and a whole field of min_ngram..n-1 words.
+        grams = [self._field_windows(wins, n, starts, owner, sizes, whole=False)]
+        grams += [self._field_windows(wins, L, starts, owner, sizes, whole=True) for L in range(cfg.min_ngram, n)]
+        self.gram_lengths = sorted({n} | {L for L in range(cfg.min_ngram, n) if (sizes == L).any()})
+        self.grams = _pairs(grams)  # (hash, item, start, length), unique (hash, item), by hash
+        self.item_grams = np.bincount(self.grams[1], minlength=len(items))
+
+        # shingles: every k-window, and a whole field shorter than k.
+        sh = [self._field_windows(wins, k, starts, owner, sizes, whole=False)]
+        sh += [self._field_windows(wins, L, starts, owner, sizes, whole=True) for L in range(1, k)]
+        h, it, start, length = _pairs(sh)
+        # a one-word field is evidence when it is a word ("Lymphoma"), not a letter or number
+        word = np.array([False] + [len(w) >= 3 and not w.isdigit() for w in self.vocab.ids])
+        keep = (length > 1) | word[self.flat[start].astype(np.int64)]
+        h, it = h[keep], it[keep]
+        uniq, df = np.unique(h, return_counts=True)
+        common = uniq[df > cfg.common_items]
+        keep = ~np.isin(h, common)
+        h, it = h[keep], it[keep]
+        self.item_shingles = np.bincount(it, minlength=len(items))
+        self.shingles = (h, it)  # sorted by hash (from _pairs)
+        self.gram_keys, self.shingle_keys = _Keys(self.grams[0]), _Keys(h)
+        # shared shingles an item needs: containment of them, at least min_shared (all, if fewer)
+        self.need = np.maximum(np.ceil(cfg.containment * self.item_shingles - 1e-9),
+                               np.minimum(cfg.min_shared, self.item_shingles)).astype(np.int64)
+        self.near_items = int((self.item_shingles >= cfg.min_item_shingles).sum())
+
+    @staticmethod
+    def _field_windows(wins, L, starts, owner, sizes, *, whole: bool):
+        """(hash, item, start, length) of the L-windows of fields; ``whole``: only a
+        window that is a whole field of L words."""
+        if L not in wins:
+            return np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        h, start = wins[L]
+        field = _owner(starts, start)
+        keep = (sizes[field] == L) & (starts[field] == start) if whole else np.ones(len(h), bool)
+        return h[keep], owner[field[keep]], start[keep], np.full(int(keep.sum()), L, np.int64)
+
+    def match(self, records: list[dict]) -> list[list[dict]]:
+        """The hits of each record: [{task, item, method, overlap}], by item order."""
+        cfg = self.cfg
+        tokens = [self.vocab.look(words(record_text(r))) for r in records]
+        flat, starts = _stream(tokens)
+        lengths = set(self.gram_lengths) | (set(range(1, cfg.shingle + 1)) if cfg.near_duplicate else set())
+        wins = _windows(flat, range(1, max(lengths) + 1))
+        found: dict[tuple[int, int], dict] = {}
+        # n-grams: windows whose hash is an item's gram, checked word by word.
+        gh, gitem, gstart, glen = self.grams
+        for L in self.gram_lengths:
+            if L not in wins:
+                continue
+            h, start = wins[L]
+            key = self.gram_keys.find(h)
+            hit = key >= 0
+            h, start, lo, hi = h[hit], start[hit], self.gram_keys.lo[key[hit]], self.gram_keys.hi[key[hit]]
+            for hv, pos, rec, a, b in zip(h.tolist(), start.tolist(), _owner(starts, start).tolist(),
+                                          lo.tolist(), hi.tolist()):
+                for j in range(a, b):
+                    s = int(gstart[j])
+                    # the hash says "probably"; the words say yes
+                    if glen[j] != L or not np.array_equal(self.flat[s:s + L], flat[pos:pos + L]):
+                        continue
+                    entry = found.setdefault((rec, int(gitem[j])), {"grams": set(), "example": None})
+                    entry["grams"].add(hv)
+                    if entry["example"] is None:
+                        entry["example"] = " ".join(self.words[self.flat[s:s + L].astype(np.int64)])
+        hits: list[list[dict]] = [[] for _ in records]
+        for (rec, item), entry in found.items():
+            total = int(self.item_grams[item])
+            hits[rec].append({"item": item, "method": "ngram",
+                              "overlap": {"ngrams": len(entry["grams"]), "item_ngrams": total,
+                                          "share": round(len(entry["grams"]) / total, 4),
+                                          "example": entry["example"]}})
+        if cfg.near_duplicate:
+            for rec, item, shared in self._near(wins, starts):
+                total = int(self.item_shingles[item])
+                hits[rec].append({"item": item, "method": "near_duplicate",
+                                  "overlap": {"shingles": shared, "item_shingles": total,
+                                              "containment": round(shared / total, 4)}})
+        for row in hits:  # by item, n-grams (the stronger evidence) first
+            row.sort(key=lambda x: (x["item"], x["method"] != "ngram"))
+        return hits
+
+    def _near(self, wins, starts) -> list[tuple[int, int, int]]:
+        """(record, item, shared distinctive shingles) with containment >= cfg.containment."""
+        sh, sitem = self.shingles
+        if not len(sh):
+            return []
+        keys = self.shingle_keys
+        found = []
+        for L in range(1, self.cfg.shingle + 1):
+            if L in wins:
+                h, start = wins[L]
+                key = keys.find(h)
+                hit = key >= 0
+                found.append(_owner(starts, start[hit]) * len(keys.lo) + key[hit])
+        # one (record, shingle) each, then every item holding that shingle
+        pair = np.unique(np.concatenate(found))
+        rec, key = pair // len(keys.lo), pair % len(keys.lo)
+        lo, hi = keys.lo[key], keys.hi[key]
+        count = hi - lo
+        before = np.cumsum(count) - count
+        idx = np.repeat(lo - before, count) + np.arange(int(count.sum()))
+        key = np.repeat(rec, count) * len(self.items) + sitem[idx]
+        key, shared = np.unique(key, return_counts=True)
+        rec, item = key // len(self.items), key % len(self.items)
+        ok = (shared >= self.need[item]) & (self.item_shingles[item] >= self.cfg.min_item_shingles)
+        return list(zip(rec[ok].tolist(), item[ok].tolist(), shared[ok].tolist()))
+
+
+class _Keys:
+    """The distinct hashes of a sorted hash array, each with its run [lo, hi) in that array."""
+
+    def __init__(self, sorted_hashes: np.ndarray):
+        self.keys = np.unique(sorted_hashes)
+        self.lo = np.searchsorted(sorted_hashes, self.keys, "left")
+        self.hi = np.searchsorted(sorted_hashes, self.keys, "right")
+
+    def find(self, h: np.ndarray) -> np.ndarray:
+        """Each hash's index among the keys, or -1."""
+        if not len(self.keys):
+            return np.full(len(h), -1, np.int64)
+        pos = np.minimum(np.searchsorted(self.keys, h), len(self.keys) - 1)
+        return np.where(self.keys[pos] == h, pos, -1)
+
+
+def _pairs(parts) -> tuple[np.ndarray, ...]:
+    """(hash, item, start, length) of the windows in ``parts``, one per (hash, item), sorted."""
+    h, item, start, length = (np.concatenate([p[i] for p in parts]) for i in range(4))
+    order = np.lexsort((item, h))
+    h, item, start, length = h[order], item[order], start[order], length[order]
+    first = np.ones(len(h), bool)
+    first[1:] = (h[1:] != h[:-1]) | (item[1:] != item[:-1])
+    return h[first], item[first], start[first], length[first]
+
+
+# ---- the stage ---------------------------------------------------------------------------
+
+def touched_items(path: str) -> dict[str, set[str]]:
+    """Per task, the ids of the items some record of a decisions.jsonl touched (whatever its
+    decision). Evaluate reads it to score the untouched items too."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such file (a decisions.jsonl from bioinstruct decontaminate)")
+    touched: dict[str, set[str]] = collections.defaultdict(set)
+    for lineno, d in iter_jsonl_numbered(path):
+        if not isinstance(d, dict) or "decision" not in d or not isinstance(d.get("hits", []), list):
+            raise DataError(f"{path}:{lineno}: not a bioinstruct decontaminate decision (no 'decision')")
+        for hit in d.get("hits", ()):
+            touched[hit["task"]].add(str(hit["item_id"]))
+    return dict(touched)
+
+
+REASONS = {"ngram": "ngram_overlap", "near_duplicate": "near_duplicate"}
+DECISION = {"drop": "dropped", "flag": "flagged", "keep": "kept"}
+
+
+def _reason(hits: list[dict]) -> str | None:
+    """The stronger evidence names the reason: an n-gram, else a near-duplicate."""
+    if not hits:
+        return None
+    return REASONS["ngram"] if any(h["method"] == "ngram" for h in hits) else REASONS["near_duplicate"]
+
+
+def decide(records: list[dict], index: Index, policy: str) -> list[dict]:
+    """One decision per record, hits with both texts; records are matched a chunk at a time."""
+    decisions = []
+    bar = progress(total=len(records), desc="decontaminate", unit="rec")
+    for start in range(0, len(records), CHUNK):
+        chunk = records[start:start + CHUNK]
+        for i, (record, found) in enumerate(zip(chunk, index.match(chunk)), start):
+            hits = [{"task": index.items[h["item"]].task, "item_id": index.items[h["item"]].id,
+                     "method": h["method"], "overlap": h["overlap"],
+                     "item_text": index.items[h["item"]].text()} for h in found]
+            row = {"index": i, "id": record_id(record), "instruction": record["instruction"],
+                   "decision": DECISION[policy] if hits else "kept",
+                   "reason": _reason(hits)}
+            if hits:
+                row.update(record_text=record_text(record), hits=hits)
+            decisions.append(row)
+        bar.update(len(chunk))
+    bar.close()
+    return decisions
+
+
+def summarize(decisions: list[dict], tasks: dict[str, Any], index: Index, cfg: DecontaminateConfig) -> dict:
+    counts = collections.Counter(d["decision"] for d in decisions)
+    reasons = collections.Counter(d["reason"] for d in decisions if d["reason"])
+    per_task: dict[str, dict[str, Any]] = {}
+    for name, info in tasks.items():
+        touched = {(h["item_id"]) for d in decisions for h in d.get("hits", ()) if h["task"] == name}
+        recs = sum(1 for d in decisions if any(h["task"] == name for h in d.get("hits", ())))
+        per_task[name] = {**info, "records": recs, "items_touched": len(touched)}
+    examples = [{"index": d["index"], "record_text": d["record_text"], **{k: d["hits"][0][k] for k in
+                 ("task", "item_id", "method", "overlap", "item_text")}}
+                for d in decisions if d.get("hits")][:EXAMPLES]
+    return {"records": len(decisions), "policy": cfg.policy,
+            "decisions": {k: counts[k] for k in ("kept", "dropped", "flagged") if counts[k]},
+            "contaminated": sum(1 for d in decisions if d["reason"]),
+            "reasons": dict(sorted(reasons.items())), "tasks": per_task,
+            "items": len(index.items), "near_duplicate_items": index.near_items if cfg.near_duplicate else 0,
+            "examples": examples}
+
+
+def run(cfg: DecontaminateConfig, *, force: bool = False) -> dict:
+    """Load records and items, then match under the run-directory contract."""
+    source = cfg.input or str(Path(cfg.run_dir) / "filter" / "kept.jsonl")
+    records = read_records(source)
+    items, tasks = load_items(cfg)
+    if not items:
+        raise DataError(f"no evaluation data found for any of {', '.join(cfg.tasks)}: set BIOINSTRUCT_DATA "
+                        "or task_data.<task>.path (see `bioinstruct evaluate --help`)")
+
+    def body(stage_dir: Path) -> dict:
+        index = Index(items, cfg)
+        decisions = decide(records, index, cfg.policy)
+        if cfg.policy == "drop":
+            clean = [r for r, d in zip(records, decisions) if not d["reason"]]
+        elif cfg.policy == "flag":
+            clean = [{**r, "contamination": [f"{h['task']}:{h['item_id']}" for h in d["hits"]]} if d["reason"] else r
+                     for r, d in zip(records, decisions)]
+        else:
+            clean = records
+        write_jsonl(stage_dir / "decisions.jsonl", decisions)
+        write_jsonl(stage_dir / "clean.jsonl", clean)
+        summary = {"input": source, **summarize(decisions, tasks, index, cfg), "clean": len(clean)}
+        atomic_write_json(stage_dir / "summary.json", summary)
+        return {k: v for k, v in summary.items() if k != "examples"}
+
+    return run_stage(Path(cfg.run_dir) / "decontaminate", "decontaminate", cfg, body, force=force)
+
+
+def summary_table(summary: dict) -> str:
+    rows = [(name, t["items"] or f"no data", t["records"], t["items_touched"])
+            for name, t in summary["tasks"].items()]
+    return format_table(["task", "items", "records hit", "items touched"], rows)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--in", dest="input", metavar="FILE", help="instructions (JSONL, JSON list or hf://...)")
+    parser.add_argument("--policy", choices=POLICIES, help="drop (default), flag or keep contaminated records")
+    add_config_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = config_from_args(DecontaminateConfig, args, {"input": args.input, "policy": args.policy})
+    summary = run(cfg, force=args.force)["summary"]
+    print(summary_table(summary))
+    print(f"{summary['contaminated']} of {summary['records']} records touch an evaluation item "
+          f"({', '.join(f'{k} {v}' for k, v in summary['decisions'].items())}); "
+          f"-> {Path(cfg.run_dir) / 'decontaminate' / 'clean.jsonl'}")
+    return 0
