@@ -124,6 +124,7 @@ def record_readers(ws):
     return {
         "filter --in": lambda f: ["filter", "--in", f, "--out", str(run / "filter" / "kept.jsonl"), "--force"],
         "filter --pool": lambda f: ["filter", "--in", str(good), "--pool", f, "--out", str(run / "filter" / "kept.jsonl")],
+        "decontaminate": lambda f: ["decontaminate", f"run_dir={run}", "--in", f, "tasks=[pubmedqa]"],
         "classify": lambda f: ["classify", f"run_dir={run}", "--in", f, "llm.backend=offline", "--force"],
         "subsets": lambda f: ["subsets", f"run_dir={run}", "--in", f],
         "stats": lambda f: ["stats", "--in", f, f"run_dir={run}"],
@@ -133,7 +134,7 @@ def record_readers(ws):
     }
 
 
-READERS = ["filter --in", "filter --pool", "classify", "subsets", "stats", "agreement --from", "train"]
+READERS = ["filter --in", "filter --pool", "decontaminate", "classify", "subsets", "stats", "agreement --from", "train"]
 
 
 def data_cases():
@@ -255,6 +256,18 @@ KEY_CASES = {
     "generate run_dir file": (["generate", "run_dir={ws}/a-file", "llm.backend=offline"], ["a-file"]),
     "generate temprature": (["generate", "run_dir={run}", "llm.temprature=1"], ["unknown key 'llm.temprature'",
                                                                                 "'llm.temperature'"]),
+    # decontaminate
+    "decontaminate ngram=0": (["decontaminate", "run_dir={run}", "--in", "{good}", "ngram=0"], ["ngram"]),
+    "decontaminate containment": (["decontaminate", "run_dir={run}", "--in", "{good}", "containment=2"],
+                                  ["containment must be within (0, 1]"]),
+    "decontaminate policy": (["decontaminate", "run_dir={run}", "--in", "{good}", "--policy", "remove"],
+                             ["argument --policy: invalid choice: 'remove'"]),
+    "decontaminate task": (["decontaminate", "run_dir={run}", "--in", "{good}", "tasks=[medmcq]"],
+                           ["medmcq", "medmcqa"]),
+    "decontaminate missing data": (["decontaminate", "run_dir={run}", "--in", "{good}", "tasks=[pubmedqa]",
+                                    "missing_data=error", "task_data.pubmedqa.root={ws}/nowhere"], ["nowhere"]),
+    "decontaminate shingel": (["decontaminate", "run_dir={run}", "--in", "{good}", "shingel=3"],
+                              ["unknown key 'shingel'", "'shingle'"]),
     # classify, subsets, stats, agreement, report, make-tiny-model, status, launch
     "classify attempts": (["classify", "run_dir={run}", "--in", "{good}", "parse_attempts=0", "llm.backend=offline"],
                           ["parse_attempts"]),
