@@ -43,3 +43,14 @@ def test_nothing_configures_the_root_logger():
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
+def test_a_progress_bar_in_a_log_file_is_lines_not_carriage_returns(monkeypatch, capsys):
+    from bioinstruct.progress import progress
+
+    monkeypatch.setenv("BIOINSTRUCT_PROGRESS", "1")
+    for _ in progress(range(3), desc="score", mininterval=0):
+        pass
+    err = capsys.readouterr().err  # captured: not a terminal, as a Slurm log
+    assert "\r" not in err
+    assert err.splitlines()[-1].startswith("score: 100%") and len(err.splitlines()) >= 3
