@@ -68,7 +68,7 @@ def _read_file(client, file_id: str | None) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def _collect(engine: Engine, client, state: dict, on_response) -> tuple[bool, list[tuple[Request, int]]]:
+def _collect(engine: Engine, client, state: dict, on_response, on_failure) -> tuple[bool, list[tuple[Request, int]]]:
     """Record the batch's results in submission order; return (stop?, requests to send again)."""
     batch = _wait(engine, client, state["batch_id"])
     if batch.status == "failed":
@@ -98,6 +98,7 @@ def _collect(engine: Engine, client, state: dict, on_response) -> tuple[bool, li
         message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
         if saved["attempts"] >= engine.cfg.max_attempts:
             engine.fail(request, message, saved["attempts"])
+            stop = (on_failure is not None and on_failure(request)) or stop
         else:
             again.append((request, saved["attempts"] + 1))
     state["collected"] = True
@@ -106,18 +107,19 @@ def _collect(engine: Engine, client, state: dict, on_response) -> tuple[bool, li
     return stop, again
 
 
-def run_batches(engine: Engine, pending: Iterator[Request], on_response: Callable[[dict], bool]) -> str:
+def run_batches(engine: Engine, pending: Iterator[Request], on_response: Callable[[dict], bool],
+                on_failure: Callable[[Request], bool] | None = None) -> str:
     from openai import OpenAI
 
     # The client's own retries cover the few control calls (upload, create, poll).
     client = OpenAI(api_key=os.environ[engine.cfg.api_key_env], base_url=engine.cfg.base_url,
-                    timeout=engine.cfg.timeout, max_retries=5)
+                    timeout=engine.cfg.attempt_timeout(), max_retries=5)
     state_path = engine.out_dir / "batch.json"
     again: list[tuple[Request, int]] = []
     state = read_json(state_path) if state_path.exists() else None
     if state and not state["collected"]:
         print(f"resuming batch {state['batch_id']} saved by an earlier run", file=sys.stderr)
-        stop, again = _collect(engine, client, state, on_response)
+        stop, again = _collect(engine, client, state, on_response, on_failure)
         if stop:
             return "done"
     budget_error: UserError | None = None
@@ -141,6 +143,6 @@ def run_batches(engine: Engine, pending: Iterator[Request], on_response: Callabl
             if budget_error:
                 raise budget_error
             return "exhausted"
-        stop, again = _collect(engine, client, _submit(engine, client, chunk, attempts), on_response)
+        stop, again = _collect(engine, client, _submit(engine, client, chunk, attempts), on_response, on_failure)
         if stop:
             return "done"
