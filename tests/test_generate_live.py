@@ -182,3 +182,62 @@ def test_batch_resumes_polling_after_kill_instead_of_paying_again(tmp_path, api_
     assert m["status"] == "complete"
     assert len(created) == 1  # the saved batch was polled, not submitted again
     assert_complete_without_duplicates(tmp_path, 5)
+
+
+# Faults that make answers arrive out of order (retries, backoff) without changing any
+# answer's text: the dataset must then not depend on timing at all.
+REORDERING = Faults(rate_limit=0.06, server_error=0.06, drop=0.04, malformed=0.02, empty_choices=0.02,
+                    seed=11, retry_after=0.02)
+
+
+def assert_ledger_matches_files(stage):
+    """usage.json is the sum over responses.jsonl and failures.jsonl."""
+    import json
+    usage = json.loads((stage / "usage.json").read_text())
+    responses = read_jsonl(stage / "responses.jsonl")
+    failures = read_jsonl(stage / "failures.jsonl") if (stage / "failures.jsonl").exists() else []
+    assert usage["requests"] == len(responses)
+    assert usage["prompt_tokens"] == sum(r["usage"]["prompt_tokens"] for r in responses)
+    assert usage["completion_tokens"] == sum(r["usage"]["completion_tokens"] for r in responses)
+    assert usage["failed_requests"] == len(failures)
+    assert usage["retries"] == sum(r["attempts"] - 1 for r in responses + failures)
+    cost = sum(r["usage"]["prompt_tokens"] * 30 + r["usage"]["completion_tokens"] * 60 for r in responses) / 1e6
+    assert usage["cost_usd"] == pytest.approx(cost, abs=1e-5)
+
+
+def test_kill_9_resume_and_reparse_give_the_uninterrupted_dataset_and_ledger(tmp_path, api_key):
+    target = 150
+    with OpenAIServer(offline_responder, REORDERING, latency=0.1) as server:
+        reference = tmp_path / "reference"
+        cfg = live_cfg(reference, server, target=target, max_attempts=50)
+        cfg.num_tasks = 6  # 3 new tasks a response: ~60 requests, reordered by faults
+        run(cfg)
+        run_dir = tmp_path / "victim"
+        cmd = [sys.executable, "-m", "bioinstruct", "generate", f"run_dir={run_dir}", f"target={target}",
+               "num_tasks=6", f"llm.base_url={server.base_url}", "llm.concurrency=8", "llm.max_attempts=50",
+               "llm.backoff_base=0.01", "llm.backoff_max=0.05", "llm.requests_per_minute=100000",
+               "llm.tokens_per_minute=1000000000"]
+        stage = run_dir / "generate"
+        rng = random.Random(5)
+        for _ in range(3):
+            before = (stage / "responses.jsonl").read_bytes().count(b"\n") if (stage / "responses.jsonl").exists() else 0
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_for_lines(stage / "responses.jsonl", before + rng.randint(3, 12), proc)
+            time.sleep(rng.uniform(0, 0.05))  # not always right after an append
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            # A reparse between kills (it stops short of the target) rebuilds the ledger too.
+            subprocess.run([*cmd, "--reparse"], capture_output=True, check=False)
+            assert_ledger_matches_files(stage)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert_ledger_matches_files(stage)
+    for name in ("instructions.jsonl", "decisions.jsonl"):
+        assert (stage / name).read_bytes() == (reference / "generate" / name).read_bytes(), name
+    reparse = subprocess.run([*cmd, "--reparse"], capture_output=True, text=True)
+    assert reparse.returncode == 0, reparse.stderr
+    for name in ("instructions.jsonl", "decisions.jsonl"):
+        assert (stage / name).read_bytes() == (reference / "generate" / name).read_bytes(), name
+    assert_ledger_matches_files(stage)
+    assert_ledger_matches_files(reference / "generate")
+    assert_complete_without_duplicates(run_dir, target)
