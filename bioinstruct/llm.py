@@ -12,8 +12,9 @@ Backends (``llm.backend``):
   per request, after which the request is recorded in ``failures.jsonl`` and sent again
   on the next run (never silently dropped).
 * ``openai-batch``: the Batch API (half price): a chunk of requests is uploaded as JSONL,
-  the batch id saved in ``batch.json`` before polling, results matched by ``custom_id``.
-  A restart resumes polling the saved batch instead of submitting again.
+  the batch id saved in ``batch.json``, results matched by ``custom_id``. A batch not done
+  within ``batch_wait_seconds`` ends the run (BatchPending, status ``waiting``); the next
+  run collects the saved batch instead of submitting again.
 * ``offline``: a deterministic local function, for the quickstart and tests. Its answers
   are synthetic and every record says so (``backend: offline``).
 
@@ -74,6 +75,9 @@ class LLMConfig:
     tokens_per_minute: int = 150_000
     batch_size: int = 500  # requests per Batch API job
     batch_poll_seconds: float = 30.0
+    # How long a job waits for a submitted batch before it ends (manifest status `waiting`)
+    # and leaves the collecting to the next run: 0 looks once. Batches take minutes to 24 h.
+    batch_wait_seconds: float = 0.0
     batch_discount: float = 0.5  # the Batch API's price factor
     prices: dict[str, dict[str, float]] = dataclasses.field(default_factory=lambda: dict(DEFAULT_PRICES))
     budget: Budget = dataclasses.field(default_factory=Budget)
@@ -106,6 +110,12 @@ class Request:
 
 class BudgetExhausted(StageStopped):
     """A budget limit stopped the run; the state is saved and a re-run continues."""
+
+
+class BatchPending(StageStopped):
+    """A Batch API batch is still running at the provider; its id is saved in batch.json.
+    The job ends rather than hold an allocation for hours: the next run collects it."""
+    manifest_status = "waiting"
 
 
 class ApiFatal(UserError):

@@ -1,6 +1,7 @@
 """Generation through the real openai client, over loopback HTTP, against a local
 OpenAI-protocol server that injects faults (bioinstruct.testing.openai_server)."""
 
+import json
 import os
 import random
 import signal
@@ -133,8 +134,10 @@ def test_kill_9_at_random_moments_then_rerun_completes_without_loss(tmp_path, ap
 
 
 def batch_cfg(run_dir, server, target=40, **llm):
+    # These tests wait for their batches in the job (batch_wait_seconds); users' jobs end at
+    # once and leave collecting to the next run (test_no_job_waits_for_a_batch...).
     return live_cfg(run_dir, server, target, **({"backend": "openai-batch", "batch_size": 4,
-                                                "batch_poll_seconds": 0.05} | llm))
+                                                "batch_poll_seconds": 0.05, "batch_wait_seconds": 60} | llm))
 
 
 def test_batch_api_with_per_request_errors(tmp_path, api_key):
@@ -241,3 +244,25 @@ def test_kill_9_resume_and_reparse_give_the_uninterrupted_dataset_and_ledger(tmp
     assert_ledger_matches_files(stage)
     assert_ledger_matches_files(reference / "generate")
     assert_complete_without_duplicates(run_dir, target)
+
+
+def test_no_job_waits_for_a_batch_and_the_next_run_collects_it(tmp_path, api_key):
+    with OpenAIServer(offline_responder, batch_delay=1.5) as server:
+        cmd = [sys.executable, "-m", "bioinstruct", "generate", f"run_dir={tmp_path}", "target=5",
+               "llm.backend=openai-batch", f"llm.base_url={server.base_url}", "llm.batch_size=10"]
+        first = subprocess.run(cmd, capture_output=True, text=True)
+        assert first.returncode == 2 and "run the same command again" in first.stderr, first.stderr
+        manifest = read_manifest(tmp_path / "generate")
+        batch_id = json.loads((tmp_path / "generate" / "batch.json").read_text())["batch_id"]
+        assert manifest["status"] == "waiting" and batch_id in manifest["error"]
+        assert read_jsonl(tmp_path / "generate" / "responses.jsonl") == []
+        # Later runs look once and end while the batch is pending; one after it finished collects.
+        deadline = time.time() + 60
+        while (done := subprocess.run(cmd, capture_output=True, text=True)).returncode != 0:
+            assert "is in_progress" in done.stderr or "is validating" in done.stderr, done.stderr
+            assert time.time() < deadline
+            time.sleep(0.3)
+        created = [r for r in server.requests if r.method == "POST" and r.path.startswith("/v1/batches")]
+    assert read_manifest(tmp_path / "generate")["status"] == "complete"
+    assert len(created) == 1  # the saved batch was collected, not submitted again
+    assert_complete_without_duplicates(tmp_path, 5)
