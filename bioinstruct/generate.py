@@ -2,8 +2,9 @@
 
     bioinstruct generate run_dir=runs/v1 target=25005                     # GPT-4, key in $OPENAI_API_KEY
     bioinstruct generate run_dir=runs/v1 llm.backend=openai-batch         # Batch API, half price
-    bioinstruct generate run_dir=runs/v1 llm.base_url=http://localhost:8000/v1 llm.model=my-model
-    bioinstruct generate run_dir=runs/v1 llm.budget.max_cost=50           # stop cleanly at $50
+    bioinstruct generate run_dir=runs/v1 llm.base_url=http://localhost:8000/v1 llm.model=my-model \
+        llm.budget.max_cost=null                                          # a local server: no price, no cap
+    bioinstruct generate run_dir=runs/v1 llm.budget.max_cost=50           # stop cleanly at $50 (default $100)
     bioinstruct generate run_dir=runs/v1 --reparse                        # re-parse, send nothing
 
 Input: seed tasks (seed_tasks=FILE; default: the 80 biomedical seeds in the package,

@@ -48,12 +48,18 @@ DEFAULT_PRICES = {
 }
 
 
+# A cap nobody chose is still a cap: a typo in a target or a loop that never accepts
+# anything stops here, not at the card's limit. A full 25,005-instruction GPT-4 run costs
+# several hundred dollars; set llm.budget.max_cost to what you mean to spend.
+DEFAULT_MAX_COST = 100.0
+
+
 @dataclasses.dataclass
 class Budget:
     """Limits for one stage's calls, counted over all runs of it (None: no limit)."""
     max_requests: int | None = None
     max_tokens: int | None = None
-    max_cost: float | None = None  # USD, from the price table
+    max_cost: float | None = DEFAULT_MAX_COST  # USD, from the price table
 
 
 @dataclasses.dataclass
@@ -136,8 +142,9 @@ def preflight(cfg: LLMConfig) -> None:
         raise ConfigError(f"llm.backend={cfg.backend} needs an API key in the environment variable "
                           f"{cfg.api_key_env} (llm.api_key_env names another; llm.backend=offline needs none)")
     if cfg.budget.max_cost is not None and cfg.model not in cfg.prices:
-        raise ConfigError(f"llm.budget.max_cost is set but llm.prices has no entry for model '{cfg.model}': "
-                          f"add llm.prices.{cfg.model}={{prompt: X, completion: Y}} (USD per 1M tokens)")
+        raise ConfigError(f"llm.budget.max_cost={cfg.budget.max_cost:g} (USD) needs a price but llm.prices has no "
+                          f"entry for model '{cfg.model}': add llm.prices.{cfg.model}={{prompt: X, completion: Y}} "
+                          f"(USD per 1M tokens), or set llm.budget.max_cost=null for a server that costs nothing")
 
 
 class Ledger:
