@@ -7,7 +7,8 @@ sends only the requests it does not hold, and so never pays twice for the same a
 Backends (``llm.backend``):
 
 * ``openai``: the official async client against any OpenAI-compatible ``base_url``; a
-  token bucket on requests/min and tokens/min, retries with exponential backoff and jitter
+  token bucket on requests/min and tokens/min (a request counts its prompt plus
+  ``max_tokens``, as providers count it), retries with exponential backoff and jitter
   on 429, 5xx, timeouts and dropped connections, honouring Retry-After; a cap on attempts
   per request, after which the request is recorded in ``failures.jsonl`` and sent again
   on the next run (never silently dropped).
@@ -17,6 +18,10 @@ Backends (``llm.backend``):
   run collects the saved batch instead of submitting again.
 * ``offline``: a deterministic local function, for the quickstart and tests. Its answers
   are synthetic and every record says so (``backend: offline``).
+
+Budgets (``llm.budget``) count every run of a stage. A request goes out only if its worst
+case fits beside the worst cases of those in flight; if it does not, the engine waits for
+their real costs before deciding, so a run stops within one request's worst case of a cap.
 
 The API key is read from the environment variable named by ``llm.api_key_env`` and handed
 to the client only; it is never written to a file, a log line or an error message.

@@ -246,6 +246,26 @@ def test_kill_9_resume_and_reparse_give_the_uninterrupted_dataset_and_ledger(tmp
     assert_complete_without_duplicates(run_dir, target)
 
 
+def waiting_row(run_dir):
+    """What `bioinstruct status` shows for a generate task (its job ended) with this output."""
+    from bioinstruct.launch_status import task_rows
+
+    class NoQueue:  # the job is no longer in Slurm's queue and sacct knows nothing of it
+        def live(self, ids):
+            return {}
+
+        def ended(self, ids, raw_ids):
+            return {}
+
+    attempts = run_dir / "attempts.jsonl"
+    attempts.write_text("")
+    task = {"index": 0, "label": "generate", "outputs": [str(run_dir / "generate")],
+            "config_hash": read_manifest(run_dir / "generate")["config_hash"], "attempts": str(attempts),
+            "job_id": "41", "log": {"err": "/logs/41_0_log.err"}}
+    row = task_rows({"stages": [{"name": "generate", "tasks": [task]}]}, NoQueue())[0]
+    return row["state"], row["detail"]
+
+
 def test_no_job_waits_for_a_batch_and_the_next_run_collects_it(tmp_path, api_key):
     with OpenAIServer(offline_responder, batch_delay=1.5) as server:
         cmd = [sys.executable, "-m", "bioinstruct", "generate", f"run_dir={tmp_path}", "target=5",
@@ -255,6 +275,7 @@ def test_no_job_waits_for_a_batch_and_the_next_run_collects_it(tmp_path, api_key
         manifest = read_manifest(tmp_path / "generate")
         batch_id = json.loads((tmp_path / "generate" / "batch.json").read_text())["batch_id"]
         assert manifest["status"] == "waiting" and batch_id in manifest["error"]
+        assert waiting_row(tmp_path)[:2] == ("waiting", manifest["error"].splitlines()[-1])
         assert read_jsonl(tmp_path / "generate" / "responses.jsonl") == []
         # Later runs look once and end while the batch is pending; one after it finished collects.
         deadline = time.time() + 60
