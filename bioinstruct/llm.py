@@ -418,7 +418,7 @@ class Engine:
         in_flight: dict[asyncio.Task, Request] = {}
         # Answers are handed on in the order they were appended to responses.jsonl, the order
         # a replay reads them in: what the caller decides is a function of that file alone.
-        self._appended: list[dict] = []
+        self._appended = []
         stop: str | BudgetExhausted | None = None
         try:
             while True:
@@ -442,17 +442,20 @@ class Engine:
                 if not in_flight:
                     break
                 finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                failed = []
                 for task in sorted(finished, key=lambda t: in_flight[t].id):
                     request = in_flight.pop(task)
                     outcome = task.result()
                     if not isinstance(outcome, dict):
                         self.fail(request, *outcome)
-                        if on_failure is not None and on_failure(request) and stop is None:
-                            stop = "done"
+                        failed.append(request)
                 for record in self._appended:
-                    if stop not in ("done",) and on_response(record):
+                    if stop != "done" and on_response(record):
                         stop = "done"
                 self._appended.clear()
+                for request in failed:
+                    if stop != "done" and on_failure is not None and on_failure(request):
+                        stop = "done"
                 if stop == "done":
                     # Answers still coming would be thrown away: stop asking (a request on
                     # the wire may still be billed; waiting for it would not change that).
@@ -464,6 +467,7 @@ class Engine:
         finally:
             for task in in_flight:
                 task.cancel()
+            self._appended = None
             await client.close()
         if isinstance(stop, BudgetExhausted):
             raise stop

@@ -287,3 +287,28 @@ def test_no_job_waits_for_a_batch_and_the_next_run_collects_it(tmp_path, api_key
     assert read_manifest(tmp_path / "generate")["status"] == "complete"
     assert len(created) == 1  # the saved batch was collected, not submitted again
     assert_complete_without_duplicates(tmp_path, 5)
+
+
+def test_a_request_out_of_attempts_stops_the_run_and_the_next_run_gives_the_same_dataset(tmp_path, api_key):
+    with OpenAIServer(offline_responder, Faults(server_error=0.3, seed=8), latency=0.02) as server:
+        reference = live_cfg(tmp_path / "reference", server, target=60, max_attempts=50)
+        reference.num_tasks = 6
+        run(reference)
+        cfg = live_cfg(tmp_path / "flaky", server, target=60, max_attempts=2)
+        cfg.num_tasks = 6
+        stops = 0
+        while True:
+            try:
+                run(cfg)
+                break
+            except StageStopped as e:
+                assert "ran out of attempts" in str(e) and "run again" in str(e), e
+                stops += 1
+                assert stops < 40
+    assert stops >= 1  # some request did run out of attempts
+    failures = read_jsonl(tmp_path / "flaky" / "generate" / "failures.jsonl")
+    assert len(failures) >= stops
+    for name in ("instructions.jsonl", "decisions.jsonl"):
+        assert ((tmp_path / "flaky" / "generate" / name).read_bytes()
+                == (tmp_path / "reference" / "generate" / name).read_bytes()), name
+    assert_ledger_matches_files(tmp_path / "flaky" / "generate")
