@@ -97,6 +97,8 @@ class LLMConfig:
         for name in ("concurrency", "requests_per_minute", "tokens_per_minute", "max_attempts", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.batch_wait_seconds < 0:
+            raise ValueError("batch_wait_seconds must be >= 0 (0: look once, then end the job)")
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError("timeout must be > 0 (or null: 30 s + max_tokens at 20 tokens/s)")
         for model, price in self.prices.items():
