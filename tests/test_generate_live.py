@@ -290,7 +290,8 @@ def test_no_job_waits_for_a_batch_and_the_next_run_collects_it(tmp_path, api_key
 
 
 def test_a_request_out_of_attempts_stops_the_run_and_the_next_run_gives_the_same_dataset(tmp_path, api_key):
-    with OpenAIServer(offline_responder, Faults(server_error=0.3, seed=8), latency=0.02) as server:
+    # Half the attempts fail: a quarter of the requests run out of their 2 attempts.
+    with OpenAIServer(offline_responder, Faults(server_error=0.5, seed=8), latency=0.02) as server:
         reference = live_cfg(tmp_path / "reference", server, target=60, max_attempts=50)
         reference.num_tasks = 6
         run(reference)
@@ -304,7 +305,7 @@ def test_a_request_out_of_attempts_stops_the_run_and_the_next_run_gives_the_same
             except StageStopped as e:
                 assert "ran out of attempts" in str(e) and "run again" in str(e), e
                 stops += 1
-                assert stops < 40
+                assert stops < 100
     assert stops >= 1  # some request did run out of attempts
     failures = read_jsonl(tmp_path / "flaky" / "generate" / "failures.jsonl")
     assert len(failures) >= stops
