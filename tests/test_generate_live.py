@@ -280,7 +280,7 @@ def test_no_job_waits_for_a_batch_and_the_next_run_collects_it(tmp_path, api_key
         # Later runs look once and end while the batch is pending; one after it finished collects.
         deadline = time.time() + 60
         while (done := subprocess.run(cmd, capture_output=True, text=True)).returncode != 0:
-            assert "is in_progress" in done.stderr or "is validating" in done.stderr, done.stderr
+            assert f"batch {batch_id} is " in done.stderr and "run the same command again" in done.stderr, done.stderr
             assert time.time() < deadline
             time.sleep(0.3)
         created = [r for r in server.requests if r.method == "POST" and r.path.startswith("/v1/batches")]
