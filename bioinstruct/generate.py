@@ -2,8 +2,9 @@
 
     bioinstruct generate run_dir=runs/v1 target=25005                     # GPT-4, key in $OPENAI_API_KEY
     bioinstruct generate run_dir=runs/v1 llm.backend=openai-batch         # Batch API, half price
-    bioinstruct generate run_dir=runs/v1 llm.base_url=http://localhost:8000/v1 llm.model=my-model
-    bioinstruct generate run_dir=runs/v1 llm.budget.max_cost=50           # stop cleanly at $50
+    bioinstruct generate run_dir=runs/v1 llm.base_url=http://localhost:8000/v1 llm.model=my-model \
+        llm.budget.max_cost=null                                          # a local server: no price, no cap
+    bioinstruct generate run_dir=runs/v1 llm.budget.max_cost=50           # stop cleanly at $50 (default $100)
     bioinstruct generate run_dir=runs/v1 --reparse                        # re-parse, send nothing
 
 Input: seed tasks (seed_tasks=FILE; default: the 80 biomedical seeds in the package,
@@ -238,7 +239,15 @@ def offline_responder(body: dict) -> str:
 # ---- the loop --------------------------------------------------------------------------
 
 class Collector:
-    """Turns responses into decisions and accepted instructions, in response order."""
+    """Turns responses into decisions and accepted instructions, in prompt order.
+
+    The filter's pool grows with each accepted instruction, so the order decides what is
+    kept. Answers arrive in any order (concurrency, retries, kills); each is held until
+    every earlier prompt's answer has been handled, so the result is a function of the
+    set of answers in responses.jsonl, the same for a replay, a resumed run and an
+    uninterrupted one. A prompt that ran out of attempts blocks the ones after it until
+    the next run sends it again.
+    """
 
     def __init__(self, cfg: GenerateConfig, seeds: list[dict], instructions: JsonlAppender,
                  decisions: JsonlAppender, ledger: Ledger):
@@ -246,10 +255,30 @@ class Collector:
         self.filter = CandidateFilter(cfg.filter, [s["instruction"] for s in seeds])
         self.instructions, self.decisions = instructions, decisions
         self.accepted = self.candidates = self.since_accept = 0
+        self.held: dict[int, dict] = {}  # answers waiting for an earlier prompt's
+        self.next_index = 0
+        self.blocked: str | None = None  # a request that ran out of attempts this run
         self.bar = progress(total=cfg.target, desc="accepted", unit="inst")
 
+    @property
+    def reached(self) -> bool:
+        return self.accepted >= self.cfg.target
+
     def __call__(self, response: dict) -> bool:
-        """Handle one response; True once the target is reached."""
+        """Take one answer; handle those now in order; True once nothing more is wanted."""
+        if not self.reached:
+            self.held[request_index(response["id"])] = response
+            while self.next_index in self.held and not self.reached:
+                self._handle(self.held.pop(self.next_index))
+                self.next_index += 1
+        return self.reached
+
+    def failed(self, request: Request) -> bool:
+        """A prompt gave up for this run: the later ones cannot be handled before it is."""
+        self.blocked = self.blocked or request.id
+        return True
+
+    def _handle(self, response: dict) -> None:
         accepted_before = self.accepted
         first = self.cfg.num_demos + 1
         items = parse_response(response["content"], first, response["finish_reason"])
@@ -287,7 +316,10 @@ class Collector:
         if self.since_accept >= self.cfg.stall_after:
             raise StageStopped(f"{self.since_accept} responses in a row gave no new instruction; "
                                f"the pool looks saturated (lower the target or change the seeds)")
-        return self.accepted >= self.cfg.target
+
+
+def request_index(request_id: str) -> int:
+    return int(request_id.rsplit("-", 1)[1])
 
 
 def requests(cfg: GenerateConfig, seeds: list[dict], template: PromptTemplate) -> Iterator[Request]:
@@ -314,23 +346,22 @@ def run(cfg: GenerateConfig, *, reparse: bool = False, force: bool = False) -> d
         with JsonlAppender(stage_dir / "instructions.jsonl") as inst, \
                 JsonlAppender(stage_dir / "decisions.jsonl") as dec:
             collect = Collector(cfg, seeds, inst, dec, engine.ledger)
-            reached = False
-            for response in engine.replay():
-                if collect(response):
-                    reached = True
-                    break
             try:
-                if not reached and not reparse:
-                    reached = engine.run(requests(cfg, seeds, template), collect) == "done"
+                for response in engine.replay():  # to the end: the ledger counts every answer
+                    collect(response)
+                if not collect.reached and not reparse:
+                    engine.run(requests(cfg, seeds, template), collect, collect.failed)
             finally:
                 collect.bar.close()
                 engine.ledger.extra = {"accepted": collect.accepted, "candidates": collect.candidates,
                                        "acceptance_rate": round(collect.accepted / max(collect.candidates, 1), 4),
                                        "target": cfg.target}
                 engine.ledger.save()
-        if not reached:
-            raise StageStopped(f"{collect.accepted} of {cfg.target} instructions so far"
-                               + ("; --reparse sends nothing: run without it to continue" if reparse else ""))
+        if not collect.reached:
+            why = (f"; request {collect.blocked} ran out of attempts (failures.jsonl) and the answers after it "
+                   f"wait for it: run again to continue" if collect.blocked else
+                   "; --reparse sends nothing: run without it to continue" if reparse else "")
+            raise StageStopped(f"{collect.accepted} of {cfg.target} instructions so far{why}")
         return engine.ledger.snapshot()
 
     return run_stage(Path(cfg.run_dir) / "generate", "generate", cfg, body, force=force or reparse)

@@ -25,6 +25,7 @@ from . import classify, decontaminate, evaluate, generate, report, subsets, trai
 from . import filter as filter_stage
 from .config import load_config
 from .io import append_jsonl
+from .llm import BatchPending
 from .rundir import utc_now
 from .tiny_model import TinyModelConfig, make_tiny_model
 
@@ -154,6 +155,11 @@ def run_task(kind: str, config: str, attempts: str) -> str:
         outcome = "complete"
     except (Interrupted, *spec.preempted) as e:
         outcome, detail = "requeue", str(e)
+    except BatchPending as e:
+        # Not a failure, but not done either: the job ends (its dependents with it) and
+        # `bioinstruct launch RUN_DIR --resume` collects the batch; status shows `waiting`.
+        outcome, detail = "waiting", str(e)
+        raise
     except BaseException as e:
         detail = f"{type(e).__name__}: {e}"
         raise

@@ -7,7 +7,8 @@ Reads: RUN_DIR/sweeps/<sweep>.json (written by `bioinstruct launch`), each task'
 manifests and attempts file, and the scheduler: squeue for queued and running jobs, sacct
 for ended ones.
 Prints, per task: done; pending; running; requeued (preempted or at its time limit, state
-saved, waiting to run again); failed (with the stage's error, or Slurm's final state such
+saved, waiting to run again); waiting (generate's Batch API batch is at the provider, no job
+runs: `bioinstruct launch RUN_DIR --resume` collects it); failed (with the stage's error, or Slurm's final state such
 as TIMEOUT or OUT_OF_MEMORY); not submitted (its upstream did not complete). Also the job
 id, restarts of that job and the log of rank 0 (other ranks: _1_, _2_, ... in the name).
 Exit status 1 when a task failed (`bioinstruct launch RUN_DIR --resume` submits it again),
@@ -87,7 +88,10 @@ def task_rows(manifest: dict, executor) -> list[dict]:
         else:
             state = "failed"
             last_end = next((r for r in reversed(records) if r["event"] == "end"), None)
-            if error:
+            if any(m.get("status") == "waiting" for m in outputs):
+                state = "waiting"  # a Batch API batch at the provider; --resume collects it
+                detail = error or ""
+            elif error:
                 detail = error
             elif last_end and last_end.get("outcome") == "requeue":
                 detail = "stopped to be requeued, but no longer queued (see the log)"

@@ -7,15 +7,21 @@ sends only the requests it does not hold, and so never pays twice for the same a
 Backends (``llm.backend``):
 
 * ``openai``: the official async client against any OpenAI-compatible ``base_url``; a
-  token bucket on requests/min and tokens/min, retries with exponential backoff and jitter
+  token bucket on requests/min and tokens/min (a request counts its prompt plus
+  ``max_tokens``, as providers count it), retries with exponential backoff and jitter
   on 429, 5xx, timeouts and dropped connections, honouring Retry-After; a cap on attempts
   per request, after which the request is recorded in ``failures.jsonl`` and sent again
   on the next run (never silently dropped).
 * ``openai-batch``: the Batch API (half price): a chunk of requests is uploaded as JSONL,
-  the batch id saved in ``batch.json`` before polling, results matched by ``custom_id``.
-  A restart resumes polling the saved batch instead of submitting again.
+  the batch id saved in ``batch.json``, results matched by ``custom_id``. A batch not done
+  within ``batch_wait_seconds`` ends the run (BatchPending, status ``waiting``); the next
+  run collects the saved batch instead of submitting again.
 * ``offline``: a deterministic local function, for the quickstart and tests. Its answers
   are synthetic and every record says so (``backend: offline``).
+
+Budgets (``llm.budget``) count every run of a stage. A request goes out only if its worst
+case fits beside the worst cases of those in flight; if it does not, the engine waits for
+their real costs before deciding, so a run stops within one request's worst case of a cap.
 
 The API key is read from the environment variable named by ``llm.api_key_env`` and handed
 to the client only; it is never written to a file, a log line or an error message.
@@ -47,12 +53,18 @@ DEFAULT_PRICES = {
 }
 
 
+# A cap nobody chose is still a cap: a typo in a target or a loop that never accepts
+# anything stops here, not at the card's limit. A full 25,005-instruction GPT-4 run costs
+# several hundred dollars; set llm.budget.max_cost to what you mean to spend.
+DEFAULT_MAX_COST = 100.0
+
+
 @dataclasses.dataclass
 class Budget:
     """Limits for one stage's calls, counted over all runs of it (None: no limit)."""
     max_requests: int | None = None
     max_tokens: int | None = None
-    max_cost: float | None = None  # USD, from the price table
+    max_cost: float | None = DEFAULT_MAX_COST  # USD, from the price table
 
 
 @dataclasses.dataclass
@@ -64,7 +76,7 @@ class LLMConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int = 3072
-    timeout: float = 120.0  # seconds per attempt
+    timeout: float | None = None  # seconds per attempt; None: 30 s + max_tokens at 20 tokens/s
     max_attempts: int = 6  # per request and run; then failures.jsonl, retried next run
     backoff_base: float = 1.0  # seconds; doubles per attempt, full jitter, capped below
     backoff_max: float = 60.0
@@ -74,6 +86,9 @@ class LLMConfig:
     tokens_per_minute: int = 150_000
     batch_size: int = 500  # requests per Batch API job
     batch_poll_seconds: float = 30.0
+    # How long a job waits for a submitted batch before it ends (manifest status `waiting`)
+    # and leaves the collecting to the next run: 0 looks once. Batches take minutes to 24 h.
+    batch_wait_seconds: float = 0.0
     batch_discount: float = 0.5  # the Batch API's price factor
     prices: dict[str, dict[str, float]] = dataclasses.field(default_factory=lambda: dict(DEFAULT_PRICES))
     budget: Budget = dataclasses.field(default_factory=Budget)
@@ -82,9 +97,18 @@ class LLMConfig:
         for name in ("concurrency", "requests_per_minute", "tokens_per_minute", "max_attempts", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.batch_wait_seconds < 0:
+            raise ValueError("batch_wait_seconds must be >= 0 (0: look once, then end the job)")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError("timeout must be > 0 (or null: 30 s + max_tokens at 20 tokens/s)")
         for model, price in self.prices.items():
             if set(price) != {"prompt", "completion"}:
                 raise ValueError(f"prices.{model} needs exactly 'prompt' and 'completion' (USD per 1M tokens)")
+
+    def attempt_timeout(self) -> float:
+        """Long enough for a full-length answer from a slow endpoint: one that times out is
+        paid for and then asked again."""
+        return self.timeout if self.timeout is not None else 30.0 + self.max_tokens / 20.0
 
     def sampling(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
@@ -99,6 +123,12 @@ class Request:
 
 class BudgetExhausted(StageStopped):
     """A budget limit stopped the run; the state is saved and a re-run continues."""
+
+
+class BatchPending(StageStopped):
+    """A Batch API batch is still running at the provider; its id is saved in batch.json.
+    The job ends rather than hold an allocation for hours: the next run collects it."""
+    manifest_status = "waiting"
 
 
 class ApiFatal(UserError):
@@ -119,8 +149,9 @@ def preflight(cfg: LLMConfig) -> None:
         raise ConfigError(f"llm.backend={cfg.backend} needs an API key in the environment variable "
                           f"{cfg.api_key_env} (llm.api_key_env names another; llm.backend=offline needs none)")
     if cfg.budget.max_cost is not None and cfg.model not in cfg.prices:
-        raise ConfigError(f"llm.budget.max_cost is set but llm.prices has no entry for model '{cfg.model}': "
-                          f"add llm.prices.{cfg.model}={{prompt: X, completion: Y}} (USD per 1M tokens)")
+        raise ConfigError(f"llm.budget.max_cost={cfg.budget.max_cost:g} (USD) needs a price but llm.prices has no "
+                          f"entry for model '{cfg.model}': add llm.prices.{cfg.model}={{prompt: X, completion: Y}} "
+                          f"(USD per 1M tokens), or set llm.budget.max_cost=null for a server that costs nothing")
 
 
 class Ledger:
@@ -160,16 +191,21 @@ class Ledger:
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-    def limit_reached(self, pending_requests: int = 0, pending_tokens: int = 0,
-                      pending_cost: float = 0.0) -> str | None:
-        """The first budget limit that one more request (plus those in flight) would pass."""
+    def limit_reached(self, pending: list[tuple[int, float]], next_one: tuple[int, float]) -> str | None:
+        """The first budget limit that the next request could pass, counting the requests in
+        flight (``pending``) and the next one at their worst case, (tokens, cost) each: the
+        prompt plus ``max_tokens``. The reason states what was really spent so far."""
         b = self.cfg.budget
-        if b.max_requests is not None and self.requests + pending_requests + 1 > b.max_requests:
+        tokens = self.tokens + sum(t for t, _ in pending) + next_one[0]
+        cost = self.cost + sum(c for _, c in pending) + next_one[1]
+        if b.max_requests is not None and self.requests + len(pending) + 1 > b.max_requests:
             return f"max_requests ({self.requests} of {b.max_requests} used)"
-        if b.max_tokens is not None and self.tokens + pending_tokens > b.max_tokens:
-            return f"max_tokens ({self.tokens:,} of {b.max_tokens:,} used)"
-        if b.max_cost is not None and self.cost + pending_cost > b.max_cost:
-            return f"max_cost (${self.cost:.2f} of ${b.max_cost:.2f} used)"
+        if b.max_tokens is not None and tokens > b.max_tokens:
+            return (f"max_tokens ({self.tokens:,} of {b.max_tokens:,} used; the next request "
+                    f"may use up to {next_one[0]:,})")
+        if b.max_cost is not None and cost > b.max_cost:
+            return (f"max_cost (${self.cost:.2f} of ${b.max_cost:.2f} spent; the next request "
+                    f"may cost up to ${next_one[1]:.2f})")
         return None
 
     def snapshot(self) -> dict[str, Any]:
@@ -186,7 +222,10 @@ class RateLimiter:
     """Two token buckets (requests and tokens per minute) with a shared pause for Retry-After.
 
     Bucket capacity is one second's worth, so no 60-second window ever sees much more
-    than the limit (a full minute's burst at start would double it and earn 429s).
+    than the limit (a full minute's burst at start would double it and earn 429s). A
+    request costs its prompt plus its ``max_tokens``, as providers count it; one larger
+    than the bucket waits for a full bucket and leaves it in debt, so the long-run rate
+    stays the limit whatever the request size.
     """
 
     def __init__(self, requests_per_minute: int, tokens_per_minute: int):
@@ -205,8 +244,6 @@ class RateLimiter:
         self.paused_until = max(self.paused_until, time.monotonic() + seconds)
 
     async def acquire(self, tokens: int) -> None:
-        # A request larger than the bucket would wait forever; let it through alone.
-        tokens = min(tokens, self.capacity[1])
         async with self.lock:
             while True:
                 now = time.monotonic()
@@ -214,11 +251,12 @@ class RateLimiter:
                     await asyncio.sleep(self.paused_until - now)
                     continue
                 self._refill(now)
-                if self.level[0] >= 1 and self.level[1] >= tokens:
+                need = min(tokens, self.capacity[1])
+                if self.level[0] >= 1 and self.level[1] >= need:
                     self.level[0] -= 1
                     self.level[1] -= tokens
                     return
-                wait = max((1 - self.level[0]) / self.rates[0], (tokens - self.level[1]) / self.rates[1])
+                wait = max((1 - self.level[0]) / self.rates[0], (need - self.level[1]) / self.rates[1])
                 await asyncio.sleep(max(wait, 0.001))
 
 
@@ -274,6 +312,7 @@ class Engine:
         self.ledger = Ledger(cfg, self.out_dir / "usage.json")
         self.done: set[str] = set()
         self.consecutive_failures = 0
+        self._appended: list[dict] | None = None  # answers not yet handed on (live backend)
         if cfg.backend == "offline" and responder is None:
             raise ConfigError("llm.backend=offline needs a local responder; this stage has none")
 
@@ -296,20 +335,26 @@ class Engine:
             yield record
 
     # ---- sending ------------------------------------------------------------------------
-    def run(self, requests: Iterable[Request], on_response: Callable[[dict], bool]) -> str:
-        """Send the requests not yet answered; return why it stopped: 'done' (callback said
-        so), 'exhausted' (no more requests) or raise BudgetExhausted / ApiFatal."""
+    def run(self, requests: Iterable[Request], on_response: Callable[[dict], bool],
+            on_failure: Callable[[Request], bool] | None = None) -> str:
+        """Send the requests not yet answered; return why it stopped: 'done' (a callback said
+        so), 'exhausted' (no more requests) or raise BudgetExhausted / ApiFatal.
+
+        ``on_response`` sees each answer after it is in responses.jsonl, in that file's order;
+        ``on_failure`` sees each request that ran out of attempts (after failures.jsonl).
+        Once a callback returns True, nothing more is sent and nothing more is handed on."""
         preflight(self.cfg)
         pending = (r for r in requests if r.id not in self.done)
+        self._next: Request | None = None
         with JsonlAppender(self.responses_path) as responses, JsonlAppender(self.failures_path) as failures:
             self._responses, self._failures = responses, failures
             try:
                 if self.cfg.backend == "offline":
                     return self._run_offline(pending, on_response)
                 if self.cfg.backend == "openai":
-                    return asyncio.run(self._run_live(pending, on_response))
+                    return asyncio.run(self._run_live(pending, on_response, on_failure))
                 from .llm_batch import run_batches
-                return run_batches(self, pending, on_response)
+                return run_batches(self, pending, on_response, on_failure)
             finally:
                 self.ledger.save()
 
@@ -325,6 +370,8 @@ class Engine:
         if self.cfg.backend == "offline":
             record["synthetic"] = True
         self._responses.write(record)
+        if self._appended is not None:
+            self._appended.append(record)
         self.done.add(request.id)
         self.ledger.add_response(record)
         self.consecutive_failures = 0
@@ -347,8 +394,7 @@ class Engine:
         return tokens, self.ledger.request_cost(self.cfg.model, prompt, self.cfg.max_tokens, self.cfg.backend)
 
     def check_budget(self, request: Request, in_flight: list[Request]) -> None:
-        costs = [self.pending_cost(r) for r in [*in_flight, request]]
-        reason = self.ledger.limit_reached(len(in_flight), sum(t for t, _ in costs), sum(c for _, c in costs))
+        reason = self.ledger.limit_reached([self.pending_cost(r) for r in in_flight], self.pending_cost(request))
         if reason:
             raise BudgetExhausted(f"budget limit reached: {reason}; state saved, raise the limit "
                                   f"(llm.budget.*) and re-run the same command to continue")
@@ -365,52 +411,65 @@ class Engine:
                 return "done"
         return "exhausted"
 
-    async def _run_live(self, pending: Iterator[Request], on_response) -> str:
+    async def _run_live(self, pending: Iterator[Request], on_response, on_failure) -> str:
         from openai import AsyncOpenAI
 
         client = AsyncOpenAI(api_key=os.environ[self.cfg.api_key_env], base_url=self.cfg.base_url,
-                             timeout=self.cfg.timeout, max_retries=0)
+                             timeout=self.cfg.attempt_timeout(), max_retries=0)
         limiter = RateLimiter(self.cfg.requests_per_minute, self.cfg.tokens_per_minute)
         in_flight: dict[asyncio.Task, Request] = {}
-        self._on_the_wire: set[str] = set()
-        stop: str | None = None
+        # Answers are handed on in the order they were appended to responses.jsonl, the order
+        # a replay reads them in: what the caller decides is a function of that file alone.
+        self._appended = []
+        stop: str | BudgetExhausted | None = None
         try:
             while True:
                 while stop is None and len(in_flight) < self.cfg.concurrency:
-                    request = next(pending, None)
+                    request = next(pending, None) if self._next is None else self._next
+                    self._next = None
                     if request is None:
                         stop = "exhausted"
                         break
                     try:
                         self.check_budget(request, list(in_flight.values()))
                     except BudgetExhausted as e:
-                        stop = e
+                        # Requests in flight usually cost far less than their worst case:
+                        # wait for their answers and look again, stop only when none is left.
+                        self._next = request
+                        if not in_flight:
+                            stop = e
                         break
                     task = asyncio.create_task(self._send(client, limiter, request))
                     in_flight[task] = request
                 if not in_flight:
                     break
                 finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                for task in finished:
+                failed = []
+                for task in sorted(finished, key=lambda t: in_flight[t].id):
                     request = in_flight.pop(task)
-                    if task.cancelled():
-                        continue
                     outcome = task.result()
-                    if isinstance(outcome, dict):
-                        if on_response(outcome) and stop is None:
-                            stop = "done"
-                    else:
+                    if not isinstance(outcome, dict):
                         self.fail(request, *outcome)
-                if stop is not None and stop != "exhausted":
-                    # Requests still queued for the rate limiter cost nothing yet: drop them.
-                    # Those on the wire are awaited, so their paid answers get recorded.
-                    for task, request in in_flight.items():
-                        if request.id not in self._on_the_wire:
-                            task.cancel()
+                        failed.append(request)
+                for record in self._appended:
+                    if stop != "done" and on_response(record):
+                        stop = "done"
+                self._appended.clear()
+                for request in failed:
+                    if stop != "done" and on_failure is not None and on_failure(request):
+                        stop = "done"
+                if stop == "done":
+                    # Answers still coming would be thrown away: stop asking (a request on
+                    # the wire may still be billed; waiting for it would not change that).
+                    for task in in_flight:
+                        task.cancel()
+                    await asyncio.gather(*in_flight, return_exceptions=True)
+                    in_flight.clear()
                 self.ledger.save()
         finally:
             for task in in_flight:
                 task.cancel()
+            self._appended = None
             await client.close()
         if isinstance(stop, BudgetExhausted):
             raise stop
@@ -424,7 +483,6 @@ class Engine:
         error = ""
         for attempt in range(1, self.cfg.max_attempts + 1):
             await limiter.acquire(tokens)
-            self._on_the_wire.add(request.id)
             try:
                 response = await client.chat.completions.create(
                     model=self.cfg.model, messages=request.messages, **self.cfg.sampling())
@@ -442,7 +500,6 @@ class Engine:
                     limiter.pause(wait)
                 else:
                     wait = random.uniform(0, min(self.cfg.backoff_max, self.cfg.backoff_base * 2 ** (attempt - 1)))
-                self._on_the_wire.discard(request.id)
                 if attempt < self.cfg.max_attempts:
                     await asyncio.sleep(wait)
                 continue

@@ -1,8 +1,11 @@
 """The ``openai-batch`` backend of :class:`bioinstruct.llm.Engine`: the Batch API at half price.
 
 Requests go up in chunks of ``llm.batch_size`` as a JSONL file; the batch id and the
-chunk's request ids are saved in ``batch.json`` *before* polling starts, so a job killed
-or preempted while the batch runs resumes polling it on restart instead of paying again.
+chunk's request ids are saved in ``batch.json`` *before* polling starts. A batch takes
+minutes to a day: after ``llm.batch_wait_seconds`` the job ends with BatchPending (stage
+status ``waiting``) instead of holding an allocation, and the next run (the same command,
+``launch --resume``, a job with a later begin time) collects the saved batch instead of
+paying again; so does a run after a kill.
 Results come back unordered; they are matched by ``custom_id`` and handled in submission
 order, so the outcome does not depend on the order the provider chose. Requests that
 failed inside the batch, or were left undone by an expired batch, go into the next chunk,
@@ -20,7 +23,7 @@ from typing import Callable, Iterator
 
 from .errors import UserError
 from .io import atomic_write_json, read_json
-from .llm import ApiFatal, BudgetExhausted, Engine, Request
+from .llm import ApiFatal, BatchPending, BudgetExhausted, Engine, Request
 from .progress import progress
 
 ENDPOINT = "/v1/chat/completions"
@@ -44,7 +47,12 @@ def _submit(engine: Engine, client, chunk: list[Request], attempts: dict[str, in
     return state
 
 
+FINAL = ("completed", "failed", "expired", "cancelled")
+
+
 def _wait(engine: Engine, client, batch_id: str):
+    """The batch once it is final; BatchPending when it is not within batch_wait_seconds."""
+    deadline = time.monotonic() + engine.cfg.batch_wait_seconds
     bar = progress(desc=f"batch {batch_id}", unit="req")
     try:
         while True:
@@ -54,9 +62,14 @@ def _wait(engine: Engine, client, batch_id: str):
                 bar.total = counts.total
                 bar.n = counts.completed + counts.failed
                 bar.refresh()
-            if batch.status in ("completed", "failed", "expired", "cancelled"):
+            if batch.status in FINAL:
                 return batch
-            time.sleep(engine.cfg.batch_poll_seconds)
+            if time.monotonic() >= deadline:
+                done = f"{counts.completed + counts.failed} of {counts.total} done" if counts else "no count yet"
+                raise BatchPending(f"batch {batch_id} is {batch.status} at the provider ({done}); its id is "
+                                   f"saved in {engine.out_dir / 'batch.json'}: run the same command again "
+                                   f"later (or `bioinstruct launch RUN_DIR --resume`) to collect it")
+            time.sleep(min(engine.cfg.batch_poll_seconds, max(0.0, deadline - time.monotonic())))
     finally:
         bar.close()
 
@@ -68,7 +81,7 @@ def _read_file(client, file_id: str | None) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def _collect(engine: Engine, client, state: dict, on_response) -> tuple[bool, list[tuple[Request, int]]]:
+def _collect(engine: Engine, client, state: dict, on_response, on_failure) -> tuple[bool, list[tuple[Request, int]]]:
     """Record the batch's results in submission order; return (stop?, requests to send again)."""
     batch = _wait(engine, client, state["batch_id"])
     if batch.status == "failed":
@@ -98,6 +111,7 @@ def _collect(engine: Engine, client, state: dict, on_response) -> tuple[bool, li
         message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
         if saved["attempts"] >= engine.cfg.max_attempts:
             engine.fail(request, message, saved["attempts"])
+            stop = (on_failure is not None and on_failure(request)) or stop
         else:
             again.append((request, saved["attempts"] + 1))
     state["collected"] = True
@@ -106,18 +120,19 @@ def _collect(engine: Engine, client, state: dict, on_response) -> tuple[bool, li
     return stop, again
 
 
-def run_batches(engine: Engine, pending: Iterator[Request], on_response: Callable[[dict], bool]) -> str:
+def run_batches(engine: Engine, pending: Iterator[Request], on_response: Callable[[dict], bool],
+                on_failure: Callable[[Request], bool] | None = None) -> str:
     from openai import OpenAI
 
     # The client's own retries cover the few control calls (upload, create, poll).
     client = OpenAI(api_key=os.environ[engine.cfg.api_key_env], base_url=engine.cfg.base_url,
-                    timeout=engine.cfg.timeout, max_retries=5)
+                    timeout=engine.cfg.attempt_timeout(), max_retries=5)
     state_path = engine.out_dir / "batch.json"
     again: list[tuple[Request, int]] = []
     state = read_json(state_path) if state_path.exists() else None
     if state and not state["collected"]:
         print(f"resuming batch {state['batch_id']} saved by an earlier run", file=sys.stderr)
-        stop, again = _collect(engine, client, state, on_response)
+        stop, again = _collect(engine, client, state, on_response, on_failure)
         if stop:
             return "done"
     budget_error: UserError | None = None
@@ -141,6 +156,6 @@ def run_batches(engine: Engine, pending: Iterator[Request], on_response: Callabl
             if budget_error:
                 raise budget_error
             return "exhausted"
-        stop, again = _collect(engine, client, _submit(engine, client, chunk, attempts), on_response)
+        stop, again = _collect(engine, client, _submit(engine, client, chunk, attempts), on_response, on_failure)
         if stop:
             return "done"

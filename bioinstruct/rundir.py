@@ -171,7 +171,8 @@ def run_stage(stage_dir: str | os.PathLike, stage: str, cfg: Any,
         summary = body(stage_dir)
     except BaseException as e:
         # A signal or Ctrl-C is not a failure of the stage: it will be run again.
-        status = ("stopped" if isinstance(e, StageStopped) else
+        # A stage may name its own kind of stop (generate's `waiting` for a Batch API batch).
+        status = (getattr(e, "manifest_status", "stopped") if isinstance(e, StageStopped) else
                   "failed" if isinstance(e, Exception) else "interrupted")
         manifest.update(status=status, ended=utc_now(), environment=environment.describe(),
                         error="".join(traceback.format_exception_only(type(e), e)).strip())

@@ -522,6 +522,7 @@ class OpenAIServer:
         self._buckets = {name: _Bucket(limit) for name, limit in
                          (("requests", requests_per_minute), ("tokens", tokens_per_minute)) if limit}
         self._stats = Stats()
+        self._admissions: list[tuple[float, int]] = []
         self._records: collections.deque[RequestRecord] = collections.deque(maxlen=keep_requests)
         self._files: dict[str, _File] = {}
         self._batches: dict[str, _Batch] = {}
@@ -573,6 +574,27 @@ class OpenAIServer:
     def stats(self) -> Stats:
         with self._lock:
             return dataclasses.replace(self._stats, outcomes=collections.Counter(self._stats.outcomes))
+
+    @property
+    def admissions(self) -> list[tuple[float, int]]:
+        """(time.monotonic(), tokens charged) of every chat request admitted under the
+        limits (a request costs its prompt plus max_tokens), whether or not limits are set:
+        what a provider's rate limiter would have counted."""
+        with self._lock:
+            return list(self._admissions)
+
+    def admitted_rates(self, warmup: float = 1.0) -> tuple[float, float]:
+        """Sustained (requests/min, tokens/min) admitted, from ``warmup`` seconds after the
+        first admission to the last (the client's initial burst left out)."""
+        times = self.admissions
+        if not times:
+            return 0.0, 0.0
+        window = [(t, tokens) for t, tokens in times if t >= times[0][0] + warmup]
+        if len(window) < 2:
+            raise ValueError(f"too short to measure: {times[-1][0] - times[0][0]:.2f} s of admissions")
+        # Counted between the window's first and last admissions: the first one opens it.
+        seconds = window[-1][0] - window[0][0]
+        return 60 * (len(window) - 1) / seconds, 60 * sum(tokens for _, tokens in window[1:]) / seconds
 
     @property
     def requests(self) -> list[RequestRecord]:
@@ -672,6 +694,8 @@ class OpenAIServer:
         if wait:
             self._count("rate_limited")
             return self._rate_limited(wait, limit_headers)
+        with self._lock:
+            self._admissions.append((time.monotonic(), cost))
         # Faults are drawn after admission: a request that fails still used its slot, as an
         # answered-with-an-error request does on the real API.
         with self._lock:
