@@ -32,8 +32,9 @@ from pathlib import Path
 
 from .config import add_config_arguments, config_from_args
 from .errors import StageStopped
+from .identity import path_identity
 from .io import atomic_write_json, write_jsonl
-from .llm import Engine, LLMConfig, Request, preflight
+from .llm import TRANSPORT_KEYS, Engine, LLMConfig, Request, preflight
 from .progress import progress
 from .prompts import PromptTemplate
 from .records import CATEGORIES, PAPER_SHARES, UNKNOWN, read_records, record_id
@@ -170,7 +171,11 @@ def run(cfg: ClassifyConfig, *, force: bool = False) -> dict:
         atomic_write_json(stage_dir / "summary.json", summary)
         return summary
 
-    return run_stage(Path(cfg.run_dir) / "classify", "classify", cfg, body, force=force)
+    # Resumed (its responses replayed) or skipped only for the same instructions and prompt, by content.
+    local = not source.startswith("hf://")
+    inputs = {"input": path_identity(source) if local else source, "prompt_template": template.sha256}
+    return run_stage(Path(cfg.run_dir) / "classify", "classify", cfg, body, force=force, inputs=inputs,
+                     ignore=("run_dir", "input", "prompt_template", *(f"llm.{k}" for k in TRANSPORT_KEYS)))
 
 
 def summary_table(summary: dict) -> str:

@@ -855,7 +855,7 @@ def run(cfg: ReportConfig, *, force: bool = False) -> dict:
         return summary
 
     # A conflicting config was refused above (unless force); changed inputs are simply redone.
-    return run_stage(out, "report", cfg, body, force=True)
+    return run_stage(out, "report", cfg, body, redo=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

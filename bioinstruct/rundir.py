@@ -178,7 +178,7 @@ def check_writable(path: str | os.PathLike, key: str) -> None:
 
 
 def run_stage(stage_dir: str | os.PathLike, stage: str, cfg: Any,
-              body: Callable[[Path], dict | None], *, force: bool = False,
+              body: Callable[[Path], dict | None], *, force: bool = False, redo: bool = False,
               inputs: dict | None = None, ignore: tuple[str, ...] = ()) -> dict:
     """Run ``body(stage_dir)`` under the contract; return the final manifest.
 
@@ -190,12 +190,15 @@ def run_stage(stage_dir: str | os.PathLike, stage: str, cfg: Any,
 
     ``force`` starts clean: the old folder is set aside as ``<folder>.previous`` and the
     body starts in an empty one, so nothing made from other inputs is reused. The old
-    folder comes back if the body fails, and is removed when it completes.
+    folder comes back if the body fails, and is removed when it completes (a stopped or
+    interrupted run keeps its new partial output, which the next run resumes). ``redo`` runs the
+    body again in place, unchecked, for stages that rebuild their outputs from their own
+    files (generate --reparse, report).
     """
     stage_dir = Path(stage_dir)
     check_writable(stage_dir, f"the {stage} folder")
     previous = read_manifest(stage_dir)
-    if done := check_resumable(stage_dir, stage, cfg, force=force, inputs=inputs, ignore=ignore):
+    if not redo and (done := check_resumable(stage_dir, stage, cfg, force=force, inputs=inputs, ignore=ignore)):
         print(f"[{stage}] already complete in {stage_dir}; nothing to do", file=sys.stderr)
         return done
     aside = stage_dir.with_name(stage_dir.name + ".previous")
@@ -232,7 +235,7 @@ def run_stage(stage_dir: str | os.PathLike, stage: str, cfg: Any,
         manifest.update(status=status, ended=utc_now(), environment=environment.describe(),
                         error="".join(traceback.format_exception_only(type(e), e)).strip())
         atomic_write_json(stage_dir / MANIFEST, manifest)
-        if isinstance(e, Exception) and aside.exists():  # a failed --force keeps the old output
+        if status == "failed" and aside.exists():  # a failed --force keeps the old output
             shutil.rmtree(stage_dir)
             aside.rename(stage_dir)
         raise

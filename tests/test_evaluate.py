@@ -143,7 +143,8 @@ def test_force_with_another_model_starts_clean(tiny_model_dir, other_model, medm
     run(mm(tiny_model_dir, tmp_path / "ev", medmcqa_root))
     made_by_a = preds(tmp_path / "ev")
     assert [r["loglik"] for r in made_by_a] != [r["loglik"] for r in preds(tmp_path / "fresh-b")]
-    with pytest.raises(StageConflict, match=r"complete 'evaluate' made from other inputs.*\n  inputs.model.fingerprint"):
+    with pytest.raises(StageConflict,
+                       match=r"complete 'evaluate' made from other inputs.*\n  inputs.model.fingerprint"):
         run(mm(other_model, tmp_path / "ev", medmcqa_root))
     forced = run(mm(other_model, tmp_path / "ev", medmcqa_root), force=True)
     assert acc(forced) == acc(fresh_b) and preds(tmp_path / "ev") == preds(tmp_path / "fresh-b")
