@@ -140,9 +140,9 @@ def finished(stage_dir: str | os.PathLike, stage: str, cfg: Any, *, force: bool 
     changes = differences(previous, cfg, inputs, ignore)
     if not changes:
         return previous
-    raise StageConflict(
-        f"{stage_dir} holds a complete '{stage}' made from other inputs or config:\n  "
-        + "\n  ".join(changes) + "\nUse a new run directory, or --force to redo it from scratch.")
+    raise StageConflict(  # one line, as every bad-input error (a Slurm log greps well)
+        f"{stage_dir} holds a complete '{stage}' made from other inputs or config ({'; '.join(changes)}): "
+        f"use a new run directory, or --force to redo it from scratch")
 
 
 def check_resumable(stage_dir: str | os.PathLike, stage: str, cfg: Any, *, force: bool = False,
@@ -158,8 +158,8 @@ def check_resumable(stage_dir: str | os.PathLike, stage: str, cfg: Any, *, force
     changes = differences(previous, cfg, inputs, ignore)
     if changes:
         raise StageConflict(
-            f"{stage_dir} holds partial '{stage}' output made from other inputs or config:\n  "
-            + "\n  ".join(changes) + "\nRerun with the same inputs to resume it, or --force to start clean.")
+            f"{stage_dir} holds partial '{stage}' output made from other inputs or config ({'; '.join(changes)}): "
+            f"rerun with the same ones to resume it, or --force to start clean")
     return None
 
 

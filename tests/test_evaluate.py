@@ -144,7 +144,7 @@ def test_force_with_another_model_starts_clean(tiny_model_dir, other_model, medm
     made_by_a = preds(tmp_path / "ev")
     assert [r["loglik"] for r in made_by_a] != [r["loglik"] for r in preds(tmp_path / "fresh-b")]
     with pytest.raises(StageConflict,
-                       match=r"complete 'evaluate' made from other inputs.*\n  inputs.model.fingerprint"):
+                       match=r"complete 'evaluate' made from other inputs or config \(inputs.model.fingerprint"):
         run(mm(other_model, tmp_path / "ev", medmcqa_root))
     forced = run(mm(other_model, tmp_path / "ev", medmcqa_root), force=True)
     assert acc(forced) == acc(fresh_b) and preds(tmp_path / "ev") == preds(tmp_path / "fresh-b")
@@ -164,7 +164,8 @@ def test_a_killed_run_resumes_only_with_the_same_model(tiny_model_dir, other_mod
     fresh_b = run(mm(other_model, tmp_path / "fresh-b", medmcqa_root))
     run(mm(tiny_model_dir, tmp_path / "ev", medmcqa_root))
     kill_midway(tmp_path / "ev")
-    with pytest.raises(StageConflict, match=r"partial 'evaluate' output made from other inputs.*\n  inputs.model"):
+    with pytest.raises(StageConflict,
+                       match=r"partial 'evaluate' output made from other inputs or config \(inputs.model"):
         run(mm(other_model, tmp_path / "ev", medmcqa_root))
     forced = run(mm(other_model, tmp_path / "ev", medmcqa_root), force=True)
     assert acc(forced) == acc(fresh_b)

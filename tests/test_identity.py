@@ -133,7 +133,7 @@ def test_partial_output_from_other_inputs_is_refused_and_force_starts_clean(tmp_
     def body(out):
         seen.append(sorted(p.name for p in out.iterdir()))
     with pytest.raises(StageConflict,
-                       match=r"partial 's' output made from other inputs.*\n  inputs.data: 'one' -> 'two'"):
+                       match=r"partial 's' output made from other inputs or config \(inputs.data: 'one' -> 'two'\)"):
         run_stage(tmp_path / "s", "s", Cfg(), body, inputs={"data": "two"})
     run_stage(tmp_path / "s", "s", Cfg(), body, inputs={"data": "two"}, force=True)
     assert seen == [["config.yaml", "manifest.json"]]  # no partial.txt: nothing of input one
