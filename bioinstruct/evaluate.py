@@ -33,9 +33,9 @@ from typing import Any, Literal
 from . import metrics as M
 from .config import FieldError, add_config_arguments, at_least, config_from_args
 from .errors import ConfigError, UserError
+from .identity import adapter_identity, base_matches, model_fingerprint, path_identity
 from .io import JsonlAppender, atomic_write_json, read_jsonl
 from .llm import LLMConfig
-from .identity import adapter_identity, base_matches, model_fingerprint, path_identity
 from .models import check_adapter, check_model
 from .prompts import alpaca_prompt
 from .rundir import check_resumable, check_writable, is_complete, read_manifest, run_stage

@@ -50,7 +50,7 @@ from .models import check_model
 from .packing import pack, packed_trainer
 from .prompts import alpaca_prompt
 from .records import read_records
-from .rundir import check_resumable, check_writable, differences, run_stage
+from .rundir import check_resumable, check_writable, differences, is_complete, run_stage
 
 REQUEUE_EXIT = 75  # EX_TEMPFAIL: stopped by a signal after a complete checkpoint; run again
 COMPLETE = "COMPLETE"
@@ -458,7 +458,10 @@ def load_model(cfg: ModelConfig, dtype):
     return model
 
 
-def train(cfg: TrainConfig, stage_dir: Path, records: list[dict], inputs: dict | None = None) -> dict:
+def train(cfg: TrainConfig, stage_dir: Path, records: list[dict], inputs: dict | None = None,
+          fresh: bool = False) -> dict:
+    """Train into ``stage_dir``, resuming from its newest complete checkpoint unless ``fresh``
+    (--force: every rank starts at step 1, whenever rank 0 sets the old folder aside)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments, set_seed
@@ -494,7 +497,7 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict], inputs: dict |
     checkpoints = stage_dir / "checkpoints"
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(stage_dir / "runs")  # not under checkpoints/, rotated away
     resume = None
-    if cfg.checkpoint.resume == "auto" and complete_checkpoints(checkpoints):
+    if cfg.checkpoint.resume == "auto" and not fresh and complete_checkpoints(checkpoints):
         resume = str(complete_checkpoints(checkpoints)[-1])
     args = TrainingArguments(
         output_dir=str(checkpoints),
@@ -604,13 +607,13 @@ def run(cfg: TrainConfig, *, force: bool = False) -> dict:
     stage_dir = Path(cfg.run_dir) / "train" / cfg.stage_name()
     check_writable(stage_dir, "run_dir")
     inputs, ignore = train_inputs(cfg), IDENTITY_KEYS + NEUTRAL_KEYS
-    if not force:
+    if not force and not is_complete(stage_dir):
         check_checkpoint(cfg, inputs, stage_dir)
     if int(os.environ.get("RANK", 0)) != 0:
         # Only rank 0 keeps the manifest; the others make the same skip decision, then train.
         return (check_resumable(stage_dir, "train", cfg, force=force, inputs=inputs, ignore=ignore)
-                or {"summary": train(cfg, stage_dir, records, inputs)})
-    return run_stage(stage_dir, "train", cfg, lambda d: train(cfg, d, records, inputs), force=force,
+                or {"summary": train(cfg, stage_dir, records, inputs, fresh=force)})
+    return run_stage(stage_dir, "train", cfg, lambda d: train(cfg, d, records, inputs, fresh=force), force=force,
                      inputs=inputs, ignore=ignore)
 
 

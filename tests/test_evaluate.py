@@ -183,6 +183,17 @@ def test_a_data_file_changed_at_the_same_path_is_detected(tiny_model_dir, medmcq
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(StageConflict, match=r"inputs.task.data.path: '[0-9a-f]{64}' -> '[0-9a-f]{64}'"):
         run(mm(tiny_model_dir, tmp_path / "ev", medmcqa_root))
+    # As a user meets it: exit 2, one line, no traceback, nothing rewritten.
+    import subprocess
+    import sys
+    before = (tmp_path / "ev" / "base" / "medmcqa" / "results.json").read_bytes()
+    cli = subprocess.run([sys.executable, "-m", "bioinstruct", "evaluate", "--model", str(tiny_model_dir),
+                          "--tasks", "medmcqa", "--out", str(tmp_path / "ev"), "limit=30", "batch_size=4",
+                          "max_new_tokens=12", f"task_data.medmcqa.root={medmcqa_root}"],
+                         capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 2 and "Traceback" not in cli.stderr, cli.stderr
+    assert len(cli.stderr.strip().splitlines()) == 1 and "inputs.task.data.path" in cli.stderr
+    assert (tmp_path / "ev" / "base" / "medmcqa" / "results.json").read_bytes() == before
     forced = run(mm(tiny_model_dir, tmp_path / "ev", medmcqa_root), force=True)
     fresh = run(mm(tiny_model_dir, tmp_path / "fresh", medmcqa_root))
     assert acc(forced) == acc(fresh)
