@@ -18,9 +18,9 @@ cache only costs a re-hash.
 A model folder's fingerprint is the sha256 over the digests of its files (config.json,
 tokenizer files, every weight shard). Headers and sizes alone do not suffice: a fine-tuned
 or merged model has exactly the shapes, dtypes and offsets of its base, and LLaMA-1 and
-LLaMA-2 7B share them too; only the bytes tell them apart. Hashing the bytes runs at disk
-speed once per file (about 2 s per GB on one core here, see README) and is then a stat() per
-file from the cache.
+LLaMA-2 7B share them too; only the bytes tell them apart. The bytes are hashed once per file
+(bench/fingerprint.py: 3 GB in 5 s on one loaded core here, 0.6 GB/s) and then cost a stat()
+per file from the cache.
 """
 
 from __future__ import annotations
