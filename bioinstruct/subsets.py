@@ -34,6 +34,7 @@ from typing import Literal
 
 from .config import add_config_arguments, config_from_args
 from .errors import ConfigError
+from .identity import path_identity
 from .io import atomic_write_json, write_jsonl
 from .records import CATEGORIES, read_records
 from .rundir import run_stage
@@ -116,7 +117,10 @@ def run(cfg: SubsetsConfig, *, force: bool = False) -> dict:
         subsets = [_write(s, records, stage_dir / s["name"], cfg) for s in plan(records, cfg)]
         return {"records": len(records), "subsets": subsets}
 
-    return run_stage(Path(cfg.run_dir) / "subsets", "subsets", cfg, body, force=force)
+    # The labelled records by content, wherever they lie or the run directory moves.
+    inputs = {"input": source if source.startswith("hf://") else path_identity(source)}
+    return run_stage(Path(cfg.run_dir) / "subsets", "subsets", cfg, body, force=force, inputs=inputs,
+                     ignore=("run_dir", "input"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
