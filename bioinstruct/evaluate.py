@@ -11,9 +11,13 @@ Input: a model directory (or hub id), optionally an adapter; tasks from the regi
 task_data.<task>.path=FILE; gated sets say where to get them).
 Output (--out DIR/<model>/<task>/; <model> is "base", or the adapter's name):
   shard-I-of-N/predictions.jsonl   one line per example, appended as produced; a restarted
-                                   shard skips what is done (manifest.json marks it complete)
+                                   shard skips what is done (manifest.json marks it complete),
+                                   only when made from the same inputs (manifest "inputs":
+                                   model/adapter fingerprints, data sha256, task options, limit,
+                                   shard count); other inputs are refused, --force starts clean
   results.json                     metrics with n and 95% bootstrap intervals, written by
-                                   the shard that completes the set (or by --merge)
+                                   the shard that completes the set (or by --merge), with the
+                                   fingerprints, data hashes, split, limit and shard count
 Scoring: multiple choice by log-likelihood of each choice after lm-evaluation-harness's
 prompt (acc, acc_norm; macro-F1 for PubMedQA) for every model, and, for the adapter model,
 also generatively with the Alpaca prompt it was trained with (greedy; letter / option
