@@ -232,8 +232,6 @@ def run(cfg: EvaluateConfig, *, force: bool = False) -> list[dict]:
     i, n = shard_of(cfg.shard)
     tasks = [load_task(name, cfg.task_data.get(name)) for name in cfg.tasks]
     examples = {t.name: load_examples(t)[:cfg.limit] for t in tasks}  # every data problem shows up first
-    model_id = model_fingerprint(cfg.model)
-    adapter_id = adapter_identity(cfg.adapter) if cfg.adapter else None
     if cfg.adapter:
         match, base = base_matches(cfg.adapter, cfg.model)
         if not match and not cfg.allow_base_mismatch:
@@ -250,10 +248,7 @@ def run(cfg: EvaluateConfig, *, force: bool = False) -> list[dict]:
             if other:
                 raise ConfigError(f"--shard {cfg.shard}: {task_dir} holds {other[0]} (another shard count); "
                                   f"use another --out, or the shard count it was started with")
-            inputs[label, task.name] = {
-                "model": model_id, "adapter": adapter_id if adapter_on else None,
-                "task": task_identity(task), "limit": cfg.limit, "shards": n,
-                **({"allow_base_mismatch": True} if adapter_on and cfg.allow_base_mismatch else {})}
+            inputs[label, task.name] = shard_inputs(cfg, adapter_on, task)
             check_resumable(task_dir / f"shard-{i}-of-{n}", "evaluate", cfg, force=force,
                             inputs=inputs[label, task.name], ignore=IDENTITY_KEYS)
     from .scoring import LM
@@ -271,6 +266,23 @@ def run(cfg: EvaluateConfig, *, force: bool = False) -> list[dict]:
             if all(is_complete(task_dir / f"shard-{j}-of-{n}") for j in range(1, n + 1)):
                 results.append(merge_task(task, task_dir, cfg, label))
     return results
+
+
+def shard_inputs(cfg: EvaluateConfig, adapter_on: bool, task) -> dict:
+    """What a shard's predictions are made from, by content (its manifest's "inputs")."""
+    return {"model": model_fingerprint(cfg.model), "adapter": adapter_identity(cfg.adapter) if adapter_on else None,
+            "task": task_identity(task), "limit": cfg.limit, "shards": shard_of(cfg.shard)[1],
+            **({"allow_base_mismatch": True} if adapter_on and cfg.allow_base_mismatch else {})}
+
+
+def shard_identity(cfg: EvaluateConfig, shard_dir: Path) -> tuple[dict, tuple[str, ...]]:
+    """(inputs, keys compared through them) of the shard folder ``OUT/<model>/<task>/shard-I-of-N``
+    of this config: what `bioinstruct launch` asks before counting a shard as done."""
+    from .tasks import load_task
+
+    name = shard_dir.parent.name
+    adapter_on = dict(cfg.models()).get(shard_dir.parent.parent.name, False)
+    return shard_inputs(cfg, adapter_on, load_task(name, cfg.task_data.get(name))), IDENTITY_KEYS
 
 
 def task_identity(task) -> dict:
