@@ -15,8 +15,8 @@ it in-process only), keyed by real path and reused only while the file's size an
 are unchanged. An edit changes mtime, so a stale digest is never reused; a lost or corrupt
 cache only costs a re-hash.
 
-A model folder's fingerprint is the sha256 over the digests of its files (config.json,
-tokenizer files, every weight shard). Headers and sizes alone do not suffice: a fine-tuned
+A model folder's fingerprint is the sha256 over the digests of the files transformers loads
+(config.json, tokenizer files, every weight shard; not READMEs, not bioinstruct's manifest). Headers and sizes alone do not suffice: a fine-tuned
 or merged model has exactly the shapes, dtypes and offsets of its base, and LLaMA-1 and
 LLaMA-2 7B share them too; only the bytes tell them apart. The bytes are hashed once per file
 (bench/fingerprint.py: 3 GB in 5 s on one loaded core here, 0.6 GB/s) and then cost a stat()
@@ -37,8 +37,11 @@ from .io import atomic_write_json
 CHUNK = 1 << 22
 _memory: dict[str, dict] = {}
 _lock = threading.Lock()
-# Files of a model folder that are not part of the model (editing a README changes nothing).
-_NOT_MODEL = {"readme.md", "license", "license.txt", "use_policy.md", ".gitattributes"}
+# The files of a model folder that transformers and peft load: config, tokenizer, weights
+# (top level only: a checkpoints/ or runs/ folder beside them is not the model).
+_MODEL_SUFFIXES = {".json", ".safetensors", ".bin", ".model", ".txt", ".tiktoken", ".pt", ".pth", ".py"}
+# bioinstruct's own records of how a folder was made (times, attempts): not the model.
+_RUN_RECORDS = {"manifest.json", "pretrain_log.json"}
 
 
 def cache_file() -> Path | None:
@@ -126,7 +129,8 @@ def model_fingerprint(path: str) -> dict:
     if not local.is_dir():
         return {"hub": path}
     real = Path(os.path.realpath(local))
-    files = {str(f.relative_to(real)): file_sha256(f) for f in _files(real) if f.name.lower() not in _NOT_MODEL}
+    files = {f.name: file_sha256(f) for f in sorted(real.iterdir()) if f.is_file() and not f.name.startswith(".")
+             and f.suffix.lower() in _MODEL_SUFFIXES and f.name not in _RUN_RECORDS}
     return {"fingerprint": _digest(files)[:32]}
 
 

@@ -66,8 +66,13 @@ def test_model_fingerprint_tells_same_shape_weights_apart(tmp_path):
     b = fake_model(tmp_path / "llama2", b"\x00" * 60 + b"\x01\x00\x00\x00")  # same header and size
     assert model_fingerprint(str(a)) != model_fingerprint(str(b))
     shutil.copytree(a, tmp_path / "copy")
-    (tmp_path / "copy" / "README.md").write_text("edited")  # not part of the model
+    (tmp_path / "copy" / "README.md").write_text("edited")  # not part of the model,
+    (tmp_path / "copy" / "manifest.json").write_text("{}")  # nor how bioinstruct made it,
+    (tmp_path / "copy" / "checkpoints").mkdir()  # nor a folder beside it
+    (tmp_path / "copy" / "checkpoints" / "model.safetensors").write_bytes(b"other")
     assert model_fingerprint(str(tmp_path / "copy")) == model_fingerprint(str(a))
+    (tmp_path / "copy" / "tokenizer.json").write_text("{}")  # a tokenizer is
+    assert model_fingerprint(str(tmp_path / "copy")) != model_fingerprint(str(a))
     assert model_fingerprint("meta-llama/Llama-2-7b-hf") == {"hub": "meta-llama/Llama-2-7b-hf"}
 
 
