@@ -19,7 +19,7 @@ A model folder's fingerprint is the sha256 over the digests of the files transfo
 (config.json, tokenizer files, every weight shard; not READMEs, not bioinstruct's manifest). Headers and sizes alone do not suffice: a fine-tuned
 or merged model has exactly the shapes, dtypes and offsets of its base, and LLaMA-1 and
 LLaMA-2 7B share them too; only the bytes tell them apart. The bytes are hashed once per file
-(bench/fingerprint.py: 3 GB in 5 s on one loaded core here, 0.6 GB/s) and then cost a stat()
+(bench/fingerprint.py: 3 GB in 5-6 s on one loaded core here, 0.5-0.6 GB/s) and then cost a stat()
 per file from the cache.
 """
 
