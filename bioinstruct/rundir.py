@@ -188,7 +188,7 @@ def run_stage(stage_dir: str | os.PathLike, stage: str, cfg: Any,
     by a killed process runs again and its body resumes from its own files, but only
     when the config and ``inputs`` match the ones recorded (see ``finished``).
 
-    ``force`` starts clean: the old folder is set aside as ``<folder>.previous`` and the
+    ``force`` starts clean: the old folder is set aside as ``.<folder>.previous`` and the
     body starts in an empty one, so nothing made from other inputs is reused. The old
     folder comes back if the body fails, and is removed when it completes (a stopped or
     interrupted run keeps its new partial output, which the next run resumes). ``redo`` runs the
@@ -201,7 +201,8 @@ def run_stage(stage_dir: str | os.PathLike, stage: str, cfg: Any,
     if not redo and (done := check_resumable(stage_dir, stage, cfg, force=force, inputs=inputs, ignore=ignore)):
         print(f"[{stage}] already complete in {stage_dir}; nothing to do", file=sys.stderr)
         return done
-    aside = stage_dir.with_name(stage_dir.name + ".previous")
+    # Hidden, so that globs over stage folders (evaluate's shard-*-of-*) never take it for one.
+    aside = stage_dir.with_name(f".{stage_dir.name}.previous")
     if force and stage_dir.exists():
         if aside.exists():  # a forced run killed before: its folder is the one to keep aside
             shutil.rmtree(stage_dir)

@@ -124,7 +124,7 @@ def test_run_stage_skips_the_same_input_spelled_otherwise_and_refuses_another(tm
         run_stage(tmp_path / "moved", "s", cfg, body, inputs={"data": path_identity(cfg.data)}, ignore=("data",))
     run_stage(tmp_path / "moved", "s", cfg, body, inputs={"data": path_identity(cfg.data)}, ignore=("data",),
               force=True)
-    assert (tmp_path / "moved" / "n.txt").read_text() == "two" and not (tmp_path / "moved.previous").exists()
+    assert (tmp_path / "moved" / "n.txt").read_text() == "two" and not (tmp_path / ".moved.previous").exists()
 
 
 def test_partial_output_from_other_inputs_is_refused_and_force_starts_clean(tmp_path):
@@ -142,6 +142,24 @@ def test_partial_output_from_other_inputs_is_refused_and_force_starts_clean(tmp_
         run_stage(tmp_path / "s", "s", Cfg(), body, inputs={"data": "two"})
     run_stage(tmp_path / "s", "s", Cfg(), body, inputs={"data": "two"}, force=True)
     assert seen == [["config.yaml", "manifest.json"]]  # no partial.txt: nothing of input one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # the set-aside folder is gone
+
+
+def test_a_forced_run_killed_midway_is_resumed_with_its_own_inputs(tmp_path):
+    def good(out):
+        (out / "result.txt").write_text("one")
+
+    def killed(out):
+        (out / "partial.txt").write_text("two, half")
+        raise KeyboardInterrupt
+    run_stage(tmp_path / "s", "s", Cfg(), good, inputs={"data": "one"})
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(tmp_path / "s", "s", Cfg(), killed, inputs={"data": "two"}, force=True)
+    assert (tmp_path / ".s.previous" / "result.txt").read_text() == "one"  # hidden: no glob takes it
+    seen = []
+    run_stage(tmp_path / "s", "s", Cfg(), lambda out: seen.append((out / "partial.txt").read_text()),
+              inputs={"data": "two"})
+    assert seen == ["two, half"] and sorted(p.name for p in tmp_path.iterdir()) == ["s"]
 
 
 def test_a_failed_force_leaves_the_previous_output_as_it_was(tmp_path):
