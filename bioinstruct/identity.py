@@ -13,7 +13,7 @@ Cache: a digest is kept in-process and in ``$XDG_CACHE_HOME/bioinstruct/sha256.j
 ``~/.cache/bioinstruct/sha256.json``; ``BIOINSTRUCT_HASH_CACHE=FILE`` moves it, ``=off`` keeps
 it in-process only), keyed by real path and reused only while the file's size and mtime (ns)
 are unchanged. An edit changes mtime, so a stale digest is never reused; a lost or corrupt
-cache only costs a re-hash.
+cache only costs a re-hash; entries of deleted files are dropped when the cache is written.
 
 A model folder's fingerprint is the sha256 over the digests of the files transformers loads
 (config.json, tokenizer files, every weight shard; not READMEs, not bioinstruct's manifest). Headers and sizes alone do not suffice: a fine-tuned
@@ -69,7 +69,8 @@ def _save(real: str, entry: dict) -> None:
     if path is None:
         return
     try:
-        data = _load_cache(path)
+        # Entries of files since deleted (temporary copies, old runs) go, so the cache stays small.
+        data = {k: v for k, v in _load_cache(path).items() if os.path.exists(k)}
         data[real] = entry
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, data)

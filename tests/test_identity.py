@@ -48,6 +48,13 @@ def test_a_file_is_hashed_once_per_path_size_and_mtime(tmp_path, cache, monkeypa
     monkeypatch.undo()
     f.write_text('{"a": 2}\n')  # an edit in place (same size): mtime changes, so it is hashed again
     assert file_sha256(f) != first
+    gone = tmp_path / "gone.txt"
+    gone.write_text("x")
+    file_sha256(gone)
+    gone.unlink()
+    (tmp_path / "other.txt").write_text("y")
+    file_sha256(tmp_path / "other.txt")
+    assert str(gone.resolve()) not in json.loads(cache.read_text())  # deleted files leave the cache
 
 
 def test_a_path_is_an_identity_however_it_is_spelled(tmp_path, monkeypatch):
