@@ -171,11 +171,19 @@ def run(cfg: ClassifyConfig, *, force: bool = False) -> dict:
         atomic_write_json(stage_dir / "summary.json", summary)
         return summary
 
-    # Resumed (its responses replayed) or skipped only for the same instructions and prompt, by content.
-    local = not source.startswith("hf://")
-    inputs = {"input": path_identity(source) if local else source, "prompt_template": template.sha256}
+    inputs, ignore = identity(cfg)
     return run_stage(Path(cfg.run_dir) / "classify", "classify", cfg, body, force=force, inputs=inputs,
-                     ignore=("run_dir", "input", "prompt_template", *(f"llm.{k}" for k in TRANSPORT_KEYS)))
+                     ignore=ignore)
+
+
+def identity(cfg: ClassifyConfig) -> tuple[dict, tuple[str, ...]]:
+    """(inputs, keys compared through them or not at all): the stage resumes (its responses
+    replayed) or is skipped only for the same instructions and prompt, by content."""
+    source = cfg.input or str(Path(cfg.run_dir) / "filter" / "kept.jsonl")
+    template = PromptTemplate.load(cfg.prompt_template, "classify.yaml", ("instruction", "input"))
+    inputs = {"input": source if source.startswith("hf://") else path_identity(source),
+              "prompt_template": template.sha256}
+    return inputs, ("run_dir", "input", "prompt_template", *(f"llm.{k}" for k in TRANSPORT_KEYS))
 
 
 def summary_table(summary: dict) -> str:

@@ -236,11 +236,17 @@ def run(cfg: FilterConfig, *, force: bool = False) -> dict:
         atomic_write_json(stage_dir / "summary.json", summary)
         return summary
 
-    # Candidates and pool by content: a file edited in place is a different input. Where the
-    # outputs go stays a compared key (a new name must be written, not skipped).
-    local = {k: getattr(cfg, k) for k in ("input", "pool")}
-    inputs = {k: v if v is None or str(v).startswith("hf://") else path_identity(v) for k, v in local.items()}
-    return run_stage(out.parent, "filter", cfg, body, force=force, inputs=inputs, ignore=("input", "pool"))
+    inputs, ignore = identity(cfg)
+    return run_stage(out.parent, "filter", cfg, body, force=force, inputs=inputs, ignore=ignore)
+
+
+def identity(cfg: FilterConfig) -> tuple[dict, tuple[str, ...]]:
+    """(inputs, keys compared through them): candidates and pool by content, so a file edited
+    in place is a different input. Where the outputs go stays a compared key (a new name
+    must be written, not skipped)."""
+    paths = {k: getattr(cfg, k) for k in ("input", "pool")}
+    return ({k: v if v is None or str(v).startswith("hf://") else path_identity(v) for k, v in paths.items()},
+            ("input", "pool"))
 
 
 def summary_table(summary: dict) -> str:

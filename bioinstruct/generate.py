@@ -334,12 +334,18 @@ def run(cfg: GenerateConfig, *, reparse: bool = False, force: bool = False) -> d
                                + ("; --reparse sends nothing: run without it to continue" if reparse else ""))
         return engine.ledger.snapshot()
 
-    # Resumed (responses.jsonl replayed) or skipped only for the same seeds and prompt, by content.
-    inputs = {"seed_tasks": path_identity(cfg.seed_tasks or DEFAULT_SEEDS), "prompt_template": template.sha256}
+    inputs, ignore = identity(cfg)
     # --reparse rebuilds from responses.jsonl in place; --force alone starts without it.
     return run_stage(Path(cfg.run_dir) / "generate", "generate", cfg, body, force=force and not reparse,
-                     redo=reparse, inputs=inputs, ignore=("run_dir", "seed_tasks", "prompt_template",
-                                                        *(f"llm.{k}" for k in TRANSPORT_KEYS)))
+                     redo=reparse, inputs=inputs, ignore=ignore)
+
+
+def identity(cfg: GenerateConfig) -> tuple[dict, tuple[str, ...]]:
+    """(inputs, keys compared through them or not at all): the stage resumes (responses.jsonl
+    replayed) or is skipped only for the same seeds and prompt, by content."""
+    inputs = {"seed_tasks": path_identity(cfg.seed_tasks or DEFAULT_SEEDS),
+              "prompt_template": load_template(cfg.prompt_template).sha256}
+    return inputs, ("run_dir", "seed_tasks", "prompt_template", *(f"llm.{k}" for k in TRANSPORT_KEYS))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

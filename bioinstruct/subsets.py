@@ -117,10 +117,16 @@ def run(cfg: SubsetsConfig, *, force: bool = False) -> dict:
         subsets = [_write(s, records, stage_dir / s["name"], cfg) for s in plan(records, cfg)]
         return {"records": len(records), "subsets": subsets}
 
-    # The labelled records by content, wherever they lie or the run directory moves.
-    inputs = {"input": source if source.startswith("hf://") else path_identity(source)}
+    inputs, ignore = identity(cfg)
     return run_stage(Path(cfg.run_dir) / "subsets", "subsets", cfg, body, force=force, inputs=inputs,
-                     ignore=("run_dir", "input"))
+                     ignore=ignore)
+
+
+def identity(cfg: SubsetsConfig) -> tuple[dict, tuple[str, ...]]:
+    """(inputs, keys compared through them): the labelled records by content, wherever they
+    lie or the run directory moves."""
+    source = cfg.input or str(Path(cfg.run_dir) / "classify" / "labelled.jsonl")
+    return {"input": source if source.startswith("hf://") else path_identity(source)}, ("run_dir", "input")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

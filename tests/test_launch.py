@@ -196,6 +196,25 @@ def test_an_evaluate_shard_is_done_only_when_made_from_the_same_data(tmp_path):
 
 
 @pytest.mark.unit
+def test_a_subsets_task_is_done_only_for_the_same_labels(tmp_path):
+    from bioinstruct import subsets
+    from bioinstruct.errors import StageConflict
+    from bioinstruct.rundir import run_stage
+
+    labelled = tmp_path / "run" / "classify" / "labelled.jsonl"
+    labelled.parent.mkdir(parents=True)
+    labelled.write_text('{"instruction": "a", "output": "b", "category": "qa"}\n')
+    cfg = subsets.SubsetsConfig(run_dir=str(tmp_path / "run"))
+    inputs, ignore = subsets.identity(cfg)
+    run_stage(tmp_path / "run" / "subsets", "subsets", cfg, lambda d: {}, inputs=inputs, ignore=ignore)
+    (plan,) = plan_of(tmp_path, "stages: {x: {kind: subsets}}").stages
+    assert plan.tasks[0].done
+    labelled.write_text('{"instruction": "a", "output": "b", "category": "ie"}\n')  # relabelled in place
+    with pytest.raises(StageConflict, match=r"stage 'x', task 0 .*inputs.input: '[0-9a-f]{64}'"):
+        plan_of(tmp_path, "stages: {x: {kind: subsets}}")
+
+
+@pytest.mark.unit
 def test_resume_takes_the_sweep_recorded_in_a_run_directory(tmp_path, capsys):
     assert main(["launch", str(tmp_path)]) == 2
     assert "--resume" in capsys.readouterr().err
