@@ -33,8 +33,9 @@ from pathlib import Path
 
 from .config import add_config_arguments, config_from_args
 from .errors import StageStopped
+from .identity import path_identity
 from .io import atomic_write_json, write_jsonl
-from .llm import Engine, LLMConfig, Request, preflight
+from .llm import TRANSPORT_KEYS, Engine, LLMConfig, Request, preflight
 from .progress import progress
 from .prompts import PromptTemplate
 from .records import CATEGORIES, PAPER_SHARES, UNKNOWN, read_records, record_id
@@ -180,7 +181,19 @@ def run(cfg: ClassifyConfig, *, force: bool = False) -> dict:
         atomic_write_json(stage_dir / "summary.json", summary)
         return summary
 
-    return run_stage(Path(cfg.run_dir) / "classify", "classify", cfg, body, force=force)
+    inputs, ignore = identity(cfg)
+    return run_stage(Path(cfg.run_dir) / "classify", "classify", cfg, body, force=force, inputs=inputs,
+                     ignore=ignore)
+
+
+def identity(cfg: ClassifyConfig) -> tuple[dict, tuple[str, ...]]:
+    """(inputs, keys compared through them or not at all): the stage resumes (its responses
+    replayed) or is skipped only for the same instructions and prompt, by content."""
+    source = cfg.input or str(Path(cfg.run_dir) / "filter" / "kept.jsonl")
+    template = PromptTemplate.load(cfg.prompt_template, "classify.yaml", ("instruction", "input"))
+    inputs = {"input": source if source.startswith("hf://") else path_identity(source),
+              "prompt_template": template.sha256}
+    return inputs, ("run_dir", "input", "prompt_template", *(f"llm.{k}" for k in TRANSPORT_KEYS))
 
 
 def summary_table(summary: dict) -> str:

@@ -294,7 +294,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config and exit without running")
     parser.add_argument("--force", action="store_true",
-                        help="redo the stage even if its output is complete with another config")
+                        help="redo the stage from scratch (its old output is set aside, and restored if the run fails)")
 
 
 def config_from_args(cls: type, args: argparse.Namespace, flags: dict[str, Any] | None = None) -> Any:

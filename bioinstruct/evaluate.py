@@ -11,9 +11,13 @@ Input: a model directory (or hub id), optionally an adapter; tasks from the regi
 task_data.<task>.path=FILE; gated sets say where to get them).
 Output (--out DIR/<model>/<task>/; <model> is "base", or the adapter's name):
   shard-I-of-N/predictions.jsonl   one line per example, appended as produced; a restarted
-                                   shard skips what is done (manifest.json marks it complete)
+                                   shard skips what is done (manifest.json marks it complete),
+                                   only when made from the same inputs (manifest "inputs":
+                                   model/adapter fingerprints, data sha256, task options, limit,
+                                   shard count); other inputs are refused, --force starts clean
   results.json                     metrics with n and 95% bootstrap intervals, written by
-                                   the shard that completes the set (or by --merge); with
+                                   the shard that completes the set (or by --merge), with the
+                                   fingerprints, data hashes, split, limit and shard count; with
                                    decontamination=DECISIONS.jsonl (bioinstruct decontaminate)
                                    also "untouched": the same metrics over the items no
                                    instruction touched, and how many were left out
@@ -36,15 +40,21 @@ from typing import Any, Literal
 from . import metrics as M
 from .config import FieldError, add_config_arguments, at_least, config_from_args
 from .errors import ConfigError, UserError
+from .identity import adapter_identity, base_matches, model_fingerprint, path_identity
 from .io import JsonlAppender, atomic_write_json, read_jsonl
 from .llm import LLMConfig
 from .models import check_adapter, check_model
 from .prompts import alpaca_prompt
-from .rundir import check_writable, is_complete, read_manifest, run_stage
+from .rundir import check_resumable, check_writable, is_complete, read_manifest, run_stage
 from .table import format_table
 from .tasks import task_names
 
 CHUNK = 64  # examples per append: a killed shard loses at most this much work
+# Keys compared through the shard's recorded input identities (model and adapter fingerprints,
+# the task's data hashes and options) or that do not change a shard's predictions (where the
+# output lives, which other tasks and models the same call scores), never as strings.
+IDENTITY_KEYS = ("model", "adapter", "out", "shard", "tasks", "task_data", "name", "compare_base",
+                 "allow_base_mismatch")
 
 
 @dataclasses.dataclass
@@ -68,6 +78,7 @@ class EvaluateConfig:
     judge: bool = False
     judge_llm: LLMConfig = dataclasses.field(
         default_factory=lambda: LLMConfig(backend="openai", temperature=0.0, max_tokens=60))
+    allow_base_mismatch: bool = False  # score an adapter on a model other than its recorded base
 
     def __post_init__(self):
         shard_of(self.shard)
@@ -195,10 +206,19 @@ def write_results(task, task_dir: Path, cfg: EvaluateConfig, model_label: str) -
     if missing or len(shards) != n:
         raise UserError(f"{task_dir}: {len(missing)} of {n} shards are not complete "
                         f"({', '.join(str(i) for i in missing[:10])}); run them before merging")
+    inputs = [read_manifest(s).get("inputs") for s in shards]
+    if any(x != inputs[0] for x in inputs):
+        odd = next(s for s, x in zip(shards, inputs) if x != inputs[0])
+        raise UserError(f"{task_dir}: {odd.name} was made from other inputs than {shards[0].name} "
+                        f"(model, adapter, data or limit); rerun it with --force")
     rows = [row for s in shards for row in read_jsonl(s / "predictions.jsonl")]
     metrics = task_metrics(task, rows, cfg, task_dir)
+    recorded = inputs[0] or {}
     results = {"task": task.name, "kind": task.kind, "model": model_label,
                "model_path": cfg.model, "adapter": cfg.adapter if model_label != "base" else None,
+               "model_fingerprint": recorded.get("model"), "adapter_identity": recorded.get("adapter"),
+               "data": recorded.get("task", {}).get("data"), "split": recorded.get("task", {}).get("split"),
+               "limit": recorded.get("limit"), "allow_base_mismatch": recorded.get("allow_base_mismatch"),
                "n": len(rows), "shards": n, "metrics": metrics}
     if cfg.decontamination:
         from .decontaminate import touched_items
@@ -232,6 +252,25 @@ def run(cfg: EvaluateConfig, *, force: bool = False) -> list[dict]:
 
         touched_items(cfg.decontamination)
     examples = {t.name: load_examples(t)[:cfg.limit] for t in tasks}  # every data problem shows up first
+    if cfg.adapter:
+        match, base = base_matches(cfg.adapter, cfg.model)
+        if not match and not cfg.allow_base_mismatch:
+            raise ConfigError(f"--adapter: {cfg.adapter} was trained on {base}, not on --model {cfg.model} "
+                              f"(compared by content where the base is a local folder, else by name); "
+                              f"set allow_base_mismatch=true to score it anyway")
+    # Every reuse decision is made here, before the model loads (minutes on a GPU).
+    inputs = {}
+    for label, adapter_on in cfg.models():
+        for task in tasks:
+            task_dir = Path(cfg.out) / label / task.name
+            other = sorted(p.name for p in task_dir.glob("shard-*-of-*")
+                           if p.is_dir() and p.name.rsplit("-", 1)[1] != str(n))
+            if other:
+                raise ConfigError(f"--shard {cfg.shard}: {task_dir} holds {other[0]} (another shard count); "
+                                  f"use another --out, or the shard count it was started with")
+            inputs[label, task.name] = shard_inputs(cfg, adapter_on, task)
+            check_resumable(task_dir / f"shard-{i}-of-{n}", "evaluate", cfg, force=force,
+                            inputs=inputs[label, task.name], ignore=IDENTITY_KEYS)
     from .scoring import LM
 
     lm = LM(cfg.model, cfg.adapter, dtype=cfg.dtype, batch_size=cfg.batch_size)
@@ -242,10 +281,41 @@ def run(cfg: EvaluateConfig, *, force: bool = False) -> list[dict]:
             mine = examples[task.name][i - 1::n]
             with (lm.base() if not adapter_on else _nothing()):
                 run_stage(task_dir / f"shard-{i}-of-{n}", "evaluate", cfg,
-                          lambda d: score_shard(lm, task, mine, adapter_on, cfg, d), force=force)
+                          lambda d: score_shard(lm, task, mine, adapter_on, cfg, d), force=force,
+                          inputs=inputs[label, task.name], ignore=IDENTITY_KEYS)
             if all(is_complete(task_dir / f"shard-{j}-of-{n}") for j in range(1, n + 1)):
                 results.append(merge_task(task, task_dir, cfg, label))
     return results
+
+
+def shard_inputs(cfg: EvaluateConfig, adapter_on: bool, task) -> dict:
+    """What a shard's predictions are made from, by content (its manifest's "inputs")."""
+    return {"model": model_fingerprint(cfg.model), "adapter": adapter_identity(cfg.adapter) if adapter_on else None,
+            "task": task_identity(task), "limit": cfg.limit, "shards": shard_of(cfg.shard)[1],
+            **({"allow_base_mismatch": True} if adapter_on and cfg.allow_base_mismatch else {})}
+
+
+def shard_identity(cfg: EvaluateConfig, shard_dir: Path) -> tuple[dict, tuple[str, ...]]:
+    """(inputs, keys compared through them) of the shard folder ``OUT/<model>/<task>/shard-I-of-N``
+    of this config: what `bioinstruct launch` asks before counting a shard as done."""
+    from .tasks import load_task
+
+    name = shard_dir.parent.name
+    adapter_on = dict(cfg.models()).get(shard_dir.parent.parent.name, False)
+    return shard_inputs(cfg, adapter_on, load_task(name, cfg.task_data.get(name))), IDENTITY_KEYS
+
+
+def task_identity(task) -> dict:
+    """A task as the predictions depend on it: its loader options, and each data path by content
+    (a file's sha256, a folder's files'), not by where it lies. Data from the hub is named by
+    dataset, config and split (its revision is not pinned)."""
+    from .tasks import _is_path_key
+
+    options = {k: v for k, v in task.data.items() if k != "root" and not _is_path_key(k)}
+    hub = task.data.get("hub")
+    return {"name": task.name, "options": options,
+            "data": None if hub else {k: path_identity(v) for k, v in task.data.items() if _is_path_key(k)},
+            "split": task.data.get("split") or (task.data.get("hub_split") if hub else None)}
 
 
 def merge_task(task, task_dir: Path, cfg: EvaluateConfig, label: str) -> dict:

@@ -31,6 +31,7 @@ from typing import Iterable, Literal
 
 from .config import add_config_arguments, config_from_args
 from .errors import ConfigError
+from .identity import path_identity
 from .io import atomic_write_json, write_jsonl
 from .progress import progress
 from .records import read_records
@@ -235,7 +236,17 @@ def run(cfg: FilterConfig, *, force: bool = False) -> dict:
         atomic_write_json(stage_dir / "summary.json", summary)
         return summary
 
-    return run_stage(out.parent, "filter", cfg, body, force=force)
+    inputs, ignore = identity(cfg)
+    return run_stage(out.parent, "filter", cfg, body, force=force, inputs=inputs, ignore=ignore)
+
+
+def identity(cfg: FilterConfig) -> tuple[dict, tuple[str, ...]]:
+    """(inputs, keys compared through them): candidates and pool by content, so a file edited
+    in place is a different input. Where the outputs go stays a compared key (a new name
+    must be written, not skipped)."""
+    paths = {k: getattr(cfg, k) for k in ("input", "pool")}
+    return ({k: v if v is None or str(v).startswith("hf://") else path_identity(v) for k, v in paths.items()},
+            ("input", "pool"))
 
 
 def summary_table(summary: dict) -> str:

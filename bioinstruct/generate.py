@@ -37,8 +37,9 @@ from typing import Any, Iterator
 from .config import add_config_arguments, config_from_args
 from .errors import ConfigError, DataError, StageStopped
 from .filter import Criteria, CandidateFilter
+from .identity import path_identity
 from .io import JsonlAppender, iter_rows, write_jsonl
-from .llm import Engine, Ledger, LLMConfig, Request, preflight
+from .llm import TRANSPORT_KEYS, Engine, Ledger, LLMConfig, Request, preflight
 from .progress import progress
 from .prompts import PromptTemplate
 from .records import CATEGORIES
@@ -364,7 +365,18 @@ def run(cfg: GenerateConfig, *, reparse: bool = False, force: bool = False) -> d
             raise StageStopped(f"{collect.accepted} of {cfg.target} instructions so far{why}")
         return engine.ledger.snapshot()
 
-    return run_stage(Path(cfg.run_dir) / "generate", "generate", cfg, body, force=force or reparse)
+    inputs, ignore = identity(cfg)
+    # --reparse rebuilds from responses.jsonl in place; --force alone starts without it.
+    return run_stage(Path(cfg.run_dir) / "generate", "generate", cfg, body, force=force and not reparse,
+                     redo=reparse, inputs=inputs, ignore=ignore)
+
+
+def identity(cfg: GenerateConfig) -> tuple[dict, tuple[str, ...]]:
+    """(inputs, keys compared through them or not at all): the stage resumes (responses.jsonl
+    replayed) or is skipped only for the same seeds and prompt, by content."""
+    inputs = {"seed_tasks": path_identity(cfg.seed_tasks or DEFAULT_SEEDS),
+              "prompt_template": load_template(cfg.prompt_template).sha256}
+    return inputs, ("run_dir", "seed_tasks", "prompt_template", *(f"llm.{k}" for k in TRANSPORT_KEYS))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -45,9 +45,9 @@ from .config import dump_config, load_config
 from .errors import ConfigError, StageConflict, UserError
 from .io import atomic_write_json, atomic_write_text, read_json
 from .launch_executors import EXECUTORS, Container, Job, Resources
-from .launch_stages import KINDS
+from .launch_stages import KINDS, done as task_done
 from .launch_status import manifest_path, print_status, read_manifests
-from .rundir import config_hash, finished, utc_now
+from .rundir import config_hash, utc_now
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -274,7 +274,7 @@ def _tasks(name: str, spec: StageSpec, names: dict[str, str], where: str) -> lis
             cfg = load_config(kind.config, task_config, overrides)
             label = kind.name(cfg) if kind.name else label
             outputs = [p.resolve() for p in kind.outputs(cfg)]
-            done = all(finished(o, kind.stage, kind.recorded(cfg)) is not None for o in outputs)
+            done = all(task_done(kind, cfg, o) for o in outputs)
         except (ConfigError, StageConflict) as e:  # a conflict: complete, but made with another config
             raise type(e)(f"{where}, task {index} ({label}): {e}") from None
         tasks.append(Task(index, label, task_config, overrides, cfg, outputs, done))
@@ -443,8 +443,7 @@ def launch(plan: Plan, executor, *, source: str, out: TextIO) -> dict:
         order = list(plan.sweep.stages)
         manifest["stages"].sort(key=lambda s: order.index(s["name"]) if s["name"] in order else len(order))
         atomic_write_json(path, manifest)
-        if executor.blocking and any(finished(o, kind.stage, kind.recorded(t.cfg)) is None
-                                     for t in stage.tasks for o in t.outputs):
+        if executor.blocking and any(not task_done(kind, t.cfg, o) for t in stage.tasks for o in t.outputs):
             failed.add(stage.name)
     return manifest
 

@@ -46,7 +46,7 @@ class StageKind:
     config: type  # the stage's config dataclass
     run: Callable[[Any], dict]  # run(cfg) -> the stage's manifest
     outputs: Callable[[Any], list[Path]]  # the folders whose manifest.json mark the task complete
-    stage: str  # the stage name its manifest records (rundir.finished compares configs only)
+    stage: str  # the stage name its manifest records
     # Every rank of a multi-task job runs it (srun starts one per GPU); other kinds run once.
     distributed: bool = False
     # Raised after a clean stop on SIGUSR2/SIGTERM (state saved): exit 75 and be requeued.
@@ -55,6 +55,21 @@ class StageKind:
     name: Callable[[Any], str] | None = None
     # The part of the config the stage's manifest records (and hashes), when not all of it.
     recorded: Callable[[Any], Any] = lambda cfg: cfg
+    # (inputs, keys compared through them) of an output folder, for stages that record their
+    # inputs by content: a complete output made from other inputs is not done.
+    identity: Callable[[Any, Path], tuple[dict, tuple[str, ...]]] | None = None
+
+
+def done(kind: StageKind, cfg: Any, output: Path) -> bool:
+    """Whether ``output`` holds this task complete, made from the same config and inputs
+    (StageConflict when made from others). Inputs are fingerprinted only for a complete output:
+    a later stage's inputs may not exist yet when a sweep is planned."""
+    from .rundir import finished, is_complete
+
+    if not is_complete(output):
+        return False
+    inputs, ignore = kind.identity(cfg, output) if kind.identity else (None, ())
+    return finished(output, kind.stage, kind.recorded(cfg), inputs=inputs, ignore=ignore) is not None
 
 
 def _evaluate_shards(cfg: evaluate.EvaluateConfig) -> list[Path]:
@@ -66,22 +81,27 @@ KINDS: dict[str, StageKind] = {
     "tiny-model": StageKind(config=TinyModelJob, run=lambda c: make_tiny_model(c.out, c.model),
                             outputs=lambda c: [Path(c.out)], stage="make-tiny-model", recorded=lambda c: c.model),
     "generate": StageKind(config=generate.GenerateConfig, run=generate.run,
-                          outputs=lambda c: [Path(c.run_dir) / "generate"], stage="generate"),
+                          outputs=lambda c: [Path(c.run_dir) / "generate"], stage="generate",
+                          identity=lambda c, _: generate.identity(c)),
     "filter": StageKind(config=filter_stage.FilterConfig, run=filter_stage.run,
-                        outputs=lambda c: [Path(c.output).parent], stage="filter"),
+                        outputs=lambda c: [Path(c.output).parent], stage="filter",
+                        identity=lambda c, _: filter_stage.identity(c)),
     "decontaminate": StageKind(config=decontaminate.DecontaminateConfig, run=decontaminate.run,
                                outputs=lambda c: [Path(c.run_dir) / "decontaminate"], stage="decontaminate"),
     "classify": StageKind(config=classify.ClassifyConfig, run=classify.run,
-                          outputs=lambda c: [Path(c.run_dir) / "classify"], stage="classify"),
+                          outputs=lambda c: [Path(c.run_dir) / "classify"], stage="classify",
+                          identity=lambda c, _: classify.identity(c)),
     "subsets": StageKind(config=subsets.SubsetsConfig, run=subsets.run,
-                         outputs=lambda c: [Path(c.run_dir) / "subsets"], stage="subsets"),
+                         outputs=lambda c: [Path(c.run_dir) / "subsets"], stage="subsets",
+                         identity=lambda c, _: subsets.identity(c)),
     "train": StageKind(config=train.TrainConfig, run=train.run,
                        outputs=lambda c: [Path(c.run_dir) / "train" / c.stage_name()], stage="train",
-                       distributed=True, preempted=(train.Preempted,), name=lambda c: c.stage_name()),
+                       distributed=True, preempted=(train.Preempted,), name=lambda c: c.stage_name(),
+                       identity=lambda c, _: (train.train_inputs(c), train.IDENTITY_KEYS + train.NEUTRAL_KEYS)),
     # One task scores one shard of each of its models x tasks; the shard that completes a
     # task's set writes its results.json, so no merge job is needed.
     "evaluate": StageKind(config=evaluate.EvaluateConfig, run=evaluate.run, outputs=_evaluate_shards,
-                          stage="evaluate"),
+                          stage="evaluate", identity=evaluate.shard_identity),
     # A sweep skips a complete report with the same config even when results were added
     # since; `bioinstruct report` redoes it (it compares its inputs), in seconds on a CPU.
     "report": StageKind(config=report.ReportConfig, run=report.run, outputs=lambda c: [c.out_dir()],

@@ -67,6 +67,13 @@ class Budget:
     max_cost: float | None = DEFAULT_MAX_COST  # USD, from the price table
 
 
+# LLMConfig keys that decide how requests are sent and paid for, not what comes back: a stage
+# resumes or skips across a change in them (a raised budget continues a stopped run).
+TRANSPORT_KEYS = ("api_key_env", "timeout", "max_attempts", "backoff_base", "backoff_max",
+                  "max_consecutive_failures", "concurrency", "requests_per_minute", "tokens_per_minute",
+                  "batch_poll_seconds", "batch_discount", "prices", "budget")
+
+
 @dataclasses.dataclass
 class LLMConfig:
     backend: Literal["openai", "openai-batch", "offline"] = "offline"

@@ -126,6 +126,7 @@ class Result:
     model_path: str | None
     metrics: dict[str, Any]
     untouched: dict[str, Any] | None = None  # evaluate's scores over items no instruction touched
+    limit: int | None = None  # evaluate's limit=N: the first N examples of the task only
 
 
 def natural_key(text: str) -> list:
@@ -186,7 +187,8 @@ def load_results(run_dir: Path, exclude: Path) -> tuple[list[Result], list[dict]
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
         for fam in families:
             results.append(Result(source, sha, task, kind, label, fam, variant, data.get("n"),
-                                  data.get("model_path"), data["metrics"], data.get("untouched")))
+                                  data.get("model_path"), data["metrics"], data.get("untouched"),
+                                  data.get("limit")))
     return results, skipped
 
 
@@ -268,7 +270,7 @@ def score_cell(r: Result | None, metric: str) -> dict | None:
     ci = m.get("ci95")
     ci = [float(ci[0]), float(ci[1])] if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci else None
     return {"type": "score", "value": float(m["value"]), "ci95": ci, "n": m.get("n", r.n), "metric": metric,
-            "task": r.task, "model": r.label, "source": r.source}
+            "task": r.task, "model": r.label, "source": r.source, "limited": r.limit is not None}
 
 
 def mean_cell(cells: list[dict | None], expected: int | None = None) -> dict | None:
@@ -277,6 +279,7 @@ def mean_cell(cells: list[dict | None], expected: int | None = None) -> dict | N
         return None
     return {"type": "mean", "value": sum(c["value"] for c in present) / len(present),
             "tasks": [c["task"] for c in present], "expected": expected or len(cells),
+            "limited": any(c.get("limited") for c in present),
             "of": [{k: c[k] for k in ("task", "metric", "value", "source")} for c in present]}
 
 
@@ -285,6 +288,7 @@ def gain_cell(tuned: dict | None, base: dict | None) -> dict | None:
         return None
     return {"type": "gain", "value": (tuned["value"] - base["value"]) / base["value"],
             "tuned": tuned["value"], "base": base["value"], "tasks": [tuned.get("task")], "expected": 1,
+            "limited": bool(tuned.get("limited") or base.get("limited")),
             "sources": [tuned["source"], base["source"]]}
 
 
@@ -299,7 +303,11 @@ def gain_of_means(tuned: list[dict | None], base: list[dict | None]) -> dict | N
         return None
     return {"type": "gain", "value": (t_mean - b_mean) / b_mean, "tuned": t_mean, "base": b_mean,
             "tasks": [t["task"] for t, _ in pairs], "expected": len(tuned),
+            "limited": any(c.get("limited") for pair in pairs for c in pair),
             "sources": [c["source"] for pair in pairs for c in pair]}
+
+
+LIMITED = "†"  # marks a number from (or averaged over) a run with evaluate's limit=N
 
 
 def fmt(value: float) -> str:
@@ -313,9 +321,10 @@ def cell_text(cell: Any, *, ci: bool = True) -> str:
         return cell
     partial = f" ({len(cell['tasks'])}/{cell['expected']})" if cell["type"] != "score" and \
         len(cell["tasks"]) < cell["expected"] else ""
+    mark = LIMITED if cell.get("limited") else ""
     if cell["type"] == "gain":
-        return f"{100 * cell['value']:+.1f}%{partial}"
-    text = fmt(cell["value"])
+        return f"{100 * cell['value']:+.1f}%{mark}{partial}"
+    text = fmt(cell["value"]) + mark
     if ci and cell["type"] == "score" and cell["ci95"]:
         text += f" [{fmt(cell['ci95'][0])}, {fmt(cell['ci95'][1])}]"
     return text + partial
@@ -708,7 +717,7 @@ def scores_csv(results: list[Result], index: dict) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["family", "variant", "model", "task", "kind", "metric", "value", "ci95_low", "ci95_high", "n",
-                     "source"])
+                     "source", "limit"])
     for (family, variant, task), r in sorted(index.items(), key=lambda kv: (natural_key(kv[0][0]), kv[0][1:])):
         for metric in sorted(r.metrics):
             cell = score_cell(r, metric)
@@ -717,7 +726,7 @@ def scores_csv(results: list[Result], index: dict) -> str:
             ci = cell["ci95"] or ["", ""]
             writer.writerow([family, variant or "", r.label, task, r.kind, metric, repr(cell["value"]),
                              *(repr(c) if c != "" else "" for c in ci), cell["n"] if cell["n"] is not None else "",
-                             r.source])
+                             r.source, r.limit if r.limit is not None else ""])
     return buf.getvalue()
 
 
@@ -812,6 +821,10 @@ def build(cfg: ReportConfig, results: list[Result], skipped: list[dict], sizes: 
     if contamination := rep.contamination_table():
         tables["contamination"] = contamination
     notes = list(rep.notes)
+    limited = sorted({f"{r.source} (limit={r.limit})" for r in results if r.limit is not None})
+    if limited:
+        notes.append(f"{LIMITED} marks numbers from runs limited to the first N examples of a task (evaluate "
+                     f"limit=N), not the full test set: " + ", ".join(limited))
     notes += [f"Skipped {s['source']}: {s['why']}" for s in skipped]
     if not results:
         notes.append(f"No results.json under {cfg.run_dir}: run bioinstruct evaluate first.")
@@ -883,7 +896,7 @@ def run(cfg: ReportConfig, *, force: bool = False) -> dict:
         return summary
 
     # A conflicting config was refused above (unless force); changed inputs are simply redone.
-    return run_stage(out, "report", cfg, body, force=True)
+    return run_stage(out, "report", cfg, body, redo=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,10 +9,13 @@ Stages talk to each other only through files under one run directory::
         <stage>/manifest.json                     status, config, versions, times
         <stage>/config.yaml                       the resolved config the stage ran with
 
-A stage whose manifest says ``complete`` with the same config is skipped, which is
-what makes re-running a whole sweep (or a requeued Slurm job) safe. A complete stage
-asked to run with a *different* config is refused unless ``force`` is given, so
-results are never silently mixed from two configs.
+A stage whose manifest says ``complete`` with the same config and the same input
+identities (content hashes and fingerprints from :mod:`bioinstruct.identity`, recorded
+as ``inputs``) is skipped, which is what makes re-running a whole sweep (or a requeued
+Slurm job) safe; paths are compared by what they name, not how they are spelled. A
+stage asked to run with a *different* config or inputs is refused, naming what changed,
+whether its output is complete or partial, unless ``force`` is given, which starts clean:
+results are never silently mixed from two configs or two inputs.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -99,25 +103,64 @@ def _with_new_keys(recorded: dict, default: Any) -> dict:
     return filled
 
 
-def finished(stage_dir: str | os.PathLike, stage: str, cfg: Any, *, force: bool = False) -> dict | None:
-    """The manifest of a complete run of this stage with this config, or None when the
-    stage must run; a complete run with another config raises StageConflict (unless
-    ``force``). Keys added to the config since the run count at their defaults. Every rank
+def _without(config: dict, keys: tuple[str, ...]) -> dict:
+    """``config`` less the dotted ``keys`` (the ones compared through recorded identities)."""
+    return {k: (_without(v, tuple(x[len(k) + 1:] for x in keys if x.startswith(k + ".")))
+                if isinstance(v, dict) else v) for k, v in config.items() if k not in keys}
+
+
+def differences(previous: dict, cfg: Any, inputs: dict | None = None, ignore: tuple[str, ...] = ()) -> list[str]:
+    """What differs between a recorded manifest and a run about to start: config keys (less
+    ``ignore``: paths compared as identities and keys that cannot change the result) and
+    recorded input identities. Keys added to the config since the run count at their defaults."""
+    recorded, default = previous.get("config", {}), default_instance(type(cfg))
+    if default is not None:
+        recorded = _with_new_keys(recorded, default)
+    changes = _changed_keys(_without(recorded, ignore), _without(to_dict(cfg), ignore))
+    if inputs is not None:
+        if "inputs" not in previous:  # made before identities were recorded: paths as strings
+            return _changed_keys(recorded, to_dict(cfg))
+        changes += _changed_keys(previous["inputs"], inputs, "inputs.")
+    return changes
+
+
+def finished(stage_dir: str | os.PathLike, stage: str, cfg: Any, *, force: bool = False,
+             inputs: dict | None = None, ignore: tuple[str, ...] = ()) -> dict | None:
+    """The manifest of a complete run of this stage with this config and these ``inputs``
+    (identities: content hashes, fingerprints), or None when the stage must run; a complete
+    run made otherwise raises StageConflict naming what changed (unless ``force``). Keys in
+    ``ignore`` (paths, whose identity is in ``inputs``; keys that cannot change the result)
+    are not compared, so a symlinked, relative or moved path is the same input. Every rank
     of a distributed stage asks, so all of them decide alike."""
     previous = read_manifest(stage_dir)
     if not previous or previous.get("status") != "complete" or force:
         return None
-    if previous.get("config_hash") == config_hash(cfg):
+    if inputs is None and not ignore and previous.get("config_hash") == config_hash(cfg):
         return previous
-    recorded, default = previous.get("config", {}), default_instance(type(cfg))
-    if default is not None:
-        recorded = _with_new_keys(recorded, default)
-        if _canonical(recorded) == _canonical(to_dict(cfg)):
-            return previous
-    changes = "\n  ".join(_changed_keys(recorded, to_dict(cfg)))
-    raise StageConflict(
-        f"{stage_dir} holds a complete '{stage}' made with another config:\n  {changes}\n"
-        f"Use a new run directory, or --force to redo it with the new config.")
+    changes = differences(previous, cfg, inputs, ignore)
+    if not changes:
+        return previous
+    raise StageConflict(  # one line, as every bad-input error (a Slurm log greps well)
+        f"{stage_dir} holds a complete '{stage}' made from other inputs or config ({'; '.join(changes)}): "
+        f"use a new run directory, or --force to redo it from scratch")
+
+
+def check_resumable(stage_dir: str | os.PathLike, stage: str, cfg: Any, *, force: bool = False,
+                    inputs: dict | None = None, ignore: tuple[str, ...] = ()) -> dict | None:
+    """What ``run_stage`` decides, without running: the manifest of a complete run to skip,
+    None to run (or resume), StageConflict for output, complete or partial (a killed or
+    failed run), made from other inputs. Stages ask before loading a model."""
+    if done := finished(stage_dir, stage, cfg, force=force, inputs=inputs, ignore=ignore):
+        return done
+    previous = read_manifest(stage_dir)
+    if force or not previous or previous.get("status") == "complete":
+        return None
+    changes = differences(previous, cfg, inputs, ignore)
+    if changes:
+        raise StageConflict(
+            f"{stage_dir} holds partial '{stage}' output made from other inputs or config ({'; '.join(changes)}): "
+            f"rerun with the same ones to resume it, or --force to start clean")
+    return None
 
 
 def check_writable(path: str | os.PathLike, key: str) -> None:
@@ -135,20 +178,36 @@ def check_writable(path: str | os.PathLike, key: str) -> None:
 
 
 def run_stage(stage_dir: str | os.PathLike, stage: str, cfg: Any,
-              body: Callable[[Path], dict | None], *, force: bool = False) -> dict:
+              body: Callable[[Path], dict | None], *, force: bool = False, redo: bool = False,
+              inputs: dict | None = None, ignore: tuple[str, ...] = ()) -> dict:
     """Run ``body(stage_dir)`` under the contract; return the final manifest.
 
     ``body`` writes the stage's outputs into ``stage_dir`` and may return a small
     summary (counts, metrics) kept in the manifest. If it raises, the manifest says
     ``failed`` with the error and the exception propagates. A stage left ``running``
-    by a killed process simply runs again: bodies resume from their own files.
+    by a killed process runs again and its body resumes from its own files, but only
+    when the config and ``inputs`` match the ones recorded (see ``finished``).
+
+    ``force`` starts clean: the old folder is set aside as ``.<folder>.previous`` and the
+    body starts in an empty one, so nothing made from other inputs is reused. The old
+    folder comes back if the body fails, and is removed when it completes (a stopped or
+    interrupted run keeps its new partial output, which the next run resumes). ``redo`` runs the
+    body again in place, unchecked, for stages that rebuild their outputs from their own
+    files (generate --reparse, report).
     """
     stage_dir = Path(stage_dir)
     check_writable(stage_dir, f"the {stage} folder")
     previous = read_manifest(stage_dir)
-    if done := finished(stage_dir, stage, cfg, force=force):
+    if not redo and (done := check_resumable(stage_dir, stage, cfg, force=force, inputs=inputs, ignore=ignore)):
         print(f"[{stage}] already complete in {stage_dir}; nothing to do", file=sys.stderr)
         return done
+    # Hidden, so that globs over stage folders (evaluate's shard-*-of-*) never take it for one.
+    aside = stage_dir.with_name(f".{stage_dir.name}.previous")
+    if force and stage_dir.exists():
+        if aside.exists():  # a forced run killed before: its folder is the one to keep aside
+            shutil.rmtree(stage_dir)
+        else:
+            stage_dir.rename(aside)
 
     stage_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stage_dir / CONFIG, dump_config(cfg))
@@ -157,6 +216,7 @@ def run_stage(stage_dir: str | os.PathLike, stage: str, cfg: Any,
         "status": "running",
         "config": to_dict(cfg),
         "config_hash": config_hash(cfg),
+        **({"inputs": inputs} if inputs is not None else {}),
         "version": __version__,
         "git_revision": git_revision(),
         "environment": environment.describe(),
@@ -177,8 +237,13 @@ def run_stage(stage_dir: str | os.PathLike, stage: str, cfg: Any,
         manifest.update(status=status, ended=utc_now(), environment=environment.describe(),
                         error="".join(traceback.format_exception_only(type(e), e)).strip())
         atomic_write_json(stage_dir / MANIFEST, manifest)
+        if status == "failed" and aside.exists():  # a failed --force keeps the old output
+            shutil.rmtree(stage_dir)
+            aside.rename(stage_dir)
         raise
     # Again at the end: a GPU stage has imported torch by now, so CUDA is known.
     manifest.update(status="complete", ended=utc_now(), summary=summary or {}, environment=environment.describe())
     atomic_write_json(stage_dir / MANIFEST, manifest)
+    if aside.exists():
+        shutil.rmtree(aside)
     return manifest

@@ -45,6 +45,7 @@ import numpy as np
 from .config import add_config_arguments, config_from_args
 from .errors import ConfigError
 from .filter import Criteria
+from .identity import path_identity
 from .io import atomic_open, atomic_write_json, atomic_write_text, read_json
 from .progress import progress
 from .prompts import alpaca_prompt
@@ -559,7 +560,9 @@ def run(cfg: StatsConfig, *, force: bool = False) -> dict:
         atomic_write_text(stage_dir / "card.md", render_card(stats))
         return headline(stats)
 
-    return run_stage(Path(cfg.run_dir) / "stats", "stats", cfg, body, force=force)
+    # The dataset by content, wherever it lies or the run directory moves.
+    return run_stage(Path(cfg.run_dir) / "stats", "stats", cfg, body, force=force,
+                     inputs={"input": path_identity(path)}, ignore=("run_dir", "input"))
 
 
 def headline(stats: dict) -> dict:

@@ -35,6 +35,7 @@ from typing import Literal
 
 from .config import add_config_arguments, config_from_args
 from .errors import ConfigError, DataError
+from .identity import path_identity
 from .io import atomic_write_json, read_jsonl, write_jsonl
 from .records import CATEGORIES, read_records, record_id
 from .rundir import is_complete, run_stage
@@ -132,7 +133,16 @@ def run(cfg: SubsetsConfig, *, force: bool = False) -> dict:
         subsets = [_write(s, records, stage_dir / s["name"], cfg) for s in plan(records, cfg)]
         return {"records": len(records), "subsets": subsets}
 
-    return run_stage(Path(cfg.run_dir) / "subsets", "subsets", cfg, body, force=force)
+    inputs, ignore = identity(cfg)
+    return run_stage(Path(cfg.run_dir) / "subsets", "subsets", cfg, body, force=force, inputs=inputs,
+                     ignore=ignore)
+
+
+def identity(cfg: SubsetsConfig) -> tuple[dict, tuple[str, ...]]:
+    """(inputs, keys compared through them): the labelled records by content, wherever they
+    lie or the run directory moves."""
+    source = cfg.input or str(Path(cfg.run_dir) / "classify" / "labelled.jsonl")
+    return {"input": source if source.startswith("hf://") else path_identity(source)}, ("run_dir", "input")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

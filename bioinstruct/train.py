@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -41,17 +42,24 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from .config import FieldError, add_config_arguments, at_least, config_from_args
+from .config import FieldError, add_config_arguments, at_least, config_from_args, to_dict
 from .errors import ConfigError, StageStopped
-from .io import JsonlAppender, atomic_write_text, read_json, read_jsonl
+from .identity import model_fingerprint, path_identity
+from .io import JsonlAppender, atomic_write_json, atomic_write_text, read_json, read_jsonl
 from .models import check_model
 from .packing import pack, packed_trainer
 from .prompts import alpaca_prompt
 from .records import read_records
-from .rundir import check_writable, finished, run_stage
+from .rundir import check_resumable, check_writable, differences, is_complete, run_stage
 
 REQUEUE_EXIT = 75  # EX_TEMPFAIL: stopped by a signal after a complete checkpoint; run again
 COMPLETE = "COMPLETE"
+RUN_CONFIG = "bioinstruct_config.json"  # in each checkpoint: the resolved config and inputs it was made with
+# Paths compared by the content they name (the stage's recorded inputs), not as strings.
+IDENTITY_KEYS = ("run_dir", "model.path", "data.path", "deepspeed")
+# Keys that cannot change the trained adapter: a resume or a complete run may differ in them.
+NEUTRAL_KEYS = ("logging_steps", "peak_tflops", "checkpoint.every_steps", "checkpoint.keep_last",
+                "checkpoint.resume")
 # Set by SIGUSR2 / SIGTERM from the moment `bioinstruct train` starts (see catch_signals).
 SIGNALLED = threading.Event()
 
@@ -270,7 +278,33 @@ def complete_checkpoints(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def _callbacks(cfg: TrainConfig, stage_dir: Path, n_params: int, world_size: int):
+def train_inputs(cfg: TrainConfig) -> dict:
+    """What a training run consumes, by content: the base model's fingerprint, the records'
+    sha256, the DeepSpeed config file's sha256."""
+    ds = None
+    if cfg.deepspeed is not None:
+        path = Path(cfg.deepspeed)
+        ds = path_identity(path if path.exists() or path.is_absolute() else REPO / path)
+    return {"model": model_fingerprint(cfg.model.path), "data": path_identity(data_path(cfg)), "deepspeed": ds}
+
+
+def check_checkpoint(cfg: TrainConfig, inputs: dict, stage_dir: Path) -> None:
+    """A resume continues a checkpoint only when it was made with the same result-affecting
+    config and inputs: a changed lr, schedule, step count, LoRA shape, seed or data is refused,
+    naming the keys (a changed LoRA shape would otherwise fail with a size mismatch)."""
+    if cfg.checkpoint.resume != "auto" or not complete_checkpoints(stage_dir / "checkpoints"):
+        return
+    newest = complete_checkpoints(stage_dir / "checkpoints")[-1]
+    recorded = read_json(newest / RUN_CONFIG) if (newest / RUN_CONFIG).exists() else None
+    if recorded is None:
+        return  # made before checkpoints recorded their config: the stage manifest decides
+    changes = differences(recorded, cfg, inputs, IDENTITY_KEYS + NEUTRAL_KEYS)
+    if changes:
+        raise ConfigError(f"{newest} was made with another config or inputs ("
+                          + "; ".join(changes) + "): rerun with them to resume, or --force to start clean")
+
+
+def _callbacks(cfg: TrainConfig, stage_dir: Path, n_params: int, world_size: int, inputs: dict | None = None):
     import torch
     import torch.distributed as dist
     from transformers import TrainerCallback
@@ -306,6 +340,8 @@ def _callbacks(cfg: TrainConfig, stage_dir: Path, n_params: int, world_size: int
                 dist.barrier()
             if rank == 0:
                 folder = Path(args.output_dir)
+                atomic_write_json(folder / f"checkpoint-{state.global_step}" / RUN_CONFIG,
+                                  {"config": to_dict(cfg), "inputs": inputs})
                 atomic_write_text(folder / f"checkpoint-{state.global_step}" / COMPLETE, f"{state.global_step}\n")
                 for old in complete_checkpoints(folder)[:-cfg.checkpoint.keep_last]:
                     shutil.rmtree(old, ignore_errors=True)
@@ -422,7 +458,10 @@ def load_model(cfg: ModelConfig, dtype):
     return model
 
 
-def train(cfg: TrainConfig, stage_dir: Path, records: list[dict]) -> dict:
+def train(cfg: TrainConfig, stage_dir: Path, records: list[dict], inputs: dict | None = None,
+          fresh: bool = False) -> dict:
+    """Train into ``stage_dir``, resuming from its newest complete checkpoint unless ``fresh``
+    (--force: every rank starts at step 1, whenever rank 0 sets the old folder aside)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments, set_seed
@@ -458,7 +497,7 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict]) -> dict:
     checkpoints = stage_dir / "checkpoints"
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(stage_dir / "runs")  # not under checkpoints/, rotated away
     resume = None
-    if cfg.checkpoint.resume == "auto" and complete_checkpoints(checkpoints):
+    if cfg.checkpoint.resume == "auto" and not fresh and complete_checkpoints(checkpoints):
         resume = str(complete_checkpoints(checkpoints)[-1])
     args = TrainingArguments(
         output_dir=str(checkpoints),
@@ -489,7 +528,9 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict]) -> dict:
         # one line per logging step ({'loss': ...}) is the progress there.
         disable_tqdm=rank != 0 or not sys.stderr.isatty(),
     )
-    preemption, marker, metrics = _callbacks(cfg, stage_dir, n_params, world_size)
+    if resume and rank == 0:
+        drop_steps_after(stage_dir / "metrics.jsonl", int(Path(resume).name.split("-")[1]))
+    preemption, marker, metrics = _callbacks(cfg, stage_dir, n_params, world_size, inputs)
     trainer_class = packed_trainer() if cfg.data.packing else Trainer
     collate = collator(tokenizer.pad_token_id, cfg.data.packing, cfg.model.attn_implementation)
     trainer = trainer_class(model=model, args=args, train_dataset=rows, data_collator=collate,
@@ -510,6 +551,17 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict]) -> dict:
             "train_loss": mean_loss(stage_dir / "metrics.jsonl") if rank == 0 else None,
             "parameters": n_params, "trainable_parameters": sum(p.numel() for p in model.parameters()
                                                                  if p.requires_grad)}
+
+
+def drop_steps_after(metrics: Path, step: int) -> None:
+    """metrics.jsonl as it was at the checkpoint a resume starts from: the steps logged after
+    it by the killed process are trained again, and would otherwise appear twice."""
+    if not metrics.exists():
+        return
+    rows = read_jsonl(metrics, allow_torn_tail=True)
+    kept = [row for row in rows if row["step"] <= step]
+    if len(kept) != len(rows) or not metrics.read_bytes().endswith(b"\n"):
+        atomic_write_text(metrics, "".join(json.dumps(row) + "\n" for row in kept))
 
 
 def mean_loss(metrics: Path) -> float | None:
@@ -554,10 +606,15 @@ def run(cfg: TrainConfig, *, force: bool = False) -> dict:
     check_target_modules(cfg)
     stage_dir = Path(cfg.run_dir) / "train" / cfg.stage_name()
     check_writable(stage_dir, "run_dir")
+    inputs, ignore = train_inputs(cfg), IDENTITY_KEYS + NEUTRAL_KEYS
+    if not force and not is_complete(stage_dir):
+        check_checkpoint(cfg, inputs, stage_dir)
     if int(os.environ.get("RANK", 0)) != 0:
         # Only rank 0 keeps the manifest; the others make the same skip decision, then train.
-        return finished(stage_dir, "train", cfg, force=force) or {"summary": train(cfg, stage_dir, records)}
-    return run_stage(stage_dir, "train", cfg, lambda d: train(cfg, d, records), force=force)
+        return (check_resumable(stage_dir, "train", cfg, force=force, inputs=inputs, ignore=ignore)
+                or {"summary": train(cfg, stage_dir, records, inputs, fresh=force)})
+    return run_stage(stage_dir, "train", cfg, lambda d: train(cfg, d, records, inputs, fresh=force), force=force,
+                     inputs=inputs, ignore=ignore)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

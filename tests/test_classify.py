@@ -124,3 +124,32 @@ def test_kill_9_then_rerun_pays_nothing_twice(tmp_path, monkeypatch):
     responses = read_jsonl(tmp_path / "classify" / "responses.jsonl")
     assert len(responses) == 120 and len({r["id"] for r in responses}) == 120
     assert served <= 120 + 4  # at most the requests in flight at the kill were paid twice
+
+
+@pytest.mark.unit
+def test_a_stopped_run_continues_only_for_the_same_instructions(tmp_path):
+    """A raised budget continues (nothing asked twice); an input file changed at the same path
+    is refused naming its hash; --force labels the new file from scratch."""
+    from bioinstruct.errors import StageConflict, StageStopped
+
+    path = write_input(tmp_path)
+    cfg = ClassifyConfig(run_dir=str(tmp_path), input=str(path), llm=LLMConfig(backend="offline"))
+    cfg.llm.budget.max_requests = 2
+    with pytest.raises(StageStopped):
+        run(cfg)
+    asked = read_jsonl(tmp_path / "classify" / "responses.jsonl")
+    write_input(tmp_path, INSTRUCTIONS[::-1])
+    with pytest.raises(StageConflict, match=r"inputs.input: '[0-9a-f]{64}' -> '[0-9a-f]{64}'"):
+        run(ClassifyConfig(run_dir=str(tmp_path), input=str(path), llm=LLMConfig(backend="offline")))
+    m = run(ClassifyConfig(run_dir=str(tmp_path), input=str(path), llm=LLMConfig(backend="offline")), force=True)
+    rows = read_jsonl(tmp_path / "classify" / "labelled.jsonl")
+    assert [r["instruction"] for r in rows] == INSTRUCTIONS[::-1] and m["summary"]["instructions"] == 6
+    assert read_jsonl(tmp_path / "classify" / "responses.jsonl")[0] != asked[0]
+    write_input(tmp_path)
+    cfg.llm.budget.max_requests = 2
+    with pytest.raises(StageStopped):
+        run(cfg, force=True)
+    cfg.llm.budget.max_requests = None  # a transport key: the stopped run continues
+    run(cfg)
+    assert len(read_jsonl(tmp_path / "classify" / "responses.jsonl")) == 6
+    assert [r["instruction"] for r in read_jsonl(tmp_path / "classify" / "labelled.jsonl")] == INSTRUCTIONS

@@ -9,7 +9,7 @@ import pytest
 
 import bioinstruct
 
-from bioinstruct.errors import UserError
+from bioinstruct.errors import ConfigError, StageConflict, UserError
 from bioinstruct.evaluate import EvaluateConfig, merge, run
 from bioinstruct.io import read_jsonl
 from bioinstruct.llm import LLMConfig
@@ -150,3 +150,144 @@ def test_decontamination_scores_the_untouched_items_too_and_the_report_shows_bot
     with pytest.raises(UserError, match=r"bad.jsonl:1: not a bioinstruct decontaminate decision"):
         run(cfg(tiny_model_dir, None, tmp_path / "e2", tasks=["medqa"], decontamination=str(tmp_path / "bad.jsonl")))
     assert not (tmp_path / "e2").exists()
+
+
+# ---- reuse only what was made from the same inputs (issue 15) --------------------------------
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory):
+    """A second tiny LLaMA of exactly the same shape, other weights (LLaMA-1 vs LLaMA-2 7B)."""
+    from bioinstruct.tiny_model import TinyModelConfig, make_tiny_model
+
+    out = tmp_path_factory.mktemp("tiny-b") / "model"
+    make_tiny_model(out, TinyModelConfig(pretrain_steps=20, seed=1))
+    return out
+
+
+@pytest.fixture
+def medmcqa_root(shared_data, tmp_path):
+    """A data root with the first 40 real MedMCQA dev questions (a copy this test may edit)."""
+    root = tmp_path / "data"
+    (root / "medmcqa").mkdir(parents=True)
+    lines = (shared_data / "medmcqa" / "dev.json").read_text().splitlines(keepends=True)[:40]
+    (root / "medmcqa" / "dev.json").write_text("".join(lines))
+    return root
+
+
+def mm(model, out, root, **kw):
+    return cfg(model, None, out, tasks=["medmcqa"], limit=30, task_data={"medmcqa": {"root": str(root)}}, **kw)
+
+
+def acc(results):
+    return [(r["model"], r["task"], r["n"], r["metrics"]["acc"]["value"]) for r in results]
+
+
+def preds(out):
+    return read_jsonl(Path(out) / "base" / "medmcqa" / "shard-1-of-1" / "predictions.jsonl")
+
+
+def test_force_with_another_model_starts_clean(tiny_model_dir, other_model, medmcqa_root, tmp_path):
+    fresh_b = run(mm(other_model, tmp_path / "fresh-b", medmcqa_root))
+    run(mm(tiny_model_dir, tmp_path / "ev", medmcqa_root))
+    made_by_a = preds(tmp_path / "ev")
+    assert [r["loglik"] for r in made_by_a] != [r["loglik"] for r in preds(tmp_path / "fresh-b")]
+    with pytest.raises(StageConflict,
+                       match=r"complete 'evaluate' made from other inputs or config \(inputs.model.fingerprint"):
+        run(mm(other_model, tmp_path / "ev", medmcqa_root))
+    forced = run(mm(other_model, tmp_path / "ev", medmcqa_root), force=True)
+    assert acc(forced) == acc(fresh_b) and preds(tmp_path / "ev") == preds(tmp_path / "fresh-b")
+
+
+def kill_midway(out, keep=12):
+    """What a kill -9 mid-run leaves: the manifest says running, some lines and a torn one."""
+    shard = Path(out) / "base" / "medmcqa" / "shard-1-of-1"
+    lines = (shard / "predictions.jsonl").read_text().splitlines(keepends=True)
+    (shard / "predictions.jsonl").write_text("".join(lines[:keep]) + lines[keep][:20])
+    manifest = json.loads((shard / "manifest.json").read_text())
+    (shard / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
+    (shard.parent / "results.json").unlink()
+
+
+def test_a_killed_run_resumes_only_with_the_same_model(tiny_model_dir, other_model, medmcqa_root, tmp_path):
+    fresh_b = run(mm(other_model, tmp_path / "fresh-b", medmcqa_root))
+    run(mm(tiny_model_dir, tmp_path / "ev", medmcqa_root))
+    kill_midway(tmp_path / "ev")
+    with pytest.raises(StageConflict,
+                       match=r"partial 'evaluate' output made from other inputs or config \(inputs.model"):
+        run(mm(other_model, tmp_path / "ev", medmcqa_root))
+    forced = run(mm(other_model, tmp_path / "ev", medmcqa_root), force=True)
+    assert acc(forced) == acc(fresh_b)
+    manifest = json.loads((tmp_path / "ev" / "base" / "medmcqa" / "shard-1-of-1" / "manifest.json").read_text())
+    assert manifest["summary"]["resumed_with"] == 0
+
+
+def test_a_data_file_changed_at_the_same_path_is_detected(tiny_model_dir, medmcqa_root, tmp_path):
+    run(mm(tiny_model_dir, tmp_path / "ev", medmcqa_root))
+    old_gold = [r["gold"] for r in preds(tmp_path / "ev")]
+    path = medmcqa_root / "medmcqa" / "dev.json"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows[:10]:  # corrected answer keys
+        row["cop"] = row["cop"] % 4 + 1
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(StageConflict, match=r"inputs.task.data.path: '[0-9a-f]{64}' -> '[0-9a-f]{64}'"):
+        run(mm(tiny_model_dir, tmp_path / "ev", medmcqa_root))
+    # As a user meets it: exit 2, one line, no traceback, nothing rewritten.
+    import subprocess
+    import sys
+    before = (tmp_path / "ev" / "base" / "medmcqa" / "results.json").read_bytes()
+    cli = subprocess.run([sys.executable, "-m", "bioinstruct", "evaluate", "--model", str(tiny_model_dir),
+                          "--tasks", "medmcqa", "--out", str(tmp_path / "ev"), "limit=30", "batch_size=4",
+                          "max_new_tokens=12", f"task_data.medmcqa.root={medmcqa_root}"],
+                         capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 2 and "Traceback" not in cli.stderr, cli.stderr
+    assert len(cli.stderr.strip().splitlines()) == 1 and "inputs.task.data.path" in cli.stderr
+    assert (tmp_path / "ev" / "base" / "medmcqa" / "results.json").read_bytes() == before
+    forced = run(mm(tiny_model_dir, tmp_path / "ev", medmcqa_root), force=True)
+    fresh = run(mm(tiny_model_dir, tmp_path / "fresh", medmcqa_root))
+    assert acc(forced) == acc(fresh)
+    assert [r["gold"] for r in preds(tmp_path / "ev")] == [r["gold"] for r in preds(tmp_path / "fresh")] != old_gold
+
+
+def test_the_same_run_spelled_otherwise_or_moved_is_skipped(tiny_model_dir, medmcqa_root, tmp_path, monkeypatch,
+                                                            capsys):
+    first = run(mm(tiny_model_dir, tmp_path / "ev", medmcqa_root))
+    (tmp_path / "model-link").symlink_to(tiny_model_dir)
+    (tmp_path / "data-link").symlink_to(medmcqa_root)
+    shutil.move(tmp_path / "ev", tmp_path / "moved")
+    monkeypatch.chdir(tmp_path)
+    again = run(cfg("model-link", None, "moved", tasks=["medmcqa"], limit=30,
+                    task_data={"medmcqa": {"root": "data-link"}}))
+    assert "already complete" in capsys.readouterr().err
+    assert acc(again) == acc(first)
+
+
+def test_results_say_what_was_evaluated(tiny_model_dir, medmcqa_root, tmp_path):
+    from bioinstruct.identity import file_sha256, model_fingerprint
+
+    run(mm(tiny_model_dir, tmp_path / "ev", medmcqa_root, shard="1/2"))
+    run(mm(tiny_model_dir, tmp_path / "ev", medmcqa_root, shard="2/2"))
+    r = json.loads((tmp_path / "ev" / "base" / "medmcqa" / "results.json").read_text())
+    assert r["model_fingerprint"] == model_fingerprint(str(tiny_model_dir)) and r["adapter_identity"] is None
+    assert r["data"]["path"] == file_sha256(medmcqa_root / "medmcqa" / "dev.json")
+    assert (r["limit"], r["n"], r["shards"]) == (30, 30, 2)
+    # Another shard count in the same --out: refused before any model loads.
+    with pytest.raises(ConfigError, match=r"shard-1-of-2 \(another shard count\)"):
+        run(mm(tiny_model_dir, tmp_path / "ev", medmcqa_root, shard="1/3"))
+    assert not (tmp_path / "ev" / "base" / "medmcqa" / "shard-1-of-3").exists()
+
+
+def test_an_adapter_made_on_another_base_is_refused_unless_allowed(tiny_model_dir, other_model, adapter, tmp_path):
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "bioinstruct", "evaluate", "--model", str(other_model), "--adapter", str(adapter),
+            "--tasks", "pubmedqa", "--out", str(tmp_path / "ev"), "batch_size=4"]
+    refused = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert f"was trained on {tiny_model_dir}" in refused.stderr and "allow_base_mismatch=true" in refused.stderr
+    assert not (tmp_path / "ev").exists()
+    results = run(cfg(other_model, adapter, tmp_path / "ev", tasks=["pubmedqa"], allow_base_mismatch=True))
+    tuned = next(r for r in results if r["model"] != "base")
+    assert tuned["allow_base_mismatch"] is True and tuned["adapter_identity"]["base"] == str(tiny_model_dir)
+    assert next(r for r in results if r["model"] == "base")["allow_base_mismatch"] is None

@@ -107,6 +107,25 @@ def test_json_list_input_like_the_released_dataset(tmp_path):
     assert read_jsonl(tmp_path / "f" / "kept.jsonl")[1]["input"] == ""
 
 
+def test_candidates_are_an_input_by_content(tmp_path, capsys):
+    """The same candidates through a symlink are skipped; edited in place they are refused
+    naming the hash, and --force filters the new file."""
+    from bioinstruct.errors import StageConflict
+
+    data = tmp_path / "cands.json"
+    data.write_text(json.dumps([rec("Explain what an HbA1c of 9% means for a patient with diabetes.")]))
+    (tmp_path / "link.json").symlink_to(data)
+    out = str(tmp_path / "f" / "kept.jsonl")
+    run(FilterConfig(input=str(data), output=out))
+    run(FilterConfig(input=str(tmp_path / "link.json"), output=out))
+    assert "already complete" in capsys.readouterr().err
+    data.write_text(json.dumps([rec("Explain what an HbA1c of 9% means for a patient with diabetes."),
+                                rec("Name three loop diuretics and their main adverse effects.")]))
+    with pytest.raises(StageConflict, match=r"inputs.input: '[0-9a-f]{64}' -> '[0-9a-f]{64}'"):
+        run(FilterConfig(input=str(data), output=out))
+    assert run(FilterConfig(input=str(data), output=out), force=True)["summary"]["kept"] == 2
+
+
 @pytest.mark.parametrize("content, message", [
     ('{"instruction": "a b c d", "input": "", "output": "x"}\n{"instruction": "a b c d e"\n',
      r"cands.jsonl:2: invalid JSON"),

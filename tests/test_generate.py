@@ -153,6 +153,38 @@ def test_budget_stops_cleanly_and_a_rerun_continues(tmp_path):
     assert len(read_jsonl(tmp_path / "generate" / "instructions.jsonl")) == 60
 
 
+@pytest.mark.unit
+def test_a_stopped_run_continues_only_with_the_same_inputs(tmp_path):
+    """A raised budget continues the stopped run (its responses replayed, nothing paid twice);
+    another seed file (by content) or demo seed is refused; --force starts without the old responses."""
+    from bioinstruct.errors import StageConflict
+    from bioinstruct.generate import DEFAULT_SEEDS
+
+    fresh = tmp_path / "fresh"
+    run(offline_cfg(fresh, target=60))
+    cfg = offline_cfg(tmp_path / "ev", target=60)
+    cfg.llm.budget.max_requests = 2
+    with pytest.raises(StageStopped):
+        run(cfg)
+    out = tmp_path / "ev" / "generate"
+    first_two = read_jsonl(out / "responses.jsonl")
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(DEFAULT_SEEDS.read_text().replace("medication", "medicine", 1))
+    with pytest.raises(StageConflict, match=r"partial 'generate' output made from other inputs or config \("
+                                            r"inputs.seed_tasks: '[0-9a-f]{64}' -> '[0-9a-f]{64}'"):
+        run(offline_cfg(tmp_path / "ev", target=60, seed_tasks=str(seeds)))
+    with pytest.raises(StageConflict, match=r"seed: 0 -> 1"):
+        run(offline_cfg(tmp_path / "ev", target=60, seed=1))
+    assert run(offline_cfg(tmp_path / "ev", target=60))["status"] == "complete"  # budget lifted: continues
+    assert read_jsonl(out / "responses.jsonl")[:2] == first_two
+    assert (out / "instructions.jsonl").read_bytes() == (fresh / "generate" / "instructions.jsonl").read_bytes()
+    run(offline_cfg(tmp_path / "ev", target=60, seed=1), force=True)
+    run(offline_cfg(tmp_path / "fresh1", target=60, seed=1))
+    assert (out / "instructions.jsonl").read_bytes() == (tmp_path / "fresh1" / "generate" /
+                                                         "instructions.jsonl").read_bytes()
+    assert read_jsonl(out / "responses.jsonl")[0] != first_two[0]
+
+
 @pytest.mark.integration
 def test_kill_9_at_random_moments_then_rerun_gives_the_uninterrupted_result(tmp_path):
     reference = tmp_path / "ref"

@@ -162,6 +162,59 @@ def test_a_complete_output_made_with_another_config_is_a_conflict_named_by_task(
 
 
 @pytest.mark.unit
+def test_an_evaluate_shard_is_done_only_when_made_from_the_same_data(tmp_path):
+    """A sweep counts a complete shard as done by its recorded inputs: the same data reached
+    through a symlink is done; the file changed in place is a conflict naming its hash."""
+    import shutil
+
+    from bioinstruct import evaluate
+    from bioinstruct.errors import StageConflict
+    from bioinstruct.rundir import run_stage
+
+    model, root = tmp_path / "model", tmp_path / "data"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (root / "medmcqa").mkdir(parents=True)
+    shutil.copy(REPO / "bioinstruct" / "data" / "demo_tasks" / "medmcqa" / "dev.json", root / "medmcqa")
+    (tmp_path / "data-link").symlink_to(root)
+    out = tmp_path / "run" / "evaluate"
+    cfg = evaluate.EvaluateConfig(model=str(model), tasks=["medmcqa"], out=str(out),
+                                  task_data={"medmcqa": {"root": str(root)}})
+    shard = out / "base" / "medmcqa" / "shard-1-of-1"
+    inputs, ignore = evaluate.shard_identity(cfg, shard)
+    run_stage(shard, "evaluate", cfg, lambda d: {}, inputs=inputs, ignore=ignore)
+    sweep = f"""
+        stages:
+          x: {{kind: evaluate, set: {{model: {model}, tasks: [medmcqa], out: {out},
+                                     task_data: {{medmcqa: {{root: {tmp_path / 'data-link'}}}}}}}}}
+        """
+    (plan,) = plan_of(tmp_path, sweep).stages
+    assert plan.tasks[0].done
+    (root / "medmcqa" / "dev.json").write_text((root / "medmcqa" / "dev.json").read_text().replace('"cop":2', '"cop":3'))
+    with pytest.raises(StageConflict, match=r"stage 'x', task 0 .*inputs.task.data.path: '[0-9a-f]{64}'"):
+        plan_of(tmp_path, sweep)
+
+
+@pytest.mark.unit
+def test_a_subsets_task_is_done_only_for_the_same_labels(tmp_path):
+    from bioinstruct import subsets
+    from bioinstruct.errors import StageConflict
+    from bioinstruct.rundir import run_stage
+
+    labelled = tmp_path / "run" / "classify" / "labelled.jsonl"
+    labelled.parent.mkdir(parents=True)
+    labelled.write_text('{"instruction": "a", "output": "b", "category": "qa"}\n')
+    cfg = subsets.SubsetsConfig(run_dir=str(tmp_path / "run"))
+    inputs, ignore = subsets.identity(cfg)
+    run_stage(tmp_path / "run" / "subsets", "subsets", cfg, lambda d: {}, inputs=inputs, ignore=ignore)
+    (plan,) = plan_of(tmp_path, "stages: {x: {kind: subsets}}").stages
+    assert plan.tasks[0].done
+    labelled.write_text('{"instruction": "a", "output": "b", "category": "ie"}\n')  # relabelled in place
+    with pytest.raises(StageConflict, match=r"stage 'x', task 0 .*inputs.input: '[0-9a-f]{64}'"):
+        plan_of(tmp_path, "stages: {x: {kind: subsets}}")
+
+
+@pytest.mark.unit
 def test_resume_takes_the_sweep_recorded_in_a_run_directory(tmp_path, capsys):
     assert main(["launch", str(tmp_path)]) == 2
     assert "--resume" in capsys.readouterr().err

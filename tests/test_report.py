@@ -337,3 +337,25 @@ def test_cli_and_an_empty_run(tree, tmp_path, capsys):
     assert data["figures"] == {} and any("No results.json" in n for n in data["notes"])
     assert (out_dir / "index.html").exists()
     assert main(["report", str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_limited_run_is_marked_in_every_table_it_reaches(tmp_path):
+    """evaluate limit=N scores the first N examples only: its numbers, and the averages and
+    gains they enter, carry a mark and a note naming the file; scores.csv has the limit."""
+    ev = tmp_path / "evaluate"
+    write_result(ev, "base", "medqa", mc(0.30))
+    write_result(ev, "base", "medmcqa", mc(0.28))
+    write_result(ev, "llama2-7b__all", "medqa", mc(0.36))
+    limited = write_result(ev, "llama2-7b__all", "medmcqa", mc(0.31, n=300))
+    limited.write_text(json.dumps({**json.loads(limited.read_text()), "limit": 300, "n": 300}))
+    data, out, _ = report_of(tmp_path)
+    md = (out / "report.md").read_text()
+    assert md_row(md, "llama2-7b base").startswith("| llama2-7b base | 0.300 | 0.280 | ")
+    assert md_row(md, "llama2-7b__all").startswith("| llama2-7b__all | 0.360 | 0.310† | ")
+    assert "0.335† (2/5)" in md_row(md, "llama2-7b__all")  # the average includes it
+    assert "+10.7%†" in md_row(md, "llama2-7b: relative gain")
+    assert any("evaluate/llama2-7b__all/medmcqa/results.json (limit=300)" in n for n in data["notes"])
+    assert "0.310†" in (out / "index.html").read_text()
+    with open(out / "scores.csv") as f:
+        limits = {(r["model"], r["task"]): r["limit"] for r in csv.DictReader(f)}
+    assert limits[("llama2-7b__all", "medmcqa")] == "300" and limits[("base", "medqa")] == ""

@@ -70,3 +70,24 @@ def test_unknown_category_is_an_error_naming_the_record(tmp_path):
     with pytest.raises(DataError, match=r"labelled.jsonl:2: category 'QA-ish' is not one of qa, ie"):
         run(SubsetsConfig(run_dir=str(tmp_path), input=str(path)))
     assert not (tmp_path / "subsets").exists()
+
+
+def test_a_moved_run_directory_is_skipped_and_changed_labels_are_refused(tmp_path, capsys):
+    """The default input (run_dir/classify/labelled.jsonl) moves with the run directory: the
+    same labels, by content, wherever they are; labels edited in place are a different input."""
+    import shutil
+
+    from bioinstruct.errors import StageConflict
+
+    run_dir = tmp_path / "run"
+    (run_dir / "classify").mkdir(parents=True)
+    labelled(run_dir / "classify")
+    first = run(SubsetsConfig(run_dir=str(run_dir), sizes=[5]))
+    shutil.move(run_dir, tmp_path / "moved")
+    again = run(SubsetsConfig(run_dir=str(tmp_path / "moved"), sizes=[5]))
+    assert "already complete" in capsys.readouterr().err and again["summary"] == first["summary"]
+    labelled(tmp_path / "moved" / "classify", {"qa": 6, "ie": 8, "generation": 7, "other": 2})
+    with pytest.raises(StageConflict, match=r"inputs.input: '[0-9a-f]{64}' -> '[0-9a-f]{64}'"):
+        run(SubsetsConfig(run_dir=str(tmp_path / "moved"), sizes=[5]))
+    redone = run(SubsetsConfig(run_dir=str(tmp_path / "moved"), sizes=[5]), force=True)
+    assert {s["name"]: s["size"] for s in redone["summary"]["subsets"]}["qa"] == 6

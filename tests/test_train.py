@@ -268,3 +268,48 @@ def test_a_cpu_rank_runs_one_thread_even_when_torch_was_loaded_first():
     out = subprocess.run([sys.executable, "-c", code], env={**env, "WORLD_SIZE": "2", "RANK": "0"},
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "1"
+
+
+@pytest.mark.integration
+def test_a_resume_with_changed_result_keys_is_refused_and_no_step_is_logged_twice(tiny_model_dir, data, tmp_path):
+    """Killed after checkpoint-3 with steps 4-5 already logged, in a run folder since moved:
+    a resume with another lr and step count, or another LoRA shape, is refused naming the keys;
+    one that changes only keep_last (which cannot change the result) resumes to the straight
+    run's adapter, with each step once in metrics.jsonl."""
+    import shutil
+
+    from bioinstruct.config import load_config
+
+    def cfg(run_dir, *extra):
+        return load_config(TrainConfig, REPO / "configs/train/tiny/lora.yaml",
+                           overrides(tiny_model_dir, data, run_dir, "null", 8) + ["checkpoint.every_steps=3", *extra])
+    run(cfg(tmp_path / "straight", "checkpoint.keep_last=5"))  # checkpoints 3, 6 and 8 (the end)
+    killed = stage(tmp_path / "killed")
+    shutil.copytree(stage(tmp_path / "straight"), killed)
+    for step in (6, 8):
+        shutil.rmtree(killed / "checkpoints" / f"checkpoint-{step}")
+    shutil.rmtree(killed / "adapter")
+    rows = (killed / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (killed / "metrics.jsonl").write_text("".join(rows[:5]))
+    manifest = json.loads((killed / "manifest.json").read_text())
+    (killed / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
+
+    with pytest.raises(ConfigError, match=r"checkpoint-3 was made with another config.*optim.lr: 0.003 -> 0.0001; "
+                                          r"optim.max_steps: 8 -> 10"):
+        run(cfg(tmp_path / "killed", "optim.lr=1e-4", "optim.max_steps=10"))
+    with pytest.raises(ConfigError, match=r"lora.r: 8 -> 4"):
+        run(cfg(tmp_path / "killed", "lora.r=4"))
+    resumed = run(cfg(tmp_path / "killed", "checkpoint.keep_last=3"))
+    assert resumed["status"] == "complete" and resumed["summary"]["steps"] == 8
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+    assert losses(tmp_path / "killed") == losses(tmp_path / "straight")
+    a, b = adapter(tmp_path / "straight"), adapter(tmp_path / "killed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    saved = json.loads((killed / "checkpoints" / "checkpoint-6" / "bioinstruct_config.json").read_text())
+    assert saved["config"]["optim"]["lr"] == 0.003 and saved["inputs"]["data"] == manifest["inputs"]["data"]
+    # --force starts clean: a run with the new lr and step count from step 1, nothing reused.
+    forced = run(cfg(tmp_path / "killed", "optim.lr=1e-4", "optim.max_steps=10"), force=True)
+    fresh = run(cfg(tmp_path / "fresh", "optim.lr=1e-4", "optim.max_steps=10"))
+    assert forced["summary"]["train_loss"] == fresh["summary"]["train_loss"]
+    assert losses(tmp_path / "killed") == losses(tmp_path / "fresh") and len(losses(tmp_path / "fresh")) == 10
