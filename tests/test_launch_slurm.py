@@ -81,7 +81,8 @@ def test_quickstart_sweep_runs_end_to_end_with_arrays_and_dependencies(local_slu
     args = ["launch", "launch/quickstart-local.yaml", "--cluster", "slurm", *overrides]
     assert main(args) == 0
     rows = wait_for_sweeps(run, timeout=600)
-    assert [r["state"] for r in rows] == ["done"] * 11, rows
+    # tiny-model, generate, filter, decontaminate, classify, subsets, 2 train, 3 evaluate, report
+    assert [r["state"] for r in rows] == ["done"] * 12, [(r["stage"], r["state"]) for r in rows]
     train = [r for r in rows if r["stage"] == "train"]
     array = train[0]["job_id"].split("_")[0]
     assert [r["job_id"] for r in train] == [f"{array}_0", f"{array}_1"]  # one array, two tasks
