@@ -71,7 +71,7 @@ class Budget:
 # resumes or skips across a change in them (a raised budget continues a stopped run).
 TRANSPORT_KEYS = ("api_key_env", "timeout", "max_attempts", "backoff_base", "backoff_max",
                   "max_consecutive_failures", "concurrency", "requests_per_minute", "tokens_per_minute",
-                  "batch_poll_seconds", "batch_discount", "prices", "budget")
+                  "batch_poll_seconds", "batch_wait_seconds", "batch_discount", "prices", "budget")
 
 
 @dataclasses.dataclass
