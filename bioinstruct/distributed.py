@@ -64,10 +64,11 @@ def standalone_environment(env: dict[str, str] | None = None) -> dict[str, str]:
             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
 
 
-def setup_environment() -> None:
+def setup_environment() -> list[str]:
     """Fill in torch.distributed's variables from Slurm (or rank 0 of 1 without a launcher),
-    and CPU defaults without a GPU."""
-    os.environ.update(slurm_environment() or standalone_environment())
+    and CPU defaults without a GPU. Returns the distributed variables it set."""
+    added = slurm_environment() or standalone_environment()
+    os.environ.update(added)
     if not _has_gpu():
         # DeepSpeed otherwise guesses its accelerator and warns on stdout; one OpenMP thread
         # per rank, or two ranks on two cores fight over them.
@@ -80,6 +81,7 @@ def setup_environment() -> None:
             # apply it. Otherwise each rank runs as many threads as cores, and a loaded
             # machine's BLAS picks other thread counts, and reduction orders, step to step.
             torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    return list(added)
 
 
 def _has_gpu() -> bool:

@@ -596,7 +596,17 @@ class Preempted(StageStopped):
 def run(cfg: TrainConfig, *, force: bool = False) -> dict:
     from .distributed import setup_environment
 
-    setup_environment()
+    added = setup_environment()
+    try:
+        return _run(cfg, force)
+    finally:
+        # A caller that goes on (the quickstart, a notebook) must not hand this run's rank and
+        # port to its later child processes: the port stays held by this process's group.
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def _run(cfg: TrainConfig, force: bool) -> dict:
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     # Everything that can be wrong with the inputs fails here, before a model is loaded.
     gradient_accumulation(cfg.optim, world_size)

@@ -222,6 +222,8 @@ def test_bad_input_fails_before_loading_a_model(tmp_path, data, tiny_model_dir):
         run(cfg(f"data.path={bad}"))
     with pytest.raises(ConfigError, match="deepspeed: nowhere.json not found"):
         run(cfg("deepspeed=nowhere.json"))
+    # In-process runs leave no rank or port behind for the caller's later child processes.
+    assert not {"RANK", "WORLD_SIZE", "MASTER_PORT"} & set(os.environ)
 
 
 @pytest.mark.unit
