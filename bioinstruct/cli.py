@@ -87,6 +87,10 @@ def _quiet_deepspeed_on_cpu() -> None:
         os.environ["DS_ACCELERATOR"] = "cpu"
 
 
+def _debug(args: argparse.Namespace) -> bool:
+    return args.debug or os.environ.get("BIOINSTRUCT_DEBUG") == "1"
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_deepspeed_on_cpu()
     parser = build_parser()
@@ -108,13 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         # A path that does not exist, cannot be written, is a file where a folder is needed:
         # the user's to fix, and the OS names the path.
-        if args.debug or os.environ.get("BIOINSTRUCT_DEBUG") == "1":
+        if _debug(args):
             raise
         where = f": {e.filename}" if e.filename else ""
         print(f"bioinstruct {args.verb}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except Exception as e:
-        if args.debug or os.environ.get("BIOINSTRUCT_DEBUG") == "1":
+        if _debug(args):
             raise
         message = " ".join(str(e).split()) or "(no message)"
         print(f"bioinstruct {args.verb}: unexpected error: {type(e).__name__}: {message} "

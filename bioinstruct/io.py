@@ -94,11 +94,10 @@ def atomic_write_yaml(path: str | os.PathLike, obj: Any) -> None:
 
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
     try:
-        return json.loads(text)
+        return json.loads(read_text(path))
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+        raise DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
 
 
 class YamlLoader(yaml.SafeLoader):

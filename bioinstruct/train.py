@@ -375,6 +375,10 @@ def _callbacks(cfg: TrainConfig, stage_dir: Path, n_params: int, world_size: int
     return Preemption(), Checkpoints(), Metrics()
 
 
+def _not_accumulation_mismatch(record) -> bool:
+    return "Gradient accumulation steps mismatch" not in record.getMessage()
+
+
 def _quiet_known_warnings() -> None:
     """Warnings every run would print that ask nothing of the user, so a Slurm log shows the
     ones that do. peft asks a deprecated transformers property; DeepSpeed's CPU all-gather
@@ -387,8 +391,7 @@ def _quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"`torch.distributed.all_gather_into_tensor` is deprecated",
                             category=FutureWarning)
-    logging.getLogger("accelerate.accelerator").addFilter(
-        lambda record: "Gradient accumulation steps mismatch" not in record.getMessage())
+    logging.getLogger("accelerate.accelerator").addFilter(_not_accumulation_mismatch)  # once, however often called
     if not sys.stderr.isatty():  # "Loading weights" bars: carriage returns in a log file
         from transformers.utils import logging as hf_logging
 

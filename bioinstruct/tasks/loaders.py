@@ -30,12 +30,11 @@ with ``file:line`` (JSONL, CSV) or ``file: record KEY`` (JSON objects and arrays
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import ConfigError, DataError
-from ..io import iter_rows, read_text
+from ..io import iter_rows, read_json
 from ..metrics import normalize_item
 
 LETTERS = ["A", "B", "C", "D"]
@@ -69,13 +68,6 @@ def _need(path: Any, key: str) -> Path:
     if not p.exists():
         raise MissingData(p, key)
     return p
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(read_text(path))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
 
 
 def _records(path: Path) -> Iterator[tuple[str, dict]]:
@@ -368,13 +360,13 @@ def load_pubmedqa(data: dict) -> list[dict]:
         return list(out)
     if split == "pqal":
         path = _need(data.get("pqal_path"), "pqal_path")
-        items, truth = _read_json(path), None
+        items, truth = read_json(path), None
     elif split == "test":
         truth_path = data.get("ground_truth_path")
         truth = None
         if truth_path:
             truth_path = _need(truth_path, "ground_truth_path")
-            truth = _read_json(truth_path)
+            truth = read_json(truth_path)
             if not isinstance(truth, dict):
                 raise DataError(f"{truth_path}: expected an object {{PMID: yes|no|maybe}}")
         test_path, pqal_path = data.get("test_path"), data.get("pqal_path")
@@ -383,7 +375,7 @@ def load_pubmedqa(data: dict) -> list[dict]:
             # The repo ships ori_pqal.json and test_ground_truth.json; test_set.json is
             # ori_pqal's entries for the ground truth's PMIDs, in its order.
             path = Path(pqal_path)
-            pqal = _read_json(path)
+            pqal = read_json(path)
             if not isinstance(pqal, dict):
                 raise DataError(f"{path}: expected an object keyed by PMID")
             absent = [k for k in truth if k not in pqal]
@@ -392,7 +384,7 @@ def load_pubmedqa(data: dict) -> list[dict]:
             items = {k: pqal[k] for k in truth}
         else:
             path = _need(test_path, "test_path")
-            items = _read_json(path)
+            items = read_json(path)
     else:
         raise ConfigError(f"data.split must be test or pqal, got {split!r}")
     if not isinstance(items, dict):
@@ -455,7 +447,7 @@ def load_bioasq(data: dict) -> list[dict]:
     max_snippets = data.get("max_snippets")
     out = _Examples()
     for path in _json_files(root):
-        doc = _read_json(path)
+        doc = read_json(path)
         questions = doc.get("questions") if isinstance(doc, dict) else None
         if not isinstance(questions, list):
             raise DataError(f"{path}: expected an object with a 'questions' list (a BioASQ golden file)")
