@@ -119,7 +119,8 @@ def test_training_preempted_mid_run_is_requeued_and_ends_with_the_uninterrupted_
     monkeypatch.chdir(REPO)
     runs = {name: tmp_path / name for name in ("reference", "preempted")}
     for name, run in runs.items():  # one per node, side by side
-        sweep = train_sweep(tmp_path, name, tiny_model_dir, train_data, steps=16)
+        # Enough steps that the preemption lands mid-run: a signal in the last step lets the run finish.
+        sweep = train_sweep(tmp_path, name, tiny_model_dir, train_data, steps=48)
         assert main(["launch", str(sweep), "--cluster", "slurm", f"run_dir={run}"]) == 0
     stage = runs["preempted"] / "train" / "tiny__train"
     deadline = time.time() + 180
