@@ -1,49 +1,42 @@
-"""Multiple-choice scoring throughput: bioinstruct's scorer against lm-evaluation-harness's HF backend.
+"""Evaluation throughput: `bioinstruct evaluate`'s own code path against lm-evaluation-harness's
+HF backend and against the model's forward pass alone, side by side in one run.
 
-    python bench/eval_throughput.py --quick                  # tiny model in a temp dir, 48 questions, seconds (CI)
-    python bench/eval_throughput.py                          # tiny model, 300 MedMCQA dev questions, 3 rounds
-    python bench/eval_throughput.py --model /models/llama2-7b --questions 500 --batch-size 32
-    python bench/eval_throughput.py --task pubmedqa --questions 100 --threads 1
-    python bench/eval_throughput.py --gpu-7b                 # LLaMA-7B shapes, random bf16 weights, batch 16/32/64
-    python bench/eval_throughput.py --gpu-7b --with-lm-eval  # ... and lm-eval's backend on the same model object
-    python bench/eval_throughput.py --gpu-7b --arch tiny     # the --gpu-7b code path with a tiny LLaMA (CPU is fine)
+    python bench/eval_throughput.py --quick                  # CI: 48 questions per task, 2 rounds, seconds
+    python bench/eval_throughput.py                          # MedQA-, MedMCQA-, PubMedQA-shaped, 300 each
+    python bench/eval_throughput.py --tasks pubmedqa --questions 500 --rounds 5
+    python bench/eval_throughput.py --model /models/llama2-7b --batch-size 32 --threads 16
+    python bench/eval_throughput.py --gpu-7b --with-lm-eval  # LLaMA-7B shapes, random bf16 weights, on cuda
+    python bench/eval_throughput.py --gpu-7b --arch tiny     # the --gpu-7b code path on CPU (gpu_check --dry-run)
 
-Comparison (default): the same model and the same questions, in one run, through
-bioinstruct.evaluate.predict (bioinstruct.scoring.LM.loglikelihoods) and through lm-eval's
-HFLM.loglikelihood, each timed from the (context, continuation) strings to log-likelihoods,
-tokenization included (lm-eval's task building and metrics are not timed). Questions:
-MedMCQA dev from ../shared/data (or --data DIR, --task medqa|medmcqa|pubmedqa), the first
---questions of them; without the data, the demo MedQA questions (bioinstruct/data/demo_tasks)
-with their options rotated, so that every prompt is distinct. The model: --model DIR, or a
-tiny LLaMA built into a temporary folder (make_tiny_model, pretrain_steps=20). Rounds are
-interleaved (bioinstruct, lm-eval, ...) after one warm-up batch each; the best round counts.
+Shapes. The default model is a tiny LLaMA built here whose tokenizer, like LLaMA's, has the
+answers " A".." D", " yes", " no", " maybe" as single tokens (its corpus gets "Answer: X"
+lines; the packaged tiny model splits " D" in two, which made lm-eval run a forward per choice
+and flattered us). Questions: MedMCQA dev and PubMedQA test from ../shared/data (--data),
+MedQA-layout prompts from the packaged demo questions with their options rotated (every prompt
+distinct); a task whose data is absent is skipped with a note.
 
-HFLM is built with add_bos_token=False: bioinstruct encodes prompts without special tokens
-(the paper-era harness did too); lm-eval 0.4.13 left at its default prepends the tokenizer's
-BOS and scores a different string (see tests/test_lm_eval_parity.py). A second lm-eval row,
-logits_cache=False, is lm-eval without its one-forward-per-question grouping of single-token
-choices (what lm-eval did before that cache existed): where bioinstruct's grouping pays.
+Rows, per task, all on the same model and questions, interleaved over --rounds after a warm-up
+(best round counts):
+  bioinstruct evaluate   evaluate.score_shard into a fresh shard folder: what `bioinstruct
+                         evaluate` runs once the model is loaded (tokenizing, planning,
+                         forwards, predictions.jsonl with fsync)
+  lm-eval HFLM           HFLM.loglikelihood (add_bos_token=False: bioinstruct encodes prompts
+                         without special tokens, as the paper-era harness did) plus lm-eval's
+                         acc / acc_norm argmax
+  forward only (limit)   the model's forward passes over bioinstruct's batches, tensors built
+                         beforehand: no tokenizing, no log-softmax, no writing
+CPU seconds (the process's, all threads) are the figure; wall seconds on a loaded 2-core machine
+mean little. Predictions (acc and acc_norm argmax) are compared with lm-eval's. Goals: identical
+predictions, >= 2x lm-eval and >= 90 % of the forward-only limit in CPU time; exit status 1 when
+a prediction differs. Then generative answers (Alpaca prompts, greedy, KV cache, stop strings):
+generated tokens/s at --batch-size and one prompt at a time.
 
-Prints the setup (model, torch threads, CPUs and their load average: wall times on a loaded
-machine mean little), then one table: seconds (wall; and the process's CPU seconds, steadier on
-a shared machine) and questions/s per scorer, the speedup over lm-eval (wall; CPU in brackets), and how
-many questions' argmax (acc) and length-normalised argmax (acc_norm, lm-eval's normalisation:
-the choice's length without the leading space) differ from bioinstruct's, with the largest
-log-likelihood difference; then whether the goal (identical predictions, >= 2x lm-eval's
-rate) was met. Exit status 1 if any prediction differs.
-
---gpu-7b: a LLaMA-7B architecture (hidden 4096, MLP 11008, 32 layers, 32 heads, vocab 32000;
-as bench/train_throughput.py) with random weights, built directly in bf16 on cuda, nothing
-downloaded. Tokenizer: the tiny model's byte-level BPE recipe (vocab 1024, trained in seconds
-on the packaged corpus plus "Answer: A".."D" lines, so that " A".." D" are one token each as
-in LLaMA's tokenizer); its ids are all < 32000, so they index the 7B embedding directly (the
-"modulo vocab" map is the identity). Prompts are synthetic MedQA-shaped questions (the
-lm-eval medqa_4options layout) whose contexts are cut to ~--context-tokens (200) tokens
-under that tokenizer, with 4 single-token choices " A".." D": the sequence lengths, which is
-what the GPU cost depends on, are MedQA's; the log-likelihoods themselves mean nothing.
-Reports questions/s and context tokens/s of bioinstruct's scorer at batch sizes 16/32/64
-(--gpu-batch-sizes), peak GPU memory, and with --with-lm-eval lm-eval's rate at each size
-on the same model object.
+--gpu-7b: a LLaMA-7B architecture (hidden 4096, MLP 11008, 32 layers, 32 heads, vocab 32000)
+with random weights built in bf16 on cuda, nothing downloaded; the LLaMA-shaped tiny tokenizer
+(ids < 32000 index the embedding as they are); synthetic MedQA-layout prompts of
+~--context-tokens tokens with single-token " A".." D". Reports questions/s, context tokens/s
+and peak memory at batch sizes --gpu-batch-sizes, with --with-lm-eval lm-eval's rate on the
+same model object, and generated tokens/s at --gen-batch-sizes.
 """
 
 from __future__ import annotations
@@ -53,6 +46,7 @@ import contextlib
 import gc
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -65,25 +59,28 @@ os.environ.setdefault("BIOINSTRUCT_PROGRESS", "0")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bioinstruct.evaluate import EvaluateConfig, predict  # noqa: E402
+from bioinstruct.evaluate import EvaluateConfig, predict, score_shard  # noqa: E402
+from bioinstruct.io import read_jsonl  # noqa: E402
 from bioinstruct.table import format_table  # noqa: E402
 from bioinstruct.tasks import load_examples, load_task  # noqa: E402
 from bioinstruct.tasks.loaders import LETTERS, medqa_context  # noqa: E402
 
 SHARED_DATA = REPO.parent / "shared" / "data"
 DEMO = REPO / "bioinstruct" / "data" / "demo_tasks"
-GOAL = 2.0
+GOAL_VS_LM_EVAL, GOAL_OF_LIMIT = 2.0, 0.90
 LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                 num_key_value_heads=32, vocab_size=32000)
 LLAMA_TINY = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=4, vocab_size=32000)
+# Lines that give a small BPE the merges LLaMA's tokenizer has for answers: one token each.
+ANSWER_LINES = [f"Answer: {k}" for k in LETTERS] * 50 + [f"Answer: {w}" for w in ("yes", "no", "maybe")] * 50
 
 
-# ---- questions --------------------------------------------------------------------------
+# ---- questions and model ------------------------------------------------------------------
 
 def demo_medqa(n: int) -> list[dict]:
     """The demo MedQA questions with their options rotated (4 orders each), as many distinct
-    prompts as asked for, repeating the set when more are asked for than there are."""
+    prompts as asked for."""
     task = load_task("medqa", {"root": str(DEMO), "path": "medqa/test.jsonl"})
     base = load_examples(task)
     out = []
@@ -99,27 +96,37 @@ def demo_medqa(n: int) -> list[dict]:
     return out
 
 
-def load_questions(task_name: str, data: Path, n: int):
-    """(task, the first n examples, where they came from)."""
+def load_questions(name: str, data: Path, n: int):
+    """(task, its first n examples, where they came from), or None when the data is absent."""
+    if name == "medqa":
+        return load_task("medqa"), demo_medqa(n), f"MedQA layout, {n} demo prompts (options rotated)"
     try:
-        task = load_task(task_name, {"root": str(data)})
+        task = load_task(name, {"root": str(data)})
         examples = load_examples(task)[:n]
-        return task, examples, f"{task_name}, the first {len(examples)} questions under {data}"
-    except Exception as e:  # noqa: BLE001 - absent or unreadable: say so and use the demo set
-        print(f"note: {task_name} data not usable under {data} ({type(e).__name__}: {str(e)[:120]}); "
-              f"using the demo MedQA questions (bioinstruct/data/demo_tasks, options rotated) instead",
+    except Exception as e:  # noqa: BLE001 - absent or unreadable: say so and go on
+        print(f"note: {name} skipped: no usable data under {data} ({type(e).__name__}: {str(e)[:100]})",
               file=sys.stderr)
-        return load_task("medqa"), demo_medqa(n), f"demo MedQA, {n} prompts (options rotated)"
+        return None
+    return task, examples, f"{name}, the first {len(examples)} under {data}"
 
 
-# ---- the two scorers --------------------------------------------------------------------
+def llama_shaped_tiny(folder: Path) -> str:
+    """A tiny LLaMA whose tokenizer has single-token answers (see ANSWER_LINES)."""
+    from bioinstruct.tiny_model import TinyModelConfig, corpus_lines, make_tiny_model
 
-def make_hflm(model, batch_size: int, device: str, dtype: str, *, tokenizer=None, logits_cache: bool = True):
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join(corpus_lines(TinyModelConfig()) + ANSWER_LINES) + "\n")
+    make_tiny_model(folder / "model", TinyModelConfig(corpus=str(corpus), pretrain_steps=20))
+    return str(folder / "model")
+
+
+# ---- the scorers --------------------------------------------------------------------------
+
+def make_hflm(model, batch_size: int, device: str, dtype: str, *, tokenizer=None):
     from lm_eval.models.huggingface import HFLM
 
     kwargs = {} if isinstance(model, str) else {"tokenizer": tokenizer}
-    return HFLM(pretrained=model, device=device, dtype=dtype, batch_size=batch_size, add_bos_token=False,
-                logits_cache=logits_cache, **kwargs)
+    return HFLM(pretrained=model, device=device, dtype=dtype, batch_size=batch_size, add_bos_token=False, **kwargs)
 
 
 def lm_eval_requests(examples: list[dict]):
@@ -136,8 +143,41 @@ def lm_eval_predictions(examples: list[dict], results: list[tuple[float, bool]])
         lls = np.array([float(ll) for ll, _ in results[k:k + len(ex["choices"])]])
         k += len(ex["choices"])
         length = np.array([float(len(c[1:] if c.startswith(" ") else c)) for c in ex["choices"]])
-        out.append({"loglik": lls.tolist(), "pred": int(np.argmax(lls)), "pred_norm": int(np.argmax(lls / length))})
+        out.append({"id": ex["id"], "loglik": lls.tolist(), "pred": int(np.argmax(lls)),
+                    "pred_norm": int(np.argmax(lls / length))})
     return out
+
+
+def evaluate_path(lm, task, examples: list[dict], folder: Path) -> Path:
+    """What `bioinstruct evaluate` runs for one shard once the model is loaded."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    score_shard(lm, task, examples, False, EvaluateConfig(generative=False), folder)
+    return folder / "predictions.jsonl"
+
+
+def file_rows(path: Path, examples: list[dict]) -> list[dict]:
+    """A predictions file's rows in question order (it holds them in batch order)."""
+    rows = {row["id"]: row for row in read_jsonl(path)}
+    return [rows[ex["id"]] for ex in examples]
+
+
+def forward_only(lm, examples: list[dict]):
+    """The forward passes of bioinstruct's batches over prebuilt tensors: the limit."""
+    batches = lm.loglik_batches([(ex["context"], c) for ex in examples for c in ex["choices"]])
+    tensors = []
+    for batch in batches:
+        ids = torch.full((len(batch.rows), len(batch.rows[0])), lm.tokenizer.pad_token_id, dtype=torch.long)
+        for b, row in enumerate(batch.rows):
+            ids[b, :len(row)] = torch.tensor(row)
+        keep = torch.tensor(sorted({first + k for _, first, cont in batch.reads for k in range(len(cont))}))
+        tensors.append((ids.to(lm.device), keep.to(lm.device)))
+
+    def run():
+        with torch.inference_mode():
+            for ids, keep in tensors:
+                lm.model(input_ids=ids, logits_to_keep=keep)
+    return run
 
 
 def sync(device: str) -> None:
@@ -146,13 +186,7 @@ def sync(device: str) -> None:
 
 
 def timed(fn, device: str):
-    """(wall seconds, out); timed_cpu also gives this process's CPU seconds (all its threads),
-    steadier than wall time on a shared machine."""
-    wall, _, out = timed_cpu(fn, device)
-    return wall, out
-
-
-def timed_cpu(fn, device: str):
+    """(wall seconds, this process's CPU seconds, fn's result)."""
     sync(device)
     t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
@@ -167,65 +201,90 @@ def disagreement(ours: list[dict], theirs: list[dict]) -> tuple[int, int, float]
     return pred, norm, dll
 
 
-# ---- comparison on one model ------------------------------------------------------------
+# ---- the comparison -----------------------------------------------------------------------
+
+def compare_task(args, lm, hflm, task, examples, source, scratch: Path) -> tuple[list[list], bool]:
+    """One task's table rows and whether its goals were met."""
+    requests = lm_eval_requests(examples)
+    scorers = {
+        "bioinstruct evaluate": lambda exs: evaluate_path(lm, task, exs, scratch / task.name),
+        "lm-eval HFLM": lambda exs: lm_eval_predictions(
+            exs, hflm.loglikelihood(requests[:sum(len(e["choices"]) for e in exs)], disable_tqdm=True)),
+    }
+    single = all(len(cont) == 1 for ex in examples[:20]
+                 for _, cont in lm.encode_pairs([(ex["context"], c) for c in ex["choices"]]))
+    lengths = [len(ids) for ids in lm.encode_many([ex["context"] for ex in examples])]
+    print(f"{source}: context tokens mean {np.mean(lengths):.0f}, max {max(lengths)}; answers "
+          f"{'single tokens' if single else 'NOT single tokens'}", flush=True)
+    warm = examples[:args.batch_size]
+    for fn in scorers.values():
+        fn(warm)
+    limit = forward_only(lm, examples)
+    limit()
+    best = {name: (float("inf"), float("inf")) for name in [*scorers, "forward only (limit)"]}
+    preds = {}
+    for _ in range(args.rounds):
+        for name, fn in [*scorers.items(), ("forward only (limit)", lambda exs: limit())]:
+            wall, cpu, out = timed(lambda: fn(examples), lm.device)
+            best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
+            if out is not None:
+                preds[name] = out
+            print(f"  {task.name} {name}: {wall:.2f} s ({cpu:.2f} CPU s)", file=sys.stderr, flush=True)
+    ours, theirs, floor = (best[k][1] for k in best)
+    pred, norm, dll = disagreement(file_rows(preds["bioinstruct evaluate"], examples), preds["lm-eval HFLM"])
+    n = len(examples)
+    rows = []
+    for name, (wall, cpu) in best.items():
+        rows.append([task.name, name, n, f"{wall:.2f}", f"{cpu:.2f}", f"{n / cpu:,.0f}",
+                     f"{theirs / cpu:.2f}x", f"{floor / cpu:.0%}",
+                     f"{pred}/{norm} ({dll:.0e})" if name == "lm-eval HFLM" else ""])
+    met = not (pred or norm) and theirs / ours >= GOAL_VS_LM_EVAL and floor / ours >= GOAL_OF_LIMIT
+    return rows, met
+
+
+def generation_rows(args, lm, examples: list[dict]) -> list[list]:
+    """Generated tokens/s of the Alpaca prompts, batched and one at a time."""
+    from bioinstruct.prompts import alpaca_prompt
+
+    prompts = [alpaca_prompt(ex["instruction"], ex["input"]) for ex in examples[:args.gen_prompts]]
+    rows = []
+    for bs in (args.batch_size, 1):
+        lm.batch_size = bs
+        wall, cpu, outputs = timed(lambda: lm.generate(prompts, max_new_tokens=args.max_new_tokens), lm.device)
+        tokens = sum(len(ids) for ids in lm.encode_many(outputs))
+        rows.append([bs, len(prompts), tokens, f"{wall:.2f}", f"{cpu:.2f}", f"{tokens / cpu:,.0f}"])
+    lm.batch_size = args.batch_size
+    return rows
+
 
 def compare(args, model_dir: str) -> int:
     from bioinstruct.scoring import LM
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    task, examples, source = load_questions(args.task, Path(args.data), args.questions)
-    n = len(examples)
-    cfg = EvaluateConfig(generative=False)
-    requests = lm_eval_requests(examples)
-
-    ours = LM(model_dir, device=device, dtype=dtype, batch_size=args.batch_size)
-    scorers = {"bioinstruct LM": lambda exs: predict(ours, task, exs, False, cfg)}
+    lm = LM(model_dir, device=device, dtype=dtype, batch_size=args.batch_size)
     hflm = make_hflm(model_dir, args.batch_size, device, dtype)
-    scorers["lm-eval HFLM"] = lambda exs: lm_eval_predictions(
-        exs, hflm.loglikelihood(requests[:sum(len(e["choices"]) for e in exs)], disable_tqdm=True))
-    if not args.no_nocache:
-        plain = make_hflm(model_dir, args.batch_size, device, dtype, logits_cache=False)
-        scorers["lm-eval HFLM, logits_cache=False"] = lambda exs: lm_eval_predictions(
-            exs, plain.loglikelihood(requests[:sum(len(e["choices"]) for e in exs)], disable_tqdm=True))
-
-    lengths = [len(ours.encode(ex["context"])) for ex in examples]
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     print(f"model: {model_dir} ({device}, {dtype}, torch threads {torch.get_num_threads()}; {cores} CPUs, "
-          f"load average {load:.1f}); batch size {args.batch_size}; {source}; context tokens mean "
-          f"{np.mean(lengths):.0f}, max {max(lengths)}; {args.rounds} round(s), best counts", flush=True)
-    if device == "cpu" and load > cores:
-        print(f"warning: load average {load:.1f} on {cores} CPUs: other processes compete, wall times are "
-              f"unreliable (the CPU seconds less so); try --threads 1 --rounds 5", flush=True)
-    warm = examples[:args.batch_size]
-    for fn in scorers.values():
-        fn(warm)
-    best = {name: float("inf") for name in scorers}
-    cpu = {name: float("inf") for name in scorers}
-    preds: dict[str, list[dict]] = {}
-    for _ in range(args.rounds):
-        for name, fn in scorers.items():
-            seconds, cpu_seconds, preds[name] = timed_cpu(lambda: fn(examples), device)
-            best[name], cpu[name] = min(best[name], seconds), min(cpu[name], cpu_seconds)
-            print(f"  {name}: {seconds:.2f} s ({cpu_seconds:.2f} CPU s)", file=sys.stderr, flush=True)
-
-    reference = "lm-eval HFLM"
-    rows, any_diff = [], False
-    for name in scorers:
-        pred, norm, dll = disagreement(preds["bioinstruct LM"], preds[name])
-        any_diff |= bool(pred or norm)
-        rows.append([name, n, f"{best[name]:.3f}", f"{cpu[name]:.3f}", f"{n / best[name]:,.1f}",
-                     f"{best[reference] / best[name]:.2f}x ({cpu[reference] / cpu[name]:.2f}x)",
-                     "-" if name == "bioinstruct LM" else pred, "-" if name == "bioinstruct LM" else norm,
-                     "-" if name == "bioinstruct LM" else f"{dll:.1e}"])
-    print(format_table(["scorer", "questions", "seconds", "CPU s", "questions/s", "speedup vs lm-eval (CPU s)",
-                        "pred diffs", "pred_norm diffs", "max |Δ loglik|"], rows))
-    speedup = best[reference] / best["bioinstruct LM"]
-    same = not any(disagreement(preds["bioinstruct LM"], preds[reference])[:2])
-    print(f"goal (identical predictions, >= {GOAL:.0f}x lm-eval's questions/s): "
-          f"{'MET' if same and speedup >= GOAL else 'NOT MET'} "
-          f"(predictions {'identical' if same else 'DIFFER'}; {speedup:.2f}x wall, "
-          f"{cpu[reference] / cpu['bioinstruct LM']:.2f}x CPU time)")
+          f"load average {load:.1f}); batch size {args.batch_size}; {args.rounds} rounds, best counts", flush=True)
+    rows, met, any_diff, first = [], True, False, None
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in args.tasks.split(","):
+            loaded = load_questions(name, Path(args.data), args.questions)
+            if loaded is None:
+                continue
+            task_rows, task_met = compare_task(args, lm, hflm, *loaded, Path(scratch))
+            rows += task_rows
+            met &= task_met
+            any_diff |= task_rows[1][-1].split(" ")[0] != "0/0"
+            first = first or loaded[1]
+    print(format_table(["task", "scorer", "questions", "wall s", "CPU s", "questions/CPU s",
+                        "vs lm-eval (CPU)", "of limit (CPU)", "pred/pred_norm diffs (max |Δll|)"], rows))
+    print(f"goals (identical predictions, >= {GOAL_VS_LM_EVAL:.0f}x lm-eval, >= {GOAL_OF_LIMIT:.0%} of the "
+          f"forward-only limit, CPU time, every task): {'MET' if met else 'NOT MET'}")
+    if first and args.gen_prompts:
+        print(format_table(["batch", "prompts", "generated tokens", "wall s", "CPU s", "tokens/CPU s"],
+                           generation_rows(args, lm, first)))
     return 1 if any_diff else 0
 
 
@@ -278,10 +337,7 @@ def gpu_7b(args) -> int:
     device = "cuda" if gpu else "cpu"
     dtype = torch.bfloat16 if gpu else torch.float32
     shape = LLAMA_7B if args.arch == "7b" else LLAMA_TINY
-    # The tiny model's BPE recipe; "Answer: X" lines give it the merges " A".." D" (one token
-    # each, as in LLaMA's tokenizer: the packaged corpus alone leaves " D" as two tokens).
-    lines = corpus_lines(TinyModelConfig()) + [f"Answer: {k}" for k in LETTERS] * 50
-    tokenizer = train_tokenizer(lines, TinyModelConfig().vocab_size)
+    tokenizer = train_tokenizer(corpus_lines(TinyModelConfig()) + ANSWER_LINES, TinyModelConfig().vocab_size)
     assert len(tokenizer) <= shape["vocab_size"]  # ids index the 32000-row embedding as they are
     config = LlamaConfig(**shape, max_position_embeddings=4096, rms_norm_eps=1e-5, hidden_act="silu",
                          tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
@@ -317,13 +373,13 @@ def gpu_7b(args) -> int:
             predict(lm, task, examples[:bs], False, cfg)  # warm-up
             if gpu:
                 torch.cuda.reset_peak_memory_stats()
-            seconds, ours = timed(lambda: predict(lm, task, examples, False, cfg), device)
+            seconds, _, ours = timed(lambda: predict(lm, task, examples, False, cfg), device)
             result["ours"] = seconds
             result["mem"] = torch.cuda.max_memory_allocated() / 2**30 if gpu else None
             if args.with_lm_eval:
                 hflm = make_hflm(model, bs, device, "bfloat16" if gpu else "float32", tokenizer=lm.tokenizer)
                 hflm.loglikelihood(requests[:4 * bs], disable_tqdm=True)
-                seconds, res = timed(lambda: hflm.loglikelihood(requests, disable_tqdm=True), device)
+                seconds, _, res = timed(lambda: hflm.loglikelihood(requests, disable_tqdm=True), device)
                 result["theirs"] = seconds
                 result["diff"] = disagreement(ours, lm_eval_predictions(examples, res))
                 del hflm
@@ -348,46 +404,63 @@ def gpu_7b(args) -> int:
     if args.with_lm_eval:
         header += ["lm-eval q/s", "vs lm-eval", "pred/pred_norm diffs (max |Δll|)"]
     print(format_table(header, rows))
+    print(format_table(["batch", "prompts", "generated tokens", "wall s", "generated tokens/s"],
+                       gpu_generation(args, lm, examples, device)))
     return 0
+
+
+def gpu_generation(args, lm, examples: list[dict], device: str) -> list[list]:
+    """Generated tokens/s at each of --gen-batch-sizes: MedQA-layout prompts, greedy, KV cache."""
+    rows = []
+    for bs in [int(b) for b in args.gen_batch_sizes.split(",")]:
+        lm.batch_size = bs
+        prompts = [ex["context"] for ex in examples[:2 * bs]]
+        try:
+            lm.generate(prompts[:bs], max_new_tokens=4)  # warm-up
+            wall, _, outputs = timed(lambda: lm.generate(prompts, max_new_tokens=args.max_new_tokens), device)
+        except torch.cuda.OutOfMemoryError:
+            rows.append([bs, "OOM", "", "", ""])
+            continue
+        tokens = sum(len(ids) for ids in lm.encode_many(outputs))
+        rows.append([bs, len(prompts), tokens, f"{wall:.2f}", f"{tokens / wall:,.0f}"])
+    return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", metavar="DIR", help="a causal LM directory (default: a tiny LLaMA built here)")
-    parser.add_argument("--task", choices=["medmcqa", "medqa", "pubmedqa"], default="medmcqa")
+    parser.add_argument("--model", metavar="DIR", help="a causal LM directory (default: a LLaMA-shaped tiny one)")
+    parser.add_argument("--tasks", default="medqa,medmcqa,pubmedqa", help="comma-separated: medqa, medmcqa, pubmedqa")
     parser.add_argument("--data", metavar="DIR", default=str(SHARED_DATA),
-                        help="data root (medmcqa/dev.json, ...); default ../shared/data")
-    parser.add_argument("--questions", type=int, default=300)
+                        help="data root (medmcqa/dev.json, pubmedqa/...); default ../shared/data")
+    parser.add_argument("--questions", type=int, default=300, help="per task")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per scorer (interleaved); best counts")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; --quick: 1)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per row (interleaved); best counts")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (one: steadiest CPU times)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda if available)")
-    parser.add_argument("--no-nocache", action="store_true", help="skip the lm-eval logits_cache=False row")
-    parser.add_argument("--quick", action="store_true",
-                        help="48 questions, 3 rounds, 1 thread, tiny model with 20 pretraining steps (CI)")
+    parser.add_argument("--gen-prompts", type=int, default=32, help="prompts for the generation table (0: none)")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--quick", action="store_true", help="48 questions per task, 2 rounds, 8 prompts (CI)")
     parser.add_argument("--gpu-7b", action="store_true", help="LLaMA-7B shapes, random bf16 weights, on cuda")
     parser.add_argument("--arch", choices=["7b", "tiny"], default="7b", help="--gpu-7b's architecture")
     parser.add_argument("--gpu-batch-sizes", default="16,32,64")
+    parser.add_argument("--gen-batch-sizes", default="32,64", help="--gpu-7b's generation batch sizes")
     parser.add_argument("--context-tokens", type=int, default=200, help="--gpu-7b's context length")
     parser.add_argument("--with-lm-eval", action="store_true", help="--gpu-7b: lm-eval's rate at each batch size too")
     args = parser.parse_args()
     if args.quick:
-        args.questions, args.rounds, args.threads = min(args.questions, 48), 3, args.threads or 1
-    if args.threads:
-        torch.set_num_threads(args.threads)
+        args.questions, args.rounds, args.gen_prompts = min(args.questions, 48), 2, min(args.gen_prompts, 8)
+    torch.set_num_threads(args.threads)
     if args.gpu_7b:
         if args.quick:
-            args.gpu_batch_sizes = "4,8"
+            args.gpu_batch_sizes, args.gen_batch_sizes, args.max_new_tokens = "4,8", "4,8", 8
         return gpu_7b(args)
     if args.model:
         return compare(args, args.model)
-    from bioinstruct.tiny_model import TinyModelConfig, make_tiny_model
-
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        make_tiny_model(Path(tmp) / "model", TinyModelConfig(pretrain_steps=20))
-        print(f"tiny model built in {time.perf_counter() - t0:.1f} s (pretrain_steps=20)", file=sys.stderr)
-        return compare(args, str(Path(tmp) / "model"))
+        model = llama_shaped_tiny(Path(tmp))
+        print(f"LLaMA-shaped tiny model built in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        return compare(args, model)
 
 
 if __name__ == "__main__":

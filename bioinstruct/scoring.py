@@ -7,13 +7,19 @@ and greedy generation, for a base model and the same base with a LoRA adapter.
     with lm.base():                                              # the same weights, adapter off
         lm.loglikelihoods(...)
 
+Work is planned before it runs: ``loglik_batches`` / ``generate_batches`` tokenize every
+request in one call and cut the whole set into batches, longest first (an out-of-memory shows
+in the first batch, and similar lengths share a batch); ``run_loglik`` / ``run_generate``
+run one batch. A batch's results depend only on the batch, so a caller that plans the same
+requests again and reruns only some batches (a resumed shard) gets the same numbers.
+
 Log-likelihoods follow lm-eval's HF backend: context and continuation are encoded without
 special tokens, trailing context whitespace moves to the continuation, the continuation's
 tokens are those of context+continuation past the context's, a context without tokens is
 the BOS token (EOS without one), and sequences are cut from the left to the model's length.
 Each request feeds context+continuation less its last token and reads the continuation's
 log-probs off the last positions; a request whose fed tokens begin a longer request's is
-read off that request's row (a question's single-token choices, for one, share a forward).
+read off that request's row (a question's single-token choices share one forward).
 Rows are padded on the right, without an attention mask, and the LM head runs only at the
 positions read. Generation pads on the left; generate() derives positions from the
 attention mask, so a padded row sees the positions it would alone.
@@ -22,9 +28,22 @@ attention mask, so a padded row sees the positions it would alone.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Iterator
 
-from .progress import progress
+# The Alpaca template's section headers: a model that starts one has finished its answer
+# (a base model, or a tuned one that missed its EOS). Generation stops there and cuts them.
+STOP_STRINGS = ("### Instruction:", "### Input:", "### Response:")
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """One forward pass (or one generate call): its rows, longest first, and per item it
+    answers, the item's index in the planned list and (log-likelihoods) its read
+    (row, first position, continuation ids)."""
+    rows: list[tuple[int, ...]]
+    items: list[int]
+    reads: list[tuple[int, int, tuple[int, ...]]] = dataclasses.field(default_factory=list)
 
 
 class LM:
@@ -60,11 +79,22 @@ class LM:
         with self.model.disable_adapter():
             yield
 
+    # ---- tokenizing ------------------------------------------------------------------------
+
     def encode(self, text: str) -> list[int]:
         return self.encode_many([text])[0]
 
     def encode_many(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        """Token ids without special tokens, in one batched call. A fast tokenizer's backend
+        is called directly without offsets (the same ids, for half the CPU time: per-string
+        overhead is most of tokenizing a question)."""
+        if not texts:
+            return []
+        backend = getattr(self.tokenizer, "backend_tokenizer", None) if self.tokenizer.is_fast else None
+        # (A backend saved with truncation or padding set would apply it; the wrapper turns it off.)
+        if backend is not None and hasattr(backend, "encode_batch_fast") and not (backend.truncation or backend.padding):
+            return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
     def encode_pairs(self, requests: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
         """(context ids, continuation ids) per request, lm-eval's way; each distinct context is
@@ -84,36 +114,34 @@ class LM:
         prefix = self.tokenizer.eos_token_id if prefix is None else prefix
         return (whole[:1], whole[1:]) if whole[:1] == [prefix] else ([prefix], whole)
 
-    def loglikelihoods(self, requests: list[tuple[str, str]], desc: str = "loglik") -> list[tuple[float, bool]]:
-        """Sum log-probability of each continuation given its context, and whether greedy
-        decoding would have produced it; in request order."""
+    # ---- log-likelihoods -------------------------------------------------------------------
+
+    def loglik_batches(self, requests: list[tuple[str, str]]) -> list[Batch]:
+        """Every request's forward, planned: rows shared where one request's fed tokens begin
+        another's, sorted longest first, cut into batches. A request with an empty
+        continuation is in no batch (it is certain; lm-eval refuses it)."""
         pairs = self.encode_pairs(requests)
         # A request feeds context+continuation less its last token, cut from the left to the
         # model's length, and reads its continuation off the last len(continuation) positions.
         fed = [tuple((ctx + cont)[-(self.max_length + 1):][:-1]) for ctx, cont in pairs]
         rows = _rows({i: fed[i] for i, (_, cont) in enumerate(pairs) if cont})
-        order = sorted(rows, key=len, reverse=True)  # similar lengths share a batch: less padding
-        results = [(0.0, True)] * len(requests)  # an empty continuation is certain (lm-eval refuses it)
-        bar = progress(total=sum(map(len, rows.values())), desc=desc, unit="req")
+        order = sorted(rows, key=len, reverse=True)
+        batches = []
         for start in range(0, len(order), self.batch_size):
             batch = order[start:start + self.batch_size]
             served = [(b, i) for b, row in enumerate(batch) for i in rows[row]]
-            reads = [(b, len(fed[i]) - len(pairs[i][1]), pairs[i][1]) for b, i in served]
-            for (_, i), result in zip(served, self._read(batch, reads)):
-                results[i] = result
-            bar.update(len(served))
-        bar.close()
-        return results
+            batches.append(Batch(rows=batch, items=[i for _, i in served],
+                                 reads=[(b, len(fed[i]) - len(pairs[i][1]), tuple(pairs[i][1])) for b, i in served]))
+        return batches
 
-    def _read(self, rows: list[tuple[int, ...]], reads: list[tuple[int, int, list[int]]]) -> list[tuple[float, bool]]:
-        """(sum log-prob, greedy?) of each read (row, first position, continuation ids) from one
-        forward pass over ``rows``, longest first."""
+    def run_loglik(self, batch: Batch) -> list[tuple[float, bool]]:
+        """(sum log-prob, greedy?) of each item of ``batch`` from one forward pass."""
         torch = self.torch
-        ids = torch.full((len(rows), len(rows[0])), self.tokenizer.pad_token_id, dtype=torch.long)
-        for b, row in enumerate(rows):
+        ids = torch.full((len(batch.rows), len(batch.rows[0])), self.tokenizer.pad_token_id, dtype=torch.long)
+        for b, row in enumerate(batch.rows):
             ids[b, :len(row)] = torch.tensor(row)
-        at = torch.tensor([(b, first + k) for b, first, cont in reads for k in range(len(cont))])
-        targets = torch.tensor([t for *_, cont in reads for t in cont], device=self.device)
+        at = torch.tensor([(b, first + k) for b, first, cont in batch.reads for k in range(len(cont))])
+        targets = torch.tensor([t for *_, cont in batch.reads for t in cont], device=self.device)
         # The LM head runs only at the positions read (a full-vocabulary log-softmax at every
         # position, as lm-eval computes, is much of the cost of a small model).
         keep, column = torch.unique(at[:, 1], return_inverse=True)
@@ -124,36 +152,60 @@ class LM:
             logits = logits[at[:, 0].to(self.device), column.to(self.device)].float()
             logprobs = logits.log_softmax(-1).gather(1, targets[:, None])[:, 0].cpu()
             hits = (logits.argmax(-1) == targets).cpu()
-        lengths = [len(cont) for *_, cont in reads]
+        lengths = [len(cont) for *_, cont in batch.reads]
         return [(float(lp.sum()), bool(hit.all())) for lp, hit in zip(logprobs.split(lengths), hits.split(lengths))]
 
-    def generate(self, prompts: list[str], max_new_tokens: int = 128, desc: str = "generate") -> list[str]:
-        """Greedy continuations of ``prompts`` (the tokenizer adds BOS as in training)."""
+    def loglikelihoods(self, requests: list[tuple[str, str]]) -> list[tuple[float, bool]]:
+        """Sum log-probability of each continuation given its context, and whether greedy
+        decoding would have produced it; in request order."""
+        results = [(0.0, True)] * len(requests)
+        for batch in self.loglik_batches(requests):
+            for i, result in zip(batch.items, self.run_loglik(batch)):
+                results[i] = result
+        return results
+
+    # ---- generation ------------------------------------------------------------------------
+
+    def generate_batches(self, prompts: list[str], max_new_tokens: int) -> list[Batch]:
+        """Prompts tokenized in one call (with BOS, as in training), cut from the left to leave
+        room for the answer, sorted longest first (length buckets: little padding) and batched."""
+        encoded = self.tokenizer(prompts)["input_ids"] if prompts else []
+        rows = [tuple(ids[-(self.max_length - max_new_tokens):]) for ids in encoded]
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+        return [Batch(rows=[rows[i] for i in idx], items=idx)
+                for idx in (order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size))]
+
+    def run_generate(self, batch: Batch, max_new_tokens: int) -> list[str]:
+        """Greedy continuations of one batch (KV cache on), each ending at EOS or a stop string."""
         torch = self.torch
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-        out: list[str] = [""] * len(prompts)
-        bar = progress(total=len(prompts), desc=desc, unit="ex")
+        width = len(batch.rows[0])
+        ids = torch.full((len(batch.rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(batch.rows), width), dtype=torch.long)
+        for b, row in enumerate(batch.rows):
+            ids[b, width - len(row):] = torch.tensor(row)
+            mask[b, width - len(row):] = 1
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start:start + self.batch_size]
-                encoded = [self.tokenizer(prompts[i])["input_ids"][-(self.max_length - max_new_tokens):] for i in idx]
-                width = max(len(e) for e in encoded)
-                ids = torch.full((len(idx), width), self.tokenizer.pad_token_id, dtype=torch.long)
-                mask = torch.zeros((len(idx), width), dtype=torch.long)
-                for b, e in enumerate(encoded):
-                    ids[b, width - len(e):] = torch.tensor(e)
-                    mask[b, width - len(e):] = 1
-                # generate() derives each row's positions from the attention mask, so left
-                # padding does not shift them (tests check batched == one at a time).
-                generated = self.model.generate(
-                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                    max_new_tokens=max_new_tokens, do_sample=False,
-                    pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
-                for b, i in enumerate(idx):
-                    out[i] = self.tokenizer.decode(generated[b, width:], skip_special_tokens=True).strip()
-                bar.update(len(idx))
-        bar.close()
+            # generate() derives each row's positions from the attention mask, so left padding
+            # does not shift them (tests check batched == one at a time).
+            generated = self.model.generate(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=max_new_tokens,
+                do_sample=False, use_cache=True, stop_strings=list(STOP_STRINGS), tokenizer=self.tokenizer,
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
+        texts = self.tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
+        return [_cut(text).strip() for text in texts]
+
+    def generate(self, prompts: list[str], max_new_tokens: int = 128) -> list[str]:
+        """Greedy continuations of ``prompts``, in their order."""
+        out = [""] * len(prompts)
+        for batch in self.generate_batches(prompts, max_new_tokens):
+            for i, text in zip(batch.items, self.run_generate(batch, max_new_tokens)):
+                out[i] = text
         return out
+
+
+def _cut(text: str) -> str:
+    """The text before the first stop string (generation stops after it, which it keeps)."""
+    return text[:min((k for k in map(text.find, STOP_STRINGS) if k >= 0), default=len(text))]
 
 
 def _move_trailing_space(context: str, continuation: str) -> tuple[str, str]:

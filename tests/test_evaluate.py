@@ -1,6 +1,7 @@
 """The evaluate stage end to end on the tiny model: every task kind, base + adapter in one call,
 shards merged to the unsharded result, resume after a kill, and the merge guard."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -291,3 +292,29 @@ def test_an_adapter_made_on_another_base_is_refused_unless_allowed(tiny_model_di
     tuned = next(r for r in results if r["model"] != "base")
     assert tuned["allow_base_mismatch"] is True and tuned["adapter_identity"]["base"] == str(tiny_model_dir)
     assert next(r for r in results if r["model"] == "base")["allow_base_mismatch"] is None
+
+
+# ---- one plan per shard (issue 18) ---------------------------------------------------------
+
+def test_a_shard_killed_after_any_line_resumes_to_the_uninterrupted_file(tiny_model_dir, adapter, medmcqa_root,
+                                                                         tmp_path):
+    """The shard is planned as one set of sorted batches; a resumed shard reruns the batches it
+    had not finished, as they were. Cut after every line (and mid-line) of a tuned run that
+    also answers generatively, the resumed file equals the uninterrupted one byte for byte."""
+    c = cfg(tiny_model_dir, adapter, tmp_path / "whole", tasks=["medmcqa"], limit=13, compare_base=False,
+            task_data={"medmcqa": {"root": str(medmcqa_root)}})
+    run(c)
+    name = Path(adapter).resolve().parent.name
+    whole = (tmp_path / "whole" / name / "medmcqa" / "shard-1-of-1" / "predictions.jsonl").read_text()
+    lines = whole.splitlines(keepends=True)
+    assert len(lines) == 13 and [json.loads(x)["id"] for x in lines] != sorted(json.loads(x)["id"] for x in lines)
+    for keep in (0, 3, 4, 9, 12):  # batches of 4: cuts inside and at the ends of batches
+        out = tmp_path / f"cut-{keep}"
+        shutil.copytree(tmp_path / "whole", out)
+        shard = out / name / "medmcqa" / "shard-1-of-1"
+        (shard / "predictions.jsonl").write_text("".join(lines[:keep]) + lines[keep][:25])
+        manifest = json.loads((shard / "manifest.json").read_text())
+        (shard / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
+        run(dataclasses.replace(c, out=str(out)))
+        assert (shard / "predictions.jsonl").read_text() == whole, keep
+        assert json.loads((shard / "manifest.json").read_text())["summary"]["resumed_with"] == keep

@@ -162,3 +162,20 @@ def test_bootstrap_intervals_are_the_resamples_percentiles():
     idx = np.random.default_rng(0).integers(0, len(pred), size=(M.BOOTSTRAP, len(pred)))
     f1s = sorted(prf([pred[i] for i in row], [gold[i] for i in row])["f1"] for row in idx[:, :, None].squeeze(2))
     assert prf(pred, gold)["f1_ci95"] == pytest.approx((f1s[25], f1s[975]))
+
+
+@pytest.mark.integration
+def test_batched_encoding_equals_the_tokenizers_own(tiny_model_dir):
+    """encode_many calls a fast tokenizer's backend directly (no offsets): the same ids as the
+    tokenizer's call, special-token text, spaces and non-ASCII included."""
+    lm = LM(str(tiny_model_dir), batch_size=4)
+    texts = [c + x for c, x in REQUESTS] + ["", " ", "<s> aspirin </s>", "naïve T-cells\r\n  ß-blocker", "A" * 3000]
+    assert lm.encode_many(texts) == lm.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.unit
+def test_generation_is_cut_at_the_next_alpaca_header():
+    from bioinstruct.scoring import _cut
+    assert _cut("B. aspirin\n\n### Instruction:\nName a statin") == "B. aspirin\n\n"
+    assert _cut("Metformin.### Response:") == "Metformin."
+    assert _cut("## Heading\nno header here") == "## Heading\nno header here"
