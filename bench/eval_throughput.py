@@ -59,6 +59,8 @@ os.environ.setdefault("BIOINSTRUCT_PROGRESS", "0")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from figures import record  # noqa: E402
+
 from bioinstruct.evaluate import EvaluateConfig, predict, score_shard  # noqa: E402
 from bioinstruct.io import read_jsonl  # noqa: E402
 from bioinstruct.table import format_table  # noqa: E402
@@ -111,12 +113,13 @@ def load_questions(name: str, data: Path, n: int):
 
 
 def llama_shaped_tiny(folder: Path) -> str:
-    """A tiny LLaMA whose tokenizer has single-token answers (see ANSWER_LINES)."""
+    """A tiny LLaMA with random weights whose tokenizer has single-token answers (ANSWER_LINES);
+    random, so that it does not end its answers at once as a briefly trained one does."""
     from bioinstruct.tiny_model import TinyModelConfig, corpus_lines, make_tiny_model
 
     corpus = folder / "corpus.txt"
     corpus.write_text("\n".join(corpus_lines(TinyModelConfig()) + ANSWER_LINES) + "\n")
-    make_tiny_model(folder / "model", TinyModelConfig(corpus=str(corpus), pretrain_steps=20))
+    make_tiny_model(folder / "model", TinyModelConfig(corpus=str(corpus), pretrain_steps=0))  # random weights
     return str(folder / "model")
 
 
@@ -149,7 +152,10 @@ def lm_eval_predictions(examples: list[dict], results: list[tuple[float, bool]])
 
 
 def evaluate_path(lm, task, examples: list[dict], folder: Path) -> Path:
-    """What `bioinstruct evaluate` runs for one shard once the model is loaded."""
+    """What `bioinstruct evaluate` runs for one shard once the model is loaded; tokenizing
+    and planning included (the LM keeps its last plan for the next model on the same task:
+    each round starts without it, as a task's first pass does)."""
+    lm._plans.clear()
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     score_shard(lm, task, examples, False, EvaluateConfig(generative=False), folder)
@@ -399,6 +405,13 @@ def gpu_7b(args) -> int:
             row += [f"{n / result['theirs']:,.1f}", f"{result['theirs'] / result['ours']:.2f}x",
                     f"{pred}/{norm} ({dll:.0e})"]
         rows.append(row)
+        setting = f"LLaMA-{args.arch}, {lengths and round(np.mean(lengths))}-token MedQA, batch {bs}"
+        record("eval_throughput", setting, "bioinstruct questions/s", f"{n / result['ours']:,.1f}")
+        if result["mem"] is not None:
+            record("eval_throughput", setting, "peak GPU memory", f"{result['mem']:.1f} GiB")
+        if args.with_lm_eval:
+            record("eval_throughput", setting, "lm-eval questions/s", f"{n / result['theirs']:,.1f}")
+            record("eval_throughput", setting, "pred/pred_norm diffs vs lm-eval", "/".join(map(str, result["diff"][:2])))
         print(f"  batch {bs}: {n / result['ours']:,.1f} questions/s", file=sys.stderr, flush=True)
     header = ["batch", "bioinstruct q/s", "context tokens/s", "peak GPU memory" if gpu else "memory"]
     if args.with_lm_eval:
@@ -423,6 +436,7 @@ def gpu_generation(args, lm, examples: list[dict], device: str) -> list[list]:
             continue
         tokens = sum(len(ids) for ids in lm.encode_many(outputs))
         rows.append([bs, len(prompts), tokens, f"{wall:.2f}", f"{tokens / wall:,.0f}"])
+        record("eval_throughput", f"LLaMA-{args.arch}, generate, batch {bs}", "generated tokens/s", f"{tokens / wall:,.0f}")
     return rows
 
 

@@ -53,6 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from figures import record  # noqa: E402
+
 from bioinstruct.packing import model_inputs, pack  # noqa: E402
 from bioinstruct.records import read_records  # noqa: E402
 from bioinstruct.table import format_table  # noqa: E402
@@ -283,6 +285,8 @@ def packing_table(args, model_name: str, attn: str, ckpt: bool, gpu: bool, micro
                 continue
             rows.append(row + [f"{result['tokens_per_s']:,.0f}", f"{result['step_s'] * 1000:,.0f} ms",
                                f"{epoch_tokens / result['tokens_per_s']:,.1f} s"])
+            record("train_throughput", f"LLaMA-{model_name}, {label}, packing {'on' if packing else 'off'}",
+                   "real tokens/s", f"{result['tokens_per_s']:,.0f}")
             print(f"  {label} packing={'on' if packing else 'off'}: {result['tokens_per_s']:,.0f} real tokens/s",
                   file=sys.stderr, flush=True)
     source = args.data or "the package's seed tasks"
@@ -370,6 +374,10 @@ def main() -> None:
                 rows.append([label, f"{result['tokens_per_s']:,.0f}", f"{result['step_s'] * 1000:,.0f} ms",
                              f"{result['peak_mem'] / 2**30:.2f} GiB", f"{100 * flops / measured:.1f}%",
                              f"{100 * flops / sheet:.1f}%" if sheet else "n/a"])
+                setting = f"LLaMA-{model_name}, {label}, seq {args.seq_len}"
+                record("train_throughput", setting, "tokens/s", f"{result['tokens_per_s']:,.0f}")
+                record("train_throughput", setting, "MFU (measured peak)", f"{100 * flops / measured:.1f}%")
+                record("train_throughput", setting, "peak memory", f"{result['peak_mem'] / 2**30:.2f} GiB")
                 print(f"  {label}: {result['tokens_per_s']:,.0f} tokens/s, loss {result['loss']:.3f}",
                       file=sys.stderr, flush=True)
 

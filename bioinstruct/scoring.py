@@ -69,6 +69,9 @@ class LM:
         self.has_adapter = adapter is not None
         self.batch_size = batch_size
         self.max_length = max_length or getattr(base.config, "max_position_embeddings", 2048)
+        # The last plan of each kind, by its exact inputs: a task scored with the adapter and
+        # then without it is tokenized and planned once.
+        self._plans: dict[str, tuple[tuple, list[Batch]]] = {}
 
     @contextlib.contextmanager
     def base(self) -> Iterator[None]:
@@ -120,6 +123,12 @@ class LM:
         """Every request's forward, planned: rows shared where one request's fed tokens begin
         another's, sorted longest first, cut into batches. A request with an empty
         continuation is in no batch (it is certain; lm-eval refuses it)."""
+        key = (tuple(requests), self.batch_size, self.max_length)
+        if self._plans.get("loglik", (None,))[0] != key:
+            self._plans["loglik"] = key, self._loglik_batches(requests)
+        return self._plans["loglik"][1]
+
+    def _loglik_batches(self, requests: list[tuple[str, str]]) -> list[Batch]:
         pairs = self.encode_pairs(requests)
         # A request feeds context+continuation less its last token, cut from the left to the
         # model's length, and reads its continuation off the last len(continuation) positions.
@@ -169,6 +178,12 @@ class LM:
     def generate_batches(self, prompts: list[str], max_new_tokens: int) -> list[Batch]:
         """Prompts tokenized in one call (with BOS, as in training), cut from the left to leave
         room for the answer, sorted longest first (length buckets: little padding) and batched."""
+        key = (tuple(prompts), max_new_tokens, self.batch_size, self.max_length)
+        if self._plans.get("generate", (None,))[0] != key:
+            self._plans["generate"] = key, self._generate_batches(prompts, max_new_tokens)
+        return self._plans["generate"][1]
+
+    def _generate_batches(self, prompts: list[str], max_new_tokens: int) -> list[Batch]:
         encoded = self.tokenizer(prompts)["input_ids"] if prompts else []
         rows = [tuple(ids[-(self.max_length - max_new_tokens):]) for ids in encoded]
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
