@@ -10,8 +10,10 @@ Input: a model directory (or hub id), optionally an adapter; tasks from the regi
 (bioinstruct/tasks/*.yaml; task data paths under $BIOINSTRUCT_DATA or set with
 task_data.<task>.path=FILE; gated sets say where to get them).
 Output (--out DIR/<model>/<task>/; <model> is "base", or the adapter's name):
-  shard-I-of-N/predictions.jsonl   one line per example, appended as produced; a restarted
-                                   shard skips what is done (manifest.json marks it complete),
+  shard-I-of-N/predictions.jsonl   one line per example, appended as each batch completes (the
+                                   shard is planned once: sorted batches, longest first, so an
+                                   out-of-memory shows at once); a restarted shard reruns only
+                                   the batches it had not finished (manifest.json marks it complete),
                                    only when made from the same inputs (manifest "inputs":
                                    model/adapter fingerprints, data sha256, task options, limit,
                                    shard count); other inputs are refused, --force starts clean
