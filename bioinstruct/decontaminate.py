@@ -56,7 +56,7 @@ from .io import atomic_write_json, iter_jsonl_numbered, write_jsonl
 from .progress import progress
 from .records import read_records, record_id
 from .rundir import run_stage
-from .table import format_table
+from .reporting.tables import format_table
 
 POLICIES = ("drop", "flag", "keep")
 CHUNK = 4096  # records hashed at a time; results do not depend on it

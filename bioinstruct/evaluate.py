@@ -46,7 +46,7 @@ from .llm import LLMConfig
 from .models import check_adapter, check_model
 from .prompts import alpaca_prompt
 from .rundir import check_resumable, check_writable, is_complete, read_manifest, run_stage
-from .table import format_table
+from .reporting.tables import format_table
 from .tasks import task_names
 
 CHUNK = 64  # examples per append: a killed shard loses at most this much work
