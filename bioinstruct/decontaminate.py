@@ -127,7 +127,7 @@ class Item:
 
 
 def item_of(task, example: dict) -> Item:
-    """The fields of a loader's example (see bioinstruct.tasks.loaders): a multiple-choice
+    """The fields of a loader's example (see bioinstruct.tasks.reader): a multiple-choice
     question and each option apart (so their order does not matter), a label-only task's
     context lines and question, a generation task's input and reference."""
     eid = example["id"]
