@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bioinstruct.decontaminate import DecontaminateConfig, Index, Item, load_items, record_text, words  # noqa: E402
-from bioinstruct.table import format_table  # noqa: E402
+from bioinstruct.reporting.tables import format_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

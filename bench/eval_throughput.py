@@ -63,9 +63,10 @@ from figures import record  # noqa: E402
 
 from bioinstruct.evaluate import EvaluateConfig, predict, score_shard  # noqa: E402
 from bioinstruct.io import read_jsonl  # noqa: E402
-from bioinstruct.table import format_table  # noqa: E402
+from bioinstruct.reporting.tables import format_table  # noqa: E402
 from bioinstruct.tasks import load_examples, load_task  # noqa: E402
-from bioinstruct.tasks.loaders import LETTERS, medqa_context  # noqa: E402
+from bioinstruct.tasks.medqa import medqa_context  # noqa: E402
+from bioinstruct.tasks.reader import LETTERS  # noqa: E402
 
 SHARED_DATA = REPO.parent / "shared" / "data"
 DEMO = REPO / "bioinstruct" / "data" / "demo_tasks"

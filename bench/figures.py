@@ -23,7 +23,7 @@ def record(bench: str, setting: str, figure: str, value) -> None:
 
 
 def table(path: str) -> str:
-    from bioinstruct.table import format_table
+    from bioinstruct.reporting.tables import format_table
 
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     return format_table(["bench", "setting", "figure", "value"],

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bioinstruct.llm import Engine, LLMConfig, Request  # noqa: E402
-from bioinstruct.table import format_table  # noqa: E402
+from bioinstruct.reporting.tables import format_table  # noqa: E402
 from bioinstruct.testing.openai_server import Faults, OpenAIServer  # noqa: E402
 
 FAULTS = Faults(rate_limit=0.05, server_error=0.06, drop=0.04, slow=0.03, empty_choices=0.02,

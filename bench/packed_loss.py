@@ -26,7 +26,7 @@ from figures import record  # noqa: E402
 
 from bioinstruct.generate import load_seeds  # noqa: E402
 from bioinstruct.packing import model_inputs, pack  # noqa: E402
-from bioinstruct.table import format_table  # noqa: E402
+from bioinstruct.reporting.tables import format_table  # noqa: E402
 from bioinstruct.train import Collator, DataConfig, tokenize  # noqa: E402
 
 

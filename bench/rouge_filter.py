@@ -37,7 +37,7 @@ from rouge_score.rouge_scorer import _score_lcs as rouge_lcs
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bioinstruct.metrics import rouge_scorer  # noqa: E402
 from bioinstruct.rougel import RougeLPool, Verdict  # noqa: E402
-from bioinstruct.table import format_table  # noqa: E402
+from bioinstruct.reporting.tables import format_table  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # Texts with no [a-z0-9] after lower(): rouge-score gives them no tokens and scores them 0.

@@ -57,7 +57,7 @@ from figures import record  # noqa: E402
 
 from bioinstruct.packing import model_inputs, pack  # noqa: E402
 from bioinstruct.records import read_records  # noqa: E402
-from bioinstruct.table import format_table  # noqa: E402
+from bioinstruct.reporting.tables import format_table  # noqa: E402
 from bioinstruct.train import PEAK_BF16, DataConfig, LoraSettings, collator, tokenize  # noqa: E402
 
 # train.py calls gradient_checkpointing_enable(); transformers 5 calls it deprecated

@@ -41,7 +41,7 @@ from .errors import ConfigError, DataError, UserError
 from .io import atomic_open, atomic_write_json, atomic_write_text, iter_jsonl_numbered
 from .prompts import PromptTemplate
 from .records import CATEGORIES, LABELS, UNKNOWN, read_records, record_id
-from .table import format_table
+from .reporting.tables import format_table
 
 
 PAPER_ALPHA = 0.83  # GPT-4 vs human annotators, Tran et al. 2024

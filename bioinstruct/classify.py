@@ -40,7 +40,7 @@ from .progress import progress
 from .prompts import PromptTemplate
 from .records import CATEGORIES, PAPER_SHARES, UNKNOWN, read_records, record_id
 from .rundir import is_complete, run_stage
-from .table import format_table
+from .reporting.tables import format_table
 
 REMINDER = "Answer with exactly one word: qa, ie, generation or other."
 INPUT_PREVIEW = 600  # characters of the input shown; the task type is in the instruction

@@ -56,7 +56,7 @@ from .io import atomic_write_json, iter_jsonl_numbered, write_jsonl
 from .progress import progress
 from .records import read_records, record_id
 from .rundir import run_stage
-from .table import format_table
+from .reporting.tables import format_table
 
 POLICIES = ("drop", "flag", "keep")
 CHUNK = 4096  # records hashed at a time; results do not depend on it
@@ -127,7 +127,7 @@ class Item:
 
 
 def item_of(task, example: dict) -> Item:
-    """The fields of a loader's example (see bioinstruct.tasks.loaders): a multiple-choice
+    """The fields of a loader's example (see bioinstruct.tasks.reader): a multiple-choice
     question and each option apart (so their order does not matter), a label-only task's
     context lines and question, a generation task's input and reference."""
     eid = example["id"]

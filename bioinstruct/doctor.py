@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 
 from .environment import PACKAGES, version
-from .table import format_table
+from .reporting.tables import format_table
 
 
 def _command_version(cmd: list[str]) -> str:

@@ -7,7 +7,7 @@
     bioinstruct evaluate ... --tasks conv2note judge=true judge_llm.model=gpt-4   # GPT-4 judge
 
 Input: a model directory (or hub id), optionally an adapter; tasks from the registry
-(bioinstruct/tasks/*.yaml; task data paths under $BIOINSTRUCT_DATA or set with
+(bioinstruct/tasks/*/*.yaml; task data paths under $BIOINSTRUCT_DATA or set with
 task_data.<task>.path=FILE; gated sets say where to get them).
 Output (--out DIR/<model>/<task>/; <model> is "base", or the adapter's name):
   shard-I-of-N/predictions.jsonl   one line per example, appended as each batch completes (the
@@ -49,7 +49,7 @@ from .models import check_adapter, check_model
 from .progress import progress
 from .prompts import alpaca_prompt
 from .rundir import check_resumable, check_writable, is_complete, read_manifest, run_stage
-from .table import format_table
+from .reporting.tables import format_table
 from .tasks import task_names
 
 # Keys compared through the shard's recorded input identities (model and adapter fingerprints,

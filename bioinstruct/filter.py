@@ -37,7 +37,7 @@ from .progress import progress
 from .records import read_records
 from .rougel import TOKENIZERS, RougeLPool
 from .rundir import run_stage
-from .table import format_table
+from .reporting.tables import format_table
 
 # The paper names image, picture and graph; plurals are separate words to a
 # word-boundary match, so they are listed too.

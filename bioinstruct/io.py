@@ -9,9 +9,12 @@ Two rules hold everywhere in bioinstruct:
   killed writer is cut off before the next append, so a restarted job continues
   where the previous one stopped.
 
-Readers raise :class:`DataError` naming ``file:line`` for malformed input. Every stage reads
-user data through :func:`iter_rows`: JSON Lines, a JSON array or CSV, UTF-8 with or without a
-byte-order mark, LF or CRLF line ends, each row located by ``file:line``.
+Readers raise :class:`DataError` naming ``file:line`` for malformed input. This module is the
+one reader of the package: every stage reads user data through :func:`iter_rows` (JSON Lines,
+a JSON array or CSV, UTF-8 with or without a byte-order mark, LF or CRLF line ends, each row
+located by ``file:line``; :mod:`bioinstruct.records` and the task loaders build on it), whole
+JSON files through :func:`read_json`, and record streams through :func:`iter_jsonl`, the same
+JSON Lines reader that can also skip a torn last line.
 """
 
 from __future__ import annotations
@@ -225,17 +228,7 @@ def iter_jsonl_numbered(path: str | os.PathLike, *, allow_torn_tail: bool = Fals
     killed appender leaves) is skipped instead: the writer repairs it on its next open.
     """
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            yield lineno, json.loads(line)
-        except json.JSONDecodeError as e:
-            if allow_torn_tail and lineno == len(lines) and not line.endswith("\n"):
-                return
-            raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+    yield from _jsonl_rows(path, read_text(path, allow_torn_tail=allow_torn_tail), allow_torn_tail=allow_torn_tail)
 
 
 def iter_jsonl(path: str | os.PathLike, *, allow_torn_tail: bool = False) -> Iterator[Any]:
@@ -247,16 +240,20 @@ def read_jsonl(path: str | os.PathLike, *, allow_torn_tail: bool = False) -> lis
     return list(iter_jsonl(path, allow_torn_tail=allow_torn_tail))
 
 
-def read_text(path: str | os.PathLike) -> str:
+def read_text(path: str | os.PathLike, *, allow_torn_tail: bool = False) -> str:
     """A user's text file: UTF-8, a byte-order mark dropped, CRLF read as LF; bytes that are
-    not UTF-8 raise DataError at ``file:line``."""
+    not UTF-8 raise DataError at ``file:line``. With ``allow_torn_tail``, a last line without
+    a newline that is cut inside a character (a killed appender's) is left out instead."""
     path = Path(path)
     data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8") from None
+        if not (allow_torn_tail and b"\n" not in data[e.start:]):
+            line = data[: e.start].count(b"\n") + 1
+            raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); "
+                            "save the file as UTF-8") from None
+        text = data[: data.rfind(b"\n") + 1].decode("utf-8-sig")
     return text.replace("\r\n", "\n")
 
 
@@ -289,6 +286,22 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[str, dict]]:
         raise DataError(f"{path}:{start}: {e}") from None
 
 
+def _jsonl_rows(path: Path, text: str, *, allow_torn_tail: bool = False) -> Iterator[tuple[int, Any]]:
+    """``(line, record)`` for each non-blank line of JSON Lines text; see :func:`iter_jsonl_numbered`."""
+    lines = text.split("\n")  # a last line with its newline leaves "" last
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            if allow_torn_tail and lineno == len(lines):
+                return
+            hint = (" (a pretty-printed JSON object? the file must be JSON Lines or a JSON array)"
+                    if lineno == 1 and line.strip() == "{" else "")
+            raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno}){hint}") from None
+
+
 def iter_rows(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
     """``(file:line, row)`` for each row of a user's data file: CSV (by the .csv suffix; rows
     are dicts keyed by the header), a JSON array (the first character is ``[``), else JSON
@@ -300,15 +313,7 @@ def iter_rows(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
     elif text.lstrip().startswith("["):
         yield from _json_array_rows(path, text)
     else:
-        for lineno, line in enumerate(text.split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                hint = (" (a pretty-printed JSON object? the file must be JSON Lines or a JSON array)"
-                        if lineno == 1 and line.strip() == "{" else "")
-                raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno}){hint}") from None
+        for lineno, row in _jsonl_rows(path, text):
             yield f"{path}:{lineno}", row
 
 

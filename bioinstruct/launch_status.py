@@ -27,7 +27,7 @@ from .errors import UserError
 from .io import read_json, read_jsonl
 from .launch_executors import EXECUTORS
 from .rundir import read_manifest
-from .table import format_table
+from .reporting.tables import format_table
 
 PENDING = {"PENDING", "CONFIGURING"}
 REQUEUED = {"REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"}

@@ -34,8 +34,6 @@ import argparse
 import collections
 import dataclasses
 import hashlib
-import itertools
-import math
 import random
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -46,23 +44,18 @@ from .config import add_config_arguments, config_from_args
 from .errors import ConfigError
 from .filter import Criteria
 from .identity import path_identity
-from .io import atomic_open, atomic_write_json, atomic_write_text, read_json
+from .io import atomic_write_json, atomic_write_text, read_json
 from .progress import progress
 from .prompts import alpaca_prompt
 from .records import LABELS, PAPER_SHARES, read_records, resolve_input
+from .reporting.card import PAPER_MAX_LENGTH, TOP_OBJECTS, TOP_VERBS, render_card
+from .reporting.plots import plot_categories, plot_similarity, plot_tokens, plot_verbs, plot_words
+from .reporting.tables import format_table
 from .rougel import RougeLPool
 from .rundir import is_complete, run_stage
-from .table import format_table
 
 UNLABELLED = "unlabelled"  # a record without a category
-PAPER_MAX_LENGTH = 512
 NEAR_DUPLICATE = Criteria.threshold  # the filter's default: Alpaca's 0.7
-TOP_VERBS, TOP_OBJECTS = 20, 4  # the paper's Figure 1B
-CONTAMINATION_EXAMPLES = 5
-
-DPI = 120
-FIGSIZE = {"categories": (8.0, 4.5), "words": (12.0, 4.0), "tokens": (9.0, 4.5),
-           "similarity": (8.0, 4.5), "verbs": (9.0, 9.0)}
 TOKENIZE_BATCH = 1024
 
 
@@ -220,254 +213,6 @@ def verb_objects(instructions: list[str], nlp: Any) -> dict[str, Any]:
             "objects": sorted(objects[v].items(), key=lambda oc: (-oc[1], oc[0]))[:TOP_OBJECTS]} for v in by_count]
     return {"parsed": len(instructions), "with_root_verb": sum(v is not None for v, _ in pairs),
             "with_verb_and_object": sum(c.total() for c in objects.values()), "top": top}
-
-
-# ---- figures -----------------------------------------------------------------------------
-
-def _figure(name: str):
-    # A bare Figure, not pyplot: no global backend or display; savefig to PNG uses Agg.
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=FIGSIZE[name], dpi=DPI, layout="constrained")
-
-
-def save_figure(fig, path: Path) -> None:
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=DPI)
-
-
-def plot_categories(counts: dict[str, int], path: Path) -> None:
-    fig = _figure("categories")
-    ax = fig.subplots()
-    total = sum(counts.values())
-    labels = list(counts)
-    x = np.arange(len(labels))
-    ours = [100 * counts[c] / total for c in labels]
-    paper = [PAPER_SHARES.get(c, 0.0) for c in labels]
-    for offset, values, name in ((-0.2, ours, "this dataset"), (0.2, paper, "BioInstruct paper")):
-        bars = ax.bar(x + offset, values, width=0.4, label=name)
-        ax.bar_label(bars, labels=[f"{v:.1f}" if v else "" for v in values], fontsize=8, padding=2)
-    ax.set_xticks(x, labels)
-    ax.set_ylabel("share of records (%)")
-    ax.set_ylim(0, max(ours + paper) * 1.15)
-    ax.set_title(f"Categories ({total:,} records)")
-    ax.legend()
-    save_figure(fig, path)
-
-
-def _clipped_hist(ax, values: np.ndarray, title: str, xlabel: str, clip: int) -> None:
-    """Histogram of counts up to ``clip``; longer values are counted in the last bin, so a
-    long tail does not squeeze the bulk of the distribution into one bar."""
-    # Whole-number bins (values are counts): uneven ones would leave comb-like gaps.
-    width = math.ceil((clip + 1) / 50)
-    ax.hist(np.minimum(values, clip), bins=np.arange(0, clip + width + 1, width))
-    ax.set_title(title, fontsize=10)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("examples")
-
-
-def plot_words(words: dict[str, np.ndarray], path: Path) -> None:
-    fig = _figure("words")
-    for ax, (field, counts) in zip(fig.subplots(1, 3), words.items()):
-        if field == "input":
-            counts = counts[counts > 0]
-        if counts.size == 0:
-            ax.set_title(f"{field}: all empty", fontsize=10)
-            continue
-        clip = math.ceil(np.percentile(counts, 99))
-        title = f"{field}{' (non-empty)' if field == 'input' else ''}, n={counts.size:,}"
-        _clipped_hist(ax, counts, title, f"words (last bin: >= {clip}, the p99)", clip)
-    save_figure(fig, path)
-
-
-def plot_tokens(full: np.ndarray, rows: list[dict], path: Path) -> None:
-    fig = _figure("tokens")
-    ax = fig.subplots()
-    clip = math.ceil(np.percentile(full, 99.5))
-    _clipped_hist(ax, full, f"Training example length (Alpaca prompt + response + EOS), n={full.size:,}",
-                  f"tokens (last bin: >= {clip}, the p99.5)", clip)
-    # Limits far beyond the data would squeeze the histogram; the card's table has them all.
-    for row, color in zip(rows, itertools.cycle(["C1", "C2", "C3", "C4", "C5"])):
-        if row["max_length"] <= 1.25 * clip:
-            ax.axvline(row["max_length"], color=color, linestyle="--",
-                       label=f"max_length {row['max_length']}: {100 * row['share_examples_longer']:.1f}% longer")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    save_figure(fig, path)
-
-
-def plot_similarity(sim: dict, path: Path) -> None:
-    fig = _figure("similarity")
-    ax = fig.subplots()
-    edges, counts = sim["histogram"]["edges"], sim["histogram"]["counts"]
-    ax.stairs(counts, edges, fill=True)
-    ax.axvline(sim["scores"]["mean"], color="C1", label=f"mean {sim['scores']['mean']:.3f}")
-    ax.axvline(NEAR_DUPLICATE, color="C3", linestyle="--",
-               label=f"filter threshold {NEAR_DUPLICATE} ({100 * sim['share_over_threshold']:.1f}% above)")
-    scope = f"random sample of {sim['scored']:,} of {sim['of']:,}" if sim["sampled"] else f"n={sim['scored']:,}"
-    ax.set_title(f"ROUGE-L F to the nearest other instruction ({scope})", fontsize=10)
-    ax.set_xlabel("ROUGE-L F")
-    ax.set_ylabel("instructions")
-    ax.set_xlim(0, 1)
-    ax.legend(fontsize=8)
-    save_figure(fig, path)
-
-
-def _ring_labels(ax, wedges, labels: list[str], radius: float, size: float) -> None:
-    """Radial labels at the middle of each wedge, upright, left out where a wedge is too thin."""
-    for wedge, label in zip(wedges, labels):
-        if not label or wedge.theta2 - wedge.theta1 < 2.0:
-            continue
-        angle = (wedge.theta1 + wedge.theta2) / 2
-        x, y = radius * math.cos(math.radians(angle)), radius * math.sin(math.radians(angle))
-        rotation = angle if -90 <= (angle + 180) % 360 - 180 <= 90 else angle + 180
-        ax.text(x, y, label, ha="center", va="center", rotation=rotation, rotation_mode="anchor", fontsize=size)
-
-
-def plot_verbs(verbs: dict, path: Path) -> None:
-    """Figure 1B as a sunburst: verbs inside, their top objects outside (the grey rest is
-    the verb's other objects)."""
-    from matplotlib import colormaps
-
-    fig = _figure("verbs")
-    ax = fig.subplots()
-    top = verbs["top"]
-    colors = [colormaps["tab20"](i % 20) for i in range(len(top))]
-    sizes, outer_colors, outer_labels = [], [], []
-    for entry, color in zip(top, colors):
-        for obj, count in entry["objects"]:
-            sizes.append(count)
-            outer_colors.append((*color[:3], 0.55))
-            outer_labels.append(obj)
-        rest = entry["count"] - sum(c for _, c in entry["objects"])
-        if rest:
-            sizes.append(rest)
-            outer_colors.append((0.92, 0.92, 0.92, 1.0))
-            outer_labels.append("")
-    props = {"edgecolor": "white", "linewidth": 0.8}
-    inner, _ = ax.pie([e["count"] for e in top], radius=0.6, colors=colors, startangle=90, counterclock=False,
-                      wedgeprops={**props, "width": 0.35})
-    outer, _ = ax.pie(sizes, radius=1.0, colors=outer_colors, startangle=90, counterclock=False,
-                      wedgeprops={**props, "width": 0.4})
-    _ring_labels(ax, inner, [e["verb"] for e in top], 0.425, 8)
-    _ring_labels(ax, outer, outer_labels, 0.8, 7)
-    ax.set_title(f"Top {len(top)} root verbs and their top {TOP_OBJECTS} direct objects "
-                 f"({verbs['with_verb_and_object']:,} instructions)", fontsize=10)
-    save_figure(fig, path)
-
-
-# ---- the card ----------------------------------------------------------------------------
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
-def _num(x: Any) -> str:
-    return f"{x:,}" if isinstance(x, int) else f"{x:,.1f}"
-
-
-def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _short(text: str, width: int = 110) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[:width - 1] + "…"
-
-
-def render_card(stats: dict) -> str:
-    inp, notes = stats["input"], stats["notes"]
-    out = [f"# Dataset card: {Path(inp['path']).name}", "",
-           f"Input `{inp['path']}` (sha256 `{inp['sha256'][:16]}`). Numbers: `stats.json`; "
-           "config: `config.yaml`. Percentiles interpolate linearly.", "",
-           "## Size", "",
-           _md_table(["", "count", "share"], [
-               ("records", f"{stats['records']:,}", "100.0%"),
-               ("empty input", f"{stats['empty_input']['count']:,}", _pct(stats["empty_input"]["share"]))]), ""]
-
-    out += ["## Categories", ""]
-    if stats["categories"]:
-        counts, total = stats["categories"]["counts"], stats["records"]
-        out += [_md_table(["category", "count", "share", "paper"],
-                          [(c, f"{n:,}", _pct(n / total), f"{PAPER_SHARES[c]:.1f}%" if c in PAPER_SHARES else "–")
-                           for c, n in counts.items()]), "", "![categories](categories.png)", ""]
-    else:
-        out += [f"*{notes['categories']}*", ""]
-
-    out += ["## Words per field", "", "Whitespace-separated words.", "",
-            _md_table(["field", "min", "median", "mean", "p90", "p99", "max"],
-                      [(f, *(_num(d[k]) for k in ("min", "median", "mean", "p90", "p99", "max")))
-                       for f, d in stats["words"].items()]), "", "![words](words.png)", ""]
-
-    out += ["## Training length in tokens", ""]
-    tokens = stats["tokens"]
-    if tokens:
-        d = tokens["length"]
-        out += [f"Tokenizer `{tokens['tokenizer']}`. One example is the full Alpaca training prompt (with or "
-                "without its `### Input:` block) with the response, plus EOS. *Responses lost*: the prompt "
-                "alone fills max_length, so none of the response is trained on.", "",
-                f"Length: min {d['min']:,}, median {d['median']:,.0f}, mean {d['mean']:,.1f}, p90 {d['p90']:,.0f}, "
-                f"p99 {d['p99']:,.0f}, max {d['max']:,}.", "",
-                _md_table(["max_length", "examples longer", "tokens cut off", "responses lost"],
-                          [(f"{r['max_length']}{' (paper)' if r['max_length'] == PAPER_MAX_LENGTH else ''}",
-                            f"{_pct(r['share_examples_longer'])} ({r['examples_longer']:,})",
-                            f"{_pct(r['share_tokens_cut'])} ({r['tokens_cut']:,})",
-                            f"{_pct(r['share_responses_lost'])} ({r['responses_lost']:,})")
-                           for r in tokens["truncation"]]), "", "![tokens](tokens.png)", ""]
-    else:
-        out += [f"*{notes['tokens']}*", ""]
-
-    sim = stats["similarity"]
-    d = sim["scores"]
-    scope = (f"a random sample of {sim['scored']:,} of the {sim['of']:,} instructions (seed {sim['seed']}), "
-             f"each against all {sim['of'] - 1:,} others" if sim["sampled"]
-             else f"all {sim['of']:,} instructions, each against all others")
-    out += ["## Instruction similarity", "",
-            f"ROUGE-L F (rouge-score's tokens, no stemming) of each instruction to its nearest other "
-            f"instruction, exactly, for {scope}.", "",
-            _md_table(["mean", "median", "p90", "p99", "max", f"share > {NEAR_DUPLICATE} (filter threshold)"],
-                      [(f"{d['mean']:.3f}", f"{d['median']:.3f}", f"{d['p90']:.3f}", f"{d['p99']:.3f}",
-                        f"{d['max']:.3f}", _pct(sim["share_over_threshold"]))]), "",
-            "![similarity](similarity.png)", ""]
-    if sim["most_similar_pairs"]:
-        out += ["Most similar pairs:", "",
-                _md_table(["ROUGE-L F", "instruction", "nearest other"],
-                          [(f"{p['score']:.3f}", _short(p["a"]), _short(p["b"])) for p in sim["most_similar_pairs"]]),
-                ""]
-
-    out += ["## Contamination with evaluation items", ""]
-    con = stats.get("contamination")
-    if con:
-        out += [f"From `{con['path']}` (bioinstruct decontaminate, policy {con['policy']}): {con['contaminated']:,} "
-                f"of {con['records']:,} instructions held an item of an evaluation set "
-                f"({', '.join(f'{r} {n:,}' for r, n in con['reasons'].items()) or 'none'}); "
-                f"{con['clean']:,} went on.", "",
-                _md_table(["task", "items checked", "instructions hit", "items touched"],
-                          [(t, f"{v['items']:,}" if not v.get("missing") else f"no data ({v['missing']})",
-                            f"{v['records']:,}", f"{v['items_touched']:,}") for t, v in con["tasks"].items()]), ""]
-        if con["examples"]:
-            out += ["Examples:", "",
-                    _md_table(["task", "item", "method", "overlap", "instruction", "item text"],
-                              [(e["task"], e["item_id"], e["method"],
-                                ", ".join(f"{k} {v}" for k, v in e["overlap"].items() if k != "example"),
-                                _short(e["record_text"], 80), _short(e["item_text"], 80))
-                               for e in con["examples"][:CONTAMINATION_EXAMPLES]]), ""]
-    else:
-        out += [f"*{notes['contamination']}*", ""]
-
-    out += ["## Root verbs and their direct objects (the paper's Figure 1B)", ""]
-    verbs = stats["verbs"]
-    if verbs:
-        out += [f"Parsed with spaCy `{verbs['model']}`: {verbs['with_root_verb']:,} of {verbs['parsed']:,} "
-                f"instructions start with a root verb, {verbs['with_verb_and_object']:,} with a direct noun object.",
-                "", _md_table(["verb", "count", f"top {TOP_OBJECTS} objects"],
-                              [(e["verb"], f"{e['count']:,}", ", ".join(f"{o} ({c:,})" for o, c in e["objects"]))
-                               for e in verbs["top"]]), "", "![verbs](verbs.png)", ""]
-    else:
-        out += [f"*{notes['verbs']}*", ""]
-    return "\n".join(out)
 
 
 # ---- the stage ---------------------------------------------------------------------------

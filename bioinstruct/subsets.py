@@ -39,7 +39,7 @@ from .identity import path_identity
 from .io import atomic_write_json, read_jsonl, write_jsonl
 from .records import CATEGORIES, read_records, record_id
 from .rundir import is_complete, run_stage
-from .table import format_table
+from .reporting.tables import format_table
 
 
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from bioinstruct.errors import DataError
-from bioinstruct.io import (JsonlAppender, atomic_open, atomic_write_json, iter_jsonl, read_json,
+from bioinstruct.io import (JsonlAppender, atomic_open, atomic_write_json, iter_jsonl, iter_rows, read_json,
                             read_jsonl, repair_jsonl)
 
 pytestmark = pytest.mark.unit
@@ -33,6 +33,26 @@ def test_torn_last_line_is_cut_and_append_continues(tmp_path):
         assert out.repaired_bytes == len('{"i": 2, "te')
         out.write({"i": 2})
     assert read_jsonl(p) == [{"i": 0}, {"i": 1}, {"i": 2}]
+
+
+def test_last_line_torn_inside_a_character_is_skipped_only_when_allowed(tmp_path):
+    # A killed appender (ensure_ascii=False) can stop between the two bytes of "β".
+    p = tmp_path / "a.jsonl"
+    p.write_bytes('{"i": 0}\n{"i": 1, "text": "β'.encode()[:-1])
+    with pytest.raises(DataError, match=r"a.jsonl:2: not UTF-8"):
+        read_jsonl(p)
+    assert read_jsonl(p, allow_torn_tail=True) == [{"i": 0}]
+    p.write_bytes('{"i": 0, "text": "\xff"}\n{"i": 1}'.encode("latin-1"))  # bad bytes before the tail
+    with pytest.raises(DataError, match=r"a.jsonl:1: not UTF-8"):
+        read_jsonl(p, allow_torn_tail=True)
+
+
+def test_streams_and_user_files_read_alike(tmp_path):
+    # One JSON Lines reader: a byte-order mark and CRLF line ends are read the same everywhere.
+    p = tmp_path / "a.jsonl"
+    p.write_bytes(b'\xef\xbb\xbf{"i": 0}\r\n\r\n{"i": 1}\r\n')
+    assert read_jsonl(p) == [{"i": 0}, {"i": 1}]
+    assert [row for _, row in iter_rows(p)] == [{"i": 0}, {"i": 1}]
 
 
 def test_complete_last_record_missing_newline_is_kept(tmp_path):

@@ -11,7 +11,9 @@ from matplotlib.image import imread
 
 from bioinstruct.cli import main
 from bioinstruct.errors import StageConflict
-from bioinstruct.report import DPI, MISSING, ReportConfig, figure_size, run
+from bioinstruct.report import ReportConfig, run
+from bioinstruct.reporting.cells import MISSING
+from bioinstruct.reporting.plots import DPI, figure_size
 
 pytestmark = pytest.mark.unit
 

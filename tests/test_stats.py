@@ -15,7 +15,8 @@ from matplotlib.image import imread
 from bioinstruct.cli import main
 from bioinstruct.errors import DataError
 from bioinstruct.metrics import rouge_scorer
-from bioinstruct.stats import DPI, FIGSIZE, StatsConfig, describe, load_spacy, nearest_other, run, verb_objects
+from bioinstruct.reporting.plots import DPI, FIGSIZE
+from bioinstruct.stats import StatsConfig, describe, load_spacy, nearest_other, run, verb_objects
 
 
 SCORER = rouge_scorer(("rougeL",), False)

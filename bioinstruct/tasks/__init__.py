@@ -1,13 +1,15 @@
-"""The evaluation tasks: one YAML file per task beside this module, plus a loader function.
+"""The evaluation tasks, one folder per task as in lm-evaluation-harness: ``<name>/<name>.yaml``
+and the loader module ``<name>/__init__.py``, over the shared reader :mod:`bioinstruct.tasks.reader`.
 
     task = load_task("medmcqa", {"cop_base": 0, "path": "/data/medmcqa/validation.jsonl"})
     examples = load_examples(task)        # [{"id", "context", "choices", "gold", ...}, ...]
 
 A task YAML holds ``name``, ``kind`` (multiple_choice | generation | extraction),
 ``metrics``, a one-line ``description``, ``obtain`` (where and how to get the data), the
-``loader`` (a function in :mod:`bioinstruct.tasks.loaders`) and ``data``: the loader's
-options, which users override (keys must exist in the YAML; ``data.`` prefixes are
-accepted). See :mod:`bioinstruct.tasks.loaders` for what each kind of example holds.
+``loader`` (a function in the task's module, ``bioinstruct.tasks.<name>``) and ``data``: the
+loader's options, which users override (keys must exist in the YAML; ``data.`` prefixes are
+accepted); a loader module's ``OPTION_CHOICES`` lists the allowed values of enumerated
+options. See :mod:`bioinstruct.tasks.reader` for what each kind of example holds.
 
 Paths: every ``data`` option named ``path`` or ending in ``_path`` is a file or folder;
 a relative one (the YAML defaults, and overrides alike) is taken under the data root:
@@ -22,13 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import ConfigError, DataError
 from ..io import load_yaml, read_yaml
-from . import loaders
+from .reader import MissingData
 
 TASK_DIR = Path(__file__).parent
 KINDS = ("multiple_choice", "generation", "extraction")
@@ -48,8 +51,12 @@ class Task:
 
 
 def task_names() -> list[str]:
-    """Every registered task, sorted."""
-    return sorted(p.stem for p in TASK_DIR.glob("*.yaml"))
+    """Every registered task (a folder holding ``<name>.yaml``), sorted."""
+    return sorted(p.parent.name for p in TASK_DIR.glob("*/*.yaml") if p.stem == p.parent.name)
+
+
+def _loader_module(name: str):
+    return importlib.import_module(f"{__name__}.{name}")
 
 
 def _is_path_key(key: str) -> bool:
@@ -95,7 +102,7 @@ def load_task(name: str, overrides: dict[str, Any] | None = None) -> Task:
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.4)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"unknown task '{name}'{hint} (tasks: {', '.join(names)})")
-    path = TASK_DIR / f"{name}.yaml"
+    path = TASK_DIR / name / f"{name}.yaml"
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a task file must be a mapping")
@@ -108,8 +115,9 @@ def load_task(name: str, overrides: dict[str, Any] | None = None) -> Task:
         raise ConfigError(f"{path}: name '{raw['name']}' does not match the file name")
     if raw["kind"] not in KINDS:
         raise ConfigError(f"{path}: kind must be one of {', '.join(KINDS)}, got {raw['kind']!r}")
-    if not callable(getattr(loaders, str(raw["loader"]), None)):
-        raise ConfigError(f"{path}: loader '{raw['loader']}' is not a function in bioinstruct.tasks.loaders")
+    module = _loader_module(name)
+    if not callable(getattr(module, str(raw["loader"]), None)):
+        raise ConfigError(f"{path}: loader '{raw['loader']}' is not a function in {module.__name__}")
 
     data = dict(raw["data"] or {})
     data.setdefault("root", None)
@@ -121,7 +129,7 @@ def load_task(name: str, overrides: dict[str, Any] | None = None) -> Task:
             raise ConfigError(f"task {name}: unknown data option '{key}'{hint}; "
                               f"options: {', '.join(sorted(data))}")
         data[key] = _coerce(key, value, data[key])
-    for key, allowed in loaders.OPTION_CHOICES.get(raw["loader"], {}).items():
+    for key, allowed in getattr(module, "OPTION_CHOICES", {}).items():
         if key in data and str(data[key]) not in {str(a) for a in allowed}:
             raise ConfigError(f"task {name}: data.{key} must be one of "
                               f"{', '.join(str(a) for a in allowed)}, got {data[key]!r}")
@@ -170,10 +178,10 @@ def load_examples(task: Task) -> list[dict]:
     """The task's examples, in file order. A missing file raises TaskDataMissing (a
     DataError) saying where it was looked for and how to obtain it; a malformed record,
     DataError naming file:line (or file: record KEY)."""
-    fn = getattr(loaders, task.loader)
+    fn = getattr(_loader_module(task.name), task.loader)
     try:
         examples = fn(task.data)
-    except loaders.MissingData as e:
+    except MissingData as e:
         raise TaskDataMissing(
             f"{e.path}: not found (task {task.name}, data.{e.key}). To obtain it: {task.obtain} "
             f"Then put it at {e.path} (the data root is {task.data.get('root')}: set "
