@@ -90,7 +90,6 @@ class _Batch:
         return obj
 
 
-
 def _page(items: list[dict], query: dict[str, list[str]], default_limit: int) -> dict:
     """A cursor page (`after`, `limit`) of items listed newest first, as the API lists them."""
     after = query.get("after", [None])[0]

@@ -197,8 +197,6 @@ class _Bucket:
         return (self.capacity - self.level) / self.rate
 
 
-
-
 # --------------------------------------------------------------------------- the endpoint
 
 
@@ -382,5 +380,3 @@ class ChatAPI:
                                         "tokens", "rate_limit_exceeded"), 429, {**headers, "x-should-retry": "false"})
         return Reply.json(api_error(f"Rate limit reached. Please try again in {_duration(wait)}.", "requests",
                                     "rate_limit_exceeded"), 429, {**headers, **_retry_after_headers(wait)})
-
-    # ---- files
