@@ -39,7 +39,7 @@ import numpy as np
 from .config import add_config_arguments, config_from_args
 from .errors import ConfigError, DataError, UserError
 from .io import atomic_open, atomic_write_json, atomic_write_text, iter_jsonl_numbered
-from .prompts import PromptTemplate
+from .llm.prompts import PromptTemplate
 from .records import CATEGORIES, LABELS, UNKNOWN, read_records, record_id
 from .reporting.tables import format_table
 

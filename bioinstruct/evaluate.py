@@ -248,7 +248,7 @@ def task_metrics(task, rows: list[dict], cfg: EvaluateConfig, task_dir: Path) ->
     a, b = encoder.encode(outputs), encoder.encode(references)
     out["similarity"] = M.summarize([float(x @ y) for x, y in zip(a, b)])
     if cfg.judge:
-        from .judge import DIMENSIONS, judge
+        from .llm.judge import DIMENSIONS, judge
 
         scores = judge(rows, cfg.judge_llm, task_dir / "judge")
         scored = [s for s in scores if s]

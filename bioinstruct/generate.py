@@ -40,8 +40,8 @@ from .filter import Criteria, CandidateFilter
 from .identity import path_identity
 from .io import JsonlAppender, iter_rows, write_jsonl
 from .llm import TRANSPORT_KEYS, Engine, Ledger, LLMConfig, Request, preflight
+from .llm.prompts import PromptTemplate
 from .progress import progress
-from .prompts import PromptTemplate
 from .records import CATEGORIES
 from .rundir import run_stage
 

@@ -26,7 +26,8 @@ import bioinstruct
 for m in pkgutil.walk_packages(bioinstruct.__path__, "bioinstruct."):
     if not m.name.endswith("__main__"):
         importlib.import_module(m.name)
-from bioinstruct import metrics, judge
+from bioinstruct import metrics
+from bioinstruct.llm import judge
 metrics.rouge(["the patient has a fever"], ["the patient is febrile"])
 prompt = "Reference answer: aspirin daily\nAssistant's answer: aspirin\n\nScore each dimension"
 judge.offline_judge({"messages": [{"content": prompt}]})

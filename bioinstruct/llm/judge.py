@@ -13,8 +13,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .llm import Engine, LLMConfig, Request
-from .metrics import rouge_scorer
+from ..metrics import rouge_scorer
+from .config import LLMConfig, Request
+from .engine import Engine
 from .prompts import PromptTemplate
 
 DIMENSIONS = ("coherence", "completeness", "naturalness", "factuality")
