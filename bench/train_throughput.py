@@ -58,7 +58,9 @@ from figures import record  # noqa: E402
 from bioinstruct.packing import model_inputs, pack  # noqa: E402
 from bioinstruct.records import read_records  # noqa: E402
 from bioinstruct.reporting.tables import format_table  # noqa: E402
-from bioinstruct.train import PEAK_BF16, DataConfig, LoraSettings, collator, tokenize  # noqa: E402
+from bioinstruct.modeling.examples import collator, tokenize  # noqa: E402
+from bioinstruct.modeling.trainer_callbacks import PEAK_BF16  # noqa: E402
+from bioinstruct.train import DataConfig, LoraSettings  # noqa: E402
 
 # train.py calls gradient_checkpointing_enable(); transformers 5 calls it deprecated
 warnings.filterwarnings("ignore", message=".*gradient_checkpointing.* is deprecated", category=FutureWarning)

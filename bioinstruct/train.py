@@ -32,46 +32,30 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import shutil
-import signal
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Literal
 
-from .config import FieldError, add_config_arguments, at_least, config_from_args, to_dict
+from .config import FieldError, add_config_arguments, at_least, config_from_args
 from .errors import ConfigError, StageStopped
 from .identity import model_fingerprint, path_identity
-from .io import JsonlAppender, atomic_write_json, atomic_write_text, read_json, read_jsonl
+from .io import read_json
+from .modeling.deepspeed_setup import REPO, deepspeed_config, gradient_accumulation, skip_shm_comm_build
+from .modeling.examples import collator, tokenize
+from .modeling.trainer_callbacks import (RUN_CONFIG, catch_signals, complete_checkpoints,
+                                         drop_steps_after, mean_loss, quiet_known_warnings, trainer_callbacks)
 from .models import check_model
 from .packing import pack, packed_trainer
-from .prompts import alpaca_prompt
 from .records import read_records
 from .rundir import check_resumable, check_writable, differences, is_complete, run_stage
 
 REQUEUE_EXIT = 75  # EX_TEMPFAIL: stopped by a signal after a complete checkpoint; run again
-COMPLETE = "COMPLETE"
-RUN_CONFIG = "bioinstruct_config.json"  # in each checkpoint: the resolved config and inputs it was made with
 # Paths compared by the content they name (the stage's recorded inputs), not as strings.
 IDENTITY_KEYS = ("run_dir", "model.path", "data.path", "deepspeed")
 # Keys that cannot change the trained adapter: a resume or a complete run may differ in them.
 NEUTRAL_KEYS = ("logging_steps", "peak_tflops", "checkpoint.every_steps", "checkpoint.keep_last",
                 "checkpoint.resume")
-# Set by SIGUSR2 / SIGTERM from the moment `bioinstruct train` starts (see catch_signals).
-SIGNALLED = threading.Event()
-
-
-def catch_signals() -> None:
-    """Remember Slurm's warning (or a SIGTERM) instead of dying of it: model loading takes
-    minutes, and a process killed then leaves its manifest "running" and nothing saved."""
-    for sig in (signal.SIGUSR2, signal.SIGTERM):
-        signal.signal(sig, lambda _signum, _frame: SIGNALLED.set())
-REPO = Path(__file__).resolve().parent.parent
-# Dense bf16 peak per GPU (FLOP/s) for MFU when training.peak_tflops is not set.
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "V100": 125e12}
 
 
 @dataclasses.dataclass
@@ -179,104 +163,7 @@ def data_path(cfg: TrainConfig) -> Path:
     return path
 
 
-def tokenize(records: list[dict], tokenizer, cfg: DataConfig) -> tuple[list[dict], int]:
-    """Alpaca-format examples as input_ids/labels, the prompt masked unless train_on_inputs.
-    Returns the examples and how many were dropped because the prompt filled max_length."""
-    bare = len(tokenizer(alpaca_prompt(""))["input_ids"])
-    if bare >= cfg.max_length:
-        raise ConfigError(f"data.max_length={cfg.max_length} is smaller than the prompt template itself "
-                          f"({bare} tokens)")
-    examples, dropped = [], 0
-    for record in records:
-        prompt = alpaca_prompt(record["instruction"], record["input"])
-        ids = tokenizer(prompt + record["output"])["input_ids"] + [tokenizer.eos_token_id]
-        n_prompt = len(tokenizer(prompt)["input_ids"])
-        ids = ids[:cfg.max_length]
-        labels = list(ids) if cfg.train_on_inputs else [-100] * min(n_prompt, len(ids)) + ids[n_prompt:]
-        if all(label == -100 for label in labels):
-            dropped += 1  # nothing of the response fits: no signal, only cost
-            continue
-        examples.append({"input_ids": ids, "labels": labels})
-    return examples, dropped
-
-
-class Collator:
-    """Right padding (training never generates); labels padded with -100. Packed rows carry
-    position_ids; their padding gets positions of its own from 0, a segment that no example
-    attends to. flatten: the micro-batch as one row without padding, the only packed layout
-    flash-attention recognises (see bioinstruct/packing.py)."""
-
-    def __init__(self, pad_id: int, flatten: bool = False):
-        self.pad_id = pad_id
-        self.flatten = flatten
-
-    def __call__(self, batch: list[dict]) -> dict:
-        import torch
-
-        if self.flatten:
-            batch = [{key: [v for b in batch for v in b[key]] for key in batch[0]}]
-        width = max(len(b["input_ids"]) for b in batch)
-        pads = [width - len(b["input_ids"]) for b in batch]
-        out = {"input_ids": [b["input_ids"] + [self.pad_id] * n for b, n in zip(batch, pads)],
-               "labels": [b["labels"] + [-100] * n for b, n in zip(batch, pads)],
-               "attention_mask": [[1] * len(b["input_ids"]) + [0] * n for b, n in zip(batch, pads)]}
-        if "position_ids" in batch[0]:
-            out["position_ids"] = [b["position_ids"] + list(range(n)) for b, n in zip(batch, pads)]
-        return {key: torch.tensor(value) for key, value in out.items()}
-
-
-def collator(pad_id: int, packing: bool, attn_implementation: str) -> Collator:
-    # Only flash-attention needs a flat micro-batch; sdpa and eager keep rows, as their mask
-    # over a flat one would be (micro_batch x max_length)^2.
-    return Collator(pad_id, flatten=packing and attn_implementation == "flash_attention_2")
-
-
-# ---- DeepSpeed, checkpoints, signals -------------------------------------------------------
-
-def gradient_accumulation(cfg: OptimConfig, world_size: int) -> int:
-    per_step = cfg.micro_batch * world_size
-    if cfg.effective_batch % per_step:
-        raise ConfigError(f"optim.effective_batch={cfg.effective_batch} is not divisible by optim.micro_batch "
-                          f"({cfg.micro_batch}) x world size ({world_size}); choose e.g. "
-                          f"{max(per_step, round(cfg.effective_batch / per_step) * per_step)}")
-    return cfg.effective_batch // per_step
-
-
-def deepspeed_config(cfg: TrainConfig, world_size: int, bf16: bool) -> dict | None:
-    """The DeepSpeed config file with every "auto" value resolved from this config."""
-    if cfg.deepspeed is None:
-        return None
-    path = Path(cfg.deepspeed)
-    if not path.exists() and not path.is_absolute() and (REPO / path).exists():
-        path = REPO / path  # configs/ of the source tree, wherever the job runs from
-    if not path.exists():
-        raise ConfigError(f"deepspeed: {cfg.deepspeed} not found (null trains without DeepSpeed)")
-    ds = read_json(path)
-    values = {"train_batch_size": cfg.optim.effective_batch,
-              "train_micro_batch_size_per_gpu": cfg.optim.micro_batch,
-              "gradient_accumulation_steps": gradient_accumulation(cfg.optim, world_size),
-              "gradient_clipping": cfg.optim.max_grad_norm}
-    for key, value in values.items():
-        if ds.get(key, "auto") == "auto":
-            ds[key] = value
-        elif ds[key] != value:
-            raise ConfigError(f"{path}: {key}={ds[key]} disagrees with the training config ({value}); "
-                              f"set it to \"auto\"")
-    for section, enabled in (("bf16", bf16), ("fp16", False)):
-        if ds.get(section, {}).get("enabled", "auto") == "auto":
-            ds.setdefault(section, {})["enabled"] = enabled
-    if "optimizer" in ds or "scheduler" in ds:
-        # The HF Trainer builds torch's AdamW and the schedule from this config; DeepSpeed's
-        # own fused Adam would compile a C++ op on first use.
-        raise ConfigError(f"{path}: leave 'optimizer' and 'scheduler' out; they come from optim.*")
-    return ds
-
-
-def complete_checkpoints(folder: Path) -> list[Path]:
-    """Checkpoints marked complete, oldest first; a torn one (killed while saving) is ignored."""
-    found = [p for p in folder.glob("checkpoint-*") if (p / COMPLETE).exists()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
+# ---- inputs and checkpoints ------------------------------------------------------------
 
 def train_inputs(cfg: TrainConfig) -> dict:
     """What a training run consumes, by content: the base model's fingerprint, the records'
@@ -302,120 +189,6 @@ def check_checkpoint(cfg: TrainConfig, inputs: dict, stage_dir: Path) -> None:
     if changes:
         raise ConfigError(f"{newest} was made with another config or inputs ("
                           + "; ".join(changes) + "): rerun with them to resume, or --force to start clean")
-
-
-def _callbacks(cfg: TrainConfig, stage_dir: Path, n_params: int, world_size: int, inputs: dict | None = None):
-    import torch
-    import torch.distributed as dist
-    from transformers import TrainerCallback
-
-    rank = int(os.environ.get("RANK", 0))
-
-    class Preemption(TrainerCallback):
-        """Signals set a flag; ranks agree on it at each step end, then save and stop together
-        (a ZeRO checkpoint needs every rank, so nothing is saved inside the handler)."""
-
-        def __init__(self):
-            self.stopped = False
-            catch_signals()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            flag = torch.tensor([1.0 if SIGNALLED.is_set() else 0.0])
-            if dist.is_available() and dist.is_initialized():
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            # After the last step the run ends anyway: finishing beats a requeue that would
-            # resume from a checkpoint at max_steps (the Trainer then trains one step more).
-            if flag.item() > 0 and state.global_step < state.max_steps:
-                self.stopped = True
-                control.should_save = True
-                control.should_training_stop = True
-            return control
-
-    class Checkpoints(TrainerCallback):
-        """Mark a checkpoint complete once every rank has written its part, then keep the
-        newest ``keep_last`` complete ones (never deleting before the new one is marked)."""
-
-        def on_save(self, args, state, control, **kwargs):
-            if dist.is_available() and dist.is_initialized():
-                dist.barrier()
-            if rank == 0:
-                folder = Path(args.output_dir)
-                atomic_write_json(folder / f"checkpoint-{state.global_step}" / RUN_CONFIG,
-                                  {"config": to_dict(cfg), "inputs": inputs})
-                atomic_write_text(folder / f"checkpoint-{state.global_step}" / COMPLETE, f"{state.global_step}\n")
-                for old in complete_checkpoints(folder)[:-cfg.checkpoint.keep_last]:
-                    shutil.rmtree(old, ignore_errors=True)
-            return control
-
-    class Metrics(TrainerCallback):
-        """metrics.jsonl on rank 0: loss, lr, grad norm, tokens/s and MFU per logging step;
-        tokens are the attention_mask's real ones, packed or not, never padding."""
-
-        def __init__(self):
-            self.last = (time.perf_counter(), None)
-            self.peak = _peak_flops(cfg)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if rank != 0 or not logs or "loss" not in logs:
-                return control
-            now, tokens = time.perf_counter(), state.num_input_tokens_seen
-            then, tokens_then = self.last
-            self.last = (now, tokens)
-            row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), "loss": logs["loss"],
-                   "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm")}
-            if tokens_then is not None and now > then:
-                per_device = (tokens - tokens_then) / (now - then) / world_size
-                row["tokens_per_s_per_device"] = round(per_device, 1)
-                if self.peak:  # LoRA: forward 2N + backward through activations 2N FLOPs per token
-                    row["mfu"] = round(4 * n_params * per_device / self.peak, 4)
-            with JsonlAppender(stage_dir / "metrics.jsonl") as out:
-                out.write(row)
-            return control
-
-    return Preemption(), Checkpoints(), Metrics()
-
-
-def _not_accumulation_mismatch(record) -> bool:
-    return "Gradient accumulation steps mismatch" not in record.getMessage()
-
-
-def _quiet_known_warnings() -> None:
-    """Warnings every run would print that ask nothing of the user, so a Slurm log shows the
-    ones that do. peft asks a deprecated transformers property; DeepSpeed's CPU all-gather
-    calls a deprecated torch function; and transformers sets accelerate's accumulation to 1 on
-    purpose (it accumulates itself), so accelerate reports a "mismatch" with the DeepSpeed
-    config and takes DeepSpeed's value, which is ours (optim.effective_batch)."""
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=r"`torch.distributed.all_gather_into_tensor` is deprecated",
-                            category=FutureWarning)
-    logging.getLogger("accelerate.accelerator").addFilter(_not_accumulation_mismatch)  # once, however often called
-    if not sys.stderr.isatty():  # "Loading weights" bars: carriage returns in a log file
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-
-
-def _skip_shm_comm_build() -> None:
-    """On CPU DeepSpeed compiles a shared-memory all-reduce op (a minute of g++) when its
-    comm backend starts; gloo does the job for CPU ranks, so mark the op unavailable."""
-    import deepspeed.ops
-    from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
-
-    deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
-
-
-def _peak_flops(cfg: TrainConfig) -> float | None:
-    import torch
-
-    if cfg.peak_tflops:
-        return cfg.peak_tflops * 1e12
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name()
-    return next((peak for key, peak in PEAK_BF16.items() if key in name), None)
 
 
 # ---- the recipe --------------------------------------------------------------------------
@@ -469,7 +242,7 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict], inputs: dict |
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments, set_seed
 
-    _quiet_known_warnings()
+    quiet_known_warnings()
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     gpu = torch.cuda.is_available()
@@ -477,7 +250,7 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict], inputs: dict |
     grad_accum = gradient_accumulation(cfg.optim, world_size)
     ds = deepspeed_config(cfg, world_size, bf16)
     if ds is not None and not gpu:
-        _skip_shm_comm_build()
+        skip_shm_comm_build()
 
     tokenizer = load_tokenizer(cfg.model.path)
     examples, dropped = tokenize(records, tokenizer, cfg.data)
@@ -533,7 +306,7 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict], inputs: dict |
     )
     if resume and rank == 0:
         drop_steps_after(stage_dir / "metrics.jsonl", int(Path(resume).name.split("-")[1]))
-    preemption, marker, metrics = _callbacks(cfg, stage_dir, n_params, world_size, inputs)
+    preemption, marker, metrics = trainer_callbacks(cfg, stage_dir, n_params, world_size, inputs)
     trainer_class = packed_trainer() if cfg.data.packing else Trainer
     collate = collator(tokenizer.pad_token_id, cfg.data.packing, cfg.model.attn_implementation)
     trainer = trainer_class(model=model, args=args, train_dataset=rows, data_collator=collate,
@@ -554,30 +327,6 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict], inputs: dict |
             "train_loss": mean_loss(stage_dir / "metrics.jsonl") if rank == 0 else None,
             "parameters": n_params, "trainable_parameters": sum(p.numel() for p in model.parameters()
                                                                  if p.requires_grad)}
-
-
-def drop_steps_after(metrics: Path, step: int) -> None:
-    """metrics.jsonl as it was at the checkpoint a resume starts from: the steps logged after
-    it by the killed process are trained again, and would otherwise appear twice."""
-    if not metrics.exists():
-        return
-    rows = read_jsonl(metrics, allow_torn_tail=True)
-    kept = [row for row in rows if row["step"] <= step]
-    if len(kept) != len(rows) or not metrics.read_bytes().endswith(b"\n"):
-        atomic_write_text(metrics, "".join(json.dumps(row) + "\n" for row in kept))
-
-
-def mean_loss(metrics: Path) -> float | None:
-    """The mean training loss over every step, from metrics.jsonl (each logged loss stands for
-    the steps since the one before). The Trainer's own figure covers only the steps this
-    process ran, so a resumed run reported a wrong one (0.0 when nothing was left to do)."""
-    if not metrics.exists():  # logging_steps beyond the last step
-        return None
-    by_step = {row["step"]: row["loss"] for row in read_jsonl(metrics)}  # a repeated step: the last counts
-    total, previous = 0.0, 0
-    for step in sorted(by_step):
-        total, previous = total + by_step[step] * (step - previous), step
-    return total / previous if previous else None
 
 
 def merge(base: str, adapter: Path, out: Path, dtype) -> None:

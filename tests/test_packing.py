@@ -10,7 +10,8 @@ import torch
 
 from bioinstruct.generate import load_seeds
 from bioinstruct.packing import model_inputs, pack
-from bioinstruct.train import Collator, DataConfig, ModelConfig, TrainConfig, load_model, run, tokenize
+from bioinstruct.modeling.examples import Collator, tokenize
+from bioinstruct.train import DataConfig, ModelConfig, TrainConfig, load_model, run
 
 REPO = Path(__file__).resolve().parent.parent
 

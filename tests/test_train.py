@@ -16,7 +16,9 @@ from safetensors.torch import load_file
 from bioinstruct.distributed import expand_nodelist, slurm_environment, standalone_environment
 from bioinstruct.errors import ConfigError, DataError
 from bioinstruct.generate import load_seeds
-from bioinstruct.train import REQUEUE_EXIT, TrainConfig, complete_checkpoints, deepspeed_config, run
+from bioinstruct.modeling.deepspeed_setup import deepspeed_config
+from bioinstruct.modeling.trainer_callbacks import complete_checkpoints
+from bioinstruct.train import REQUEUE_EXIT, TrainConfig, run
 
 REPO = Path(__file__).resolve().parent.parent
 
