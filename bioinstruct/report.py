@@ -60,6 +60,7 @@ from .io import atomic_open, atomic_write_json, atomic_write_text, read_json
 from .records import CATEGORIES
 from .rundir import finished, read_manifest, run_stage
 from .table import format_table
+from .stages.stage import Stage
 
 QA_TASKS = ("medqa", "medmcqa", "pubmedqa", "bioasq", "mednli")
 IE_TASKS = ("medication_status", "coreference")
@@ -916,3 +917,12 @@ def main(args: argparse.Namespace) -> int:
         print(format_table(["tuned vs base", "relative gain"], rows))
     print(f"{summary['results']} results.json; report -> {cfg.out_dir() / 'index.html'}")
     return 0
+
+
+# A sweep skips a complete report with the same config even when results were added
+# since; `bioinstruct report` redoes it (it compares its inputs), in seconds on a CPU.
+STAGE = Stage(
+    "report", "the paper's tables and figures from a run directory", __name__,
+    config=ReportConfig, run=run, outputs=lambda c: [c.out_dir()],
+    recorded=lambda c: dataclasses.replace(c, out=str(c.out_dir())),
+    quickstart=lambda q: ReportConfig(run_dir=str(q.run_dir)), resources={"mem_gb": 8, "time_min": 60})
