@@ -42,6 +42,7 @@ from .io import atomic_open, atomic_write_json, atomic_write_text, iter_jsonl_nu
 from .llm.prompts import PromptTemplate
 from .records import CATEGORIES, LABELS, UNKNOWN, read_records, record_id
 from .reporting.tables import format_table
+from .stages.stage import Stage
 
 
 PAPER_ALPHA = 0.83  # GPT-4 vs human annotators, Tran et al. 2024
@@ -368,3 +369,17 @@ def main(args: argparse.Namespace) -> int:
     print(f"wrote {cfg.sample} records to {sheet} (definitions: {sheet.stem}.README.txt); fill in the "
           f"'{cfg.label_key}' column, then: bioinstruct agreement --labels {cfg.sample_from} {sheet}")
     return 0
+
+
+def _quickstart(q) -> AgreementConfig | None:
+    sheet = q.folder / "sheet.csv"
+    if sheet.exists() and not q.force:  # a sheet may hold someone's labels: never redone silently
+        return None
+    return AgreementConfig(sample=20, sample_from=str(q.outputs["classify"] / "labelled.jsonl"), sheet=str(sheet))
+
+
+# Not a job kind: comparing labels needs people's labels; the quickstart writes the sheet.
+STAGE = Stage(
+    "agreement", "Krippendorff's alpha between label sets; annotation sheets", __name__,
+    config=AgreementConfig, run=write_sheet, outputs=lambda c: [Path(c.sheet).parent] if c.sheet else [],
+    job=False, quickstart=_quickstart)

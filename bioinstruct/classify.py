@@ -41,6 +41,7 @@ from .progress import progress
 from .records import CATEGORIES, PAPER_SHARES, UNKNOWN, read_records, record_id
 from .rundir import is_complete, run_stage
 from .reporting.tables import format_table
+from .stages.stage import Stage
 
 REMINDER = "Answer with exactly one word: qa, ie, generation or other."
 INPUT_PREVIEW = 600  # characters of the input shown; the task type is in the instruction
@@ -214,3 +215,11 @@ def main(args: argparse.Namespace) -> int:
     print(summary_table(manifest["summary"]))
     print(f"-> {Path(cfg.run_dir) / 'classify' / 'labelled.jsonl'}")
     return 0
+
+
+STAGE = Stage(
+    "classify", "label each instruction QA / IE / generation / other", __name__,
+    config=ClassifyConfig, run=run, outputs=lambda c: [Path(c.run_dir) / "classify"],
+    identity=lambda c, _: identity(c),
+    quickstart=lambda q: ClassifyConfig(run_dir=str(q.run_dir), llm=LLMConfig(backend="offline")),
+    resources={"cpus_per_task": 4, "mem_gb": 8, "time_min": 24 * 60})

@@ -1,4 +1,4 @@
-"""The ``bioinstruct`` command: one verb per pipeline stage.
+"""The ``bioinstruct`` command: one verb per pipeline stage (bioinstruct.stages), then the tools.
 
     bioinstruct quickstart                       # the whole pipeline on CPU, tiny model, offline
     bioinstruct doctor                           # what this machine offers
@@ -23,6 +23,7 @@ import sys
 
 from . import __version__
 from .errors import UserError
+from .stages.pipeline import PIPELINE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,32 +33,16 @@ class Verb:
     module: str  # with __doc__ (the verb's --help), add_arguments(parser) and main(args)
 
 
-VERBS = [
-    Verb("generate", "grow instructions from seed tasks with GPT-4 (self-instruct), CPU job",
-         module="bioinstruct.generate"),
-    Verb("filter", "ROUGE-L near-duplicate and rule filters on any instruction JSONL",
-         module="bioinstruct.filter"),
-    Verb("decontaminate", "drop instructions that contain an evaluation item (n-grams, near-duplicates)",
-         module="bioinstruct.decontaminate"),
-    Verb("classify", "label each instruction QA / IE / generation / other", module="bioinstruct.classify"),
-    Verb("agreement", "Krippendorff's alpha between label sets; annotation sheets",
-         module="bioinstruct.agreement"),
-    Verb("stats", "the dataset card: sizes, categories, lengths, truncation, similarity",
-         module="bioinstruct.stats"),
-    Verb("subsets", "write the training subsets for the ablations (categories, data sizes)",
-         module="bioinstruct.subsets"),
-    Verb("train", "LoRA instruction tuning with DeepSpeed (one model x one subset)", module="bioinstruct.train"),
-    Verb("evaluate", "score base and tuned models on the paper's nine tasks", module="bioinstruct.evaluate"),
-    Verb("report", "the paper's tables and figures from a run directory", module="bioinstruct.report"),
-    Verb("launch", "submit a sweep to Slurm (or run it locally) with submitit", module="bioinstruct.launch"),
-    Verb("status", "per-task state of a launched sweep", module="bioinstruct.launch_status"),
+# The verbs that are no stage of the pipeline; the stages' verbs come from the registry.
+TOOLS = [
+    Verb("launch", "submit a sweep to Slurm (or run it locally) with submitit", module="bioinstruct.launch.submit"),
+    Verb("status", "per-task state of a launched sweep", module="bioinstruct.launch.status"),
     Verb("quickstart", "the whole pipeline on CPU with a tiny model, offline, in minutes",
          module="bioinstruct.quickstart"),
     Verb("doctor", "what this machine offers: torch, CUDA, DeepSpeed, Slurm, Apptainer, API key",
          module="bioinstruct.doctor"),
-    Verb("make-tiny-model", "build the tiny LLaMA used by tests and the quickstart",
-         module="bioinstruct.tiny_model"),
 ]
+VERBS = [Verb(s.cli_verb, s.summary, s.module) for s in PIPELINE] + TOOLS
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -57,6 +57,7 @@ from .progress import progress
 from .records import read_records, record_id
 from .rundir import run_stage
 from .reporting.tables import format_table
+from .stages.stage import Stage
 
 POLICIES = ("drop", "flag", "keep")
 CHUNK = 4096  # records hashed at a time; results do not depend on it
@@ -468,7 +469,7 @@ def run(cfg: DecontaminateConfig, *, force: bool = False) -> dict:
 
 
 def summary_table(summary: dict) -> str:
-    rows = [(name, t["items"] or f"no data", t["records"], t["items_touched"])
+    rows = [(name, t["items"] or "no data", t["records"], t["items_touched"])
             for name, t in summary["tasks"].items()]
     return format_table(["task", "items", "records hit", "items touched"], rows)
 
@@ -487,3 +488,10 @@ def main(args: argparse.Namespace) -> int:
           f"({', '.join(f'{k} {v}' for k, v in summary['decisions'].items())}); "
           f"-> {Path(cfg.run_dir) / 'decontaminate' / 'clean.jsonl'}")
     return 0
+
+
+STAGE = Stage(
+    "decontaminate", "drop instructions that contain an evaluation item (n-grams, near-duplicates)", __name__,
+    config=DecontaminateConfig, run=run, outputs=lambda c: [Path(c.run_dir) / "decontaminate"],
+    quickstart=lambda q: DecontaminateConfig(run_dir=str(q.run_dir), task_data=q.settings.demo_task_data()),
+    resources={"cpus_per_task": 2, "mem_gb": 16, "time_min": 2 * 60})  # minutes for 1M instructions

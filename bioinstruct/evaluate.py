@@ -51,6 +51,7 @@ from .prompts import alpaca_prompt
 from .rundir import check_resumable, check_writable, is_complete, read_manifest, run_stage
 from .reporting.tables import format_table
 from .tasks import task_names
+from .stages.stage import Stage
 
 # Keys compared through the shard's recorded input identities (model and adapter fingerprints,
 # the task's data hashes and options) or that do not change a shard's predictions (where the
@@ -447,3 +448,25 @@ def main(args: argparse.Namespace) -> int:
     else:
         print(f"shard {cfg.shard} done; the shard that completes a task writes its results.json")
     return 0
+
+
+def shard_dirs(cfg: EvaluateConfig) -> list[Path]:
+    """The folders of this config's shard: OUT/<model>/<task>/shard-I-of-N, per model x task."""
+    i, n = shard_of(cfg.shard)
+    return [Path(cfg.out) / label / task / f"shard-{i}-of-{n}" for label, _ in cfg.models() for task in cfg.tasks]
+
+
+def _quickstart(q) -> EvaluateConfig:
+    # Base and tuned tiny model on all nine tasks, on the synthetic demo data, offline judge.
+    return EvaluateConfig(
+        model=str(q.outputs["tiny-model"]), adapter=str(q.outputs["train"] / "adapter"), tasks=task_names(),
+        out=str(q.folder), task_data=q.settings.demo_task_data(), batch_size=8, max_new_tokens=32, judge=True,
+        judge_llm=LLMConfig(backend="offline"), decontamination=str(q.outputs["decontaminate"] / "decisions.jsonl"))
+
+
+# One launch task scores one shard of each of its models x tasks; the shard that completes a
+# task's set writes its results.json, so no merge job is needed.
+STAGE = Stage(
+    "evaluate", "score base and tuned models on the paper's nine tasks", __name__,
+    config=EvaluateConfig, run=run, outputs=shard_dirs, identity=shard_identity, quickstart=_quickstart,
+    resources={"gpus_per_node": 1, "cpus_per_task": 8, "mem_gb": 64, "time_min": 8 * 60, "signal_delay_s": 300})

@@ -38,6 +38,7 @@ from .records import read_records
 from .rougel import TOKENIZERS, RougeLPool
 from .rundir import run_stage
 from .reporting.tables import format_table
+from .stages.stage import Stage
 
 # The paper names image, picture and graph; plurals are separate words to a
 # word-boundary match, so they are listed too.
@@ -274,3 +275,16 @@ def main(args: argparse.Namespace) -> int:
     print(summary_table(manifest["summary"]))
     print(f"kept {manifest['summary']['kept']} of {manifest['summary']['candidates']} -> {cfg.output}")
     return 0
+
+
+def _quickstart(q) -> FilterConfig:
+    # The standalone filter over the generated instructions, pool = the seeds.
+    return FilterConfig.with_criteria(q.settings.generate.filter, input=str(q.outputs["generate"] / "instructions.jsonl"),
+                                      output=str(q.folder / "kept.jsonl"), pool=q.settings.seed_tasks())
+
+
+STAGE = Stage(
+    "filter", "ROUGE-L near-duplicate and rule filters on any instruction JSONL", __name__,
+    config=FilterConfig, run=run, outputs=lambda c: [Path(c.output).parent],
+    identity=lambda c, _: identity(c), quickstart=_quickstart,
+    resources={"cpus_per_task": 4, "mem_gb": 16, "time_min": 12 * 60})

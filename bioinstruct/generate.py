@@ -44,6 +44,7 @@ from .llm.prompts import PromptTemplate
 from .progress import progress
 from .records import CATEGORIES
 from .rundir import run_stage
+from .stages.stage import Stage
 
 DATA = Path(__file__).parent / "data"
 DEFAULT_SEEDS = DATA / "seed_tasks.jsonl"
@@ -393,3 +394,14 @@ def main(args: argparse.Namespace) -> int:
           f"from {s['requests']} requests, {s['prompt_tokens'] + s['completion_tokens']:,} tokens, "
           f"${s['cost_usd']:.2f} -> {Path(cfg.run_dir) / 'generate' / 'instructions.jsonl'}")
     return 0
+
+
+def _quickstart(q) -> GenerateConfig:
+    return dataclasses.replace(q.settings.generate, run_dir=str(q.run_dir))
+
+
+STAGE = Stage(
+    "generate", "grow instructions from seed tasks with GPT-4 (self-instruct), CPU job", __name__,
+    config=GenerateConfig, run=run, outputs=lambda c: [Path(c.run_dir) / "generate"],
+    identity=lambda c, _: identity(c), quickstart=_quickstart,
+    resources={"cpus_per_task": 4, "mem_gb": 8, "time_min": 48 * 60})  # API-bound: hours of waiting

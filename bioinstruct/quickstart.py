@@ -32,22 +32,26 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from . import agreement, classify, decontaminate, evaluate, generate, report, stats, subsets
+from .config import add_config_arguments, config_from_args, dump_config
 from .distributed import spawn
 from .errors import UserError
-from .rundir import read_manifest
-from . import filter as filter_stage
-from .config import add_config_arguments, config_from_args
+from .generate import DEFAULT_SEEDS, GenerateConfig
 from .llm import LLMConfig
+from .rundir import read_manifest
+from .stages.pipeline import PIPELINE
 from .tasks import task_names
-from .tiny_model import TinyModelConfig, make_tiny_model
+from .tiny_model import TinyModelConfig
+
+DEMO_TASKS = Path(__file__).resolve().parent / "data" / "demo_tasks"
 
 
-def _offline_generation() -> generate.GenerateConfig:
-    return generate.GenerateConfig(target=60, llm=LLMConfig(backend="offline"))
+def _offline_generation() -> GenerateConfig:
+    return GenerateConfig(target=60, llm=LLMConfig(backend="offline"))
 
 
 @dataclasses.dataclass
@@ -55,62 +59,59 @@ class QuickstartConfig:
     run_dir: str = "runs/quickstart"
     tiny_model: TinyModelConfig = dataclasses.field(default_factory=TinyModelConfig)
     # generate.run_dir is ignored: every stage writes under run_dir.
-    generate: generate.GenerateConfig = dataclasses.field(default_factory=_offline_generation)
+    generate: GenerateConfig = dataclasses.field(default_factory=_offline_generation)
     subset_sizes: list[int] = dataclasses.field(default_factory=lambda: [20, 40])
     train_ranks: int = 2  # CPU ranks (gloo) for the training step
 
+    def seed_tasks(self) -> str:
+        return self.generate.seed_tasks or str(DEFAULT_SEEDS)
 
-DEMO_TASKS = Path(__file__).resolve().parent / "data" / "demo_tasks"
-TINY_TRAIN = Path(__file__).resolve().parent.parent / "configs" / "train" / "tiny" / "lora.yaml"
+    def demo_task_data(self) -> dict[str, dict[str, Any]]:
+        """Every task on the synthetic demo data (bioinstruct/data/demo_tasks)."""
+        return {t: {"root": str(DEMO_TASKS)} for t in task_names()}
+
+
+@dataclasses.dataclass
+class Step:
+    """What a stage's quickstart hook (Stage.quickstart) is given."""
+    settings: QuickstartConfig
+    run_dir: Path
+    folder: Path  # run_dir / the stage's name
+    force: bool
+    outputs: dict[str, Path]  # the first output folder of each stage before it
+
+
+def _run_ranks(stage, cfg: Any, ranks: int, force: bool) -> dict:
+    """A distributed stage runs as its own ranks, exactly as a Slurm job would start it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / f"{stage.name}.yaml"
+        config.write_text(dump_config(cfg))
+        code = spawn(ranks, [stage.cli_verb, "--config", str(config), *(["--force"] if force else [])])
+    if code:
+        raise UserError(f"{stage.cli_verb} exited with status {code}; see the messages above")
+    return read_manifest(stage.outputs(cfg)[0])
 
 
 def run(cfg: QuickstartConfig, *, force: bool = False) -> dict[str, dict]:
     run_dir = Path(cfg.run_dir)
-    manifests = {}
+    manifests, outputs = {}, {}
     t0 = time.perf_counter()
-    manifests["tiny-model"] = make_tiny_model(run_dir / "tiny-model", cfg.tiny_model, force=force)
-    gen = dataclasses.replace(cfg.generate, run_dir=str(run_dir))
-    manifests["generate"] = generate.run(gen, force=force)
-    filt = filter_stage.FilterConfig.with_criteria(
-        gen.filter,
-        input=str(run_dir / "generate" / "instructions.jsonl"),
-        output=str(run_dir / "filter" / "kept.jsonl"),
-        pool=gen.seed_tasks or str(generate.DEFAULT_SEEDS))
-    manifests["filter"] = filter_stage.run(filt, force=force)
-    demo_data = {t: {"root": str(DEMO_TASKS)} for t in task_names()}
-    manifests["decontaminate"] = decontaminate.run(
-        decontaminate.DecontaminateConfig(run_dir=str(run_dir), task_data=demo_data), force=force)
-    manifests["classify"] = classify.run(
-        classify.ClassifyConfig(run_dir=str(run_dir), llm=LLMConfig(backend="offline")), force=force)
-    labelled = str(run_dir / "classify" / "labelled.jsonl")
-    sheet = run_dir / "agreement" / "sheet.csv"
-    if force or not sheet.exists():  # a sheet may hold someone's labels: never redone silently
-        agreement.write_sheet(agreement.AgreementConfig(sample=20, sample_from=labelled, sheet=str(sheet)),
-                              force=force)
-    manifests["stats"] = stats.run(
-        stats.StatsConfig(input=labelled, run_dir=str(run_dir), tokenizer=str(run_dir / "tiny-model"),
-                          max_lengths=[128, 256, 512]), force=force)
-    manifests["subsets"] = subsets.run(
-        subsets.SubsetsConfig(run_dir=str(run_dir), sizes=cfg.subset_sizes), force=force)
-    # Training runs as its own ranks, exactly as a Slurm job would start it.
-    code = spawn(cfg.train_ranks, ["train", "--config", str(TINY_TRAIN), f"run_dir={run_dir}",
-                                   f"model.path={run_dir / 'tiny-model'}", *(["--force"] if force else [])])
-    if code:
-        raise UserError(f"training exited with status {code}; see the messages above")
-    manifests["train"] = read_manifest(run_dir / "train" / "tiny__all")
-    evaluation = evaluate.EvaluateConfig(
-        model=str(run_dir / "tiny-model"), adapter=str(run_dir / "train" / "tiny__all" / "adapter"),
-        tasks=task_names(), out=str(run_dir / "evaluate"), task_data=demo_data,
-        batch_size=8, max_new_tokens=32, judge=True, judge_llm=LLMConfig(backend="offline"),
-        decontamination=str(run_dir / "decontaminate" / "decisions.jsonl"))
-    results = evaluate.run(evaluation, force=force)
-    manifests["evaluate"] = {"status": "complete", "summary": {"results": len(results)}}
-    manifests["report"] = report.run(report.ReportConfig(run_dir=str(run_dir)), force=force)
+    for stage in PIPELINE:
+        stage_cfg = stage.quickstart(Step(cfg, run_dir, run_dir / stage.name, force, dict(outputs)))
+        if stage_cfg is None:
+            continue
+        if stage.distributed:
+            manifests[stage.name] = _run_ranks(stage, stage_cfg, cfg.train_ranks, force)
+        else:
+            result = stage.run(stage_cfg, force=force)
+            manifests[stage.name] = result if isinstance(result, dict) else {"status": "complete"}
+        outputs[stage.name] = next(iter(stage.outputs(stage_cfg)), run_dir / stage.name)
     print(f"quickstart: {len(manifests)} stage(s) complete in {run_dir} "
           f"({time.perf_counter() - t0:.1f} s)")
     for name, m in manifests.items():
-        print(f"  {name:<12} {m['status']:<9} {run_dir / name}")
-    print(f"open {run_dir / 'report' / 'index.html'} to see the tables and figures")
+        print(f"  {name:<13} {m['status']:<9} {run_dir / name}")
+    if "report" in outputs:
+        print(f"open {outputs['report'] / 'index.html'} to see the tables and figures")
     print("the same pipeline as Slurm jobs (or local processes): bioinstruct launch launch/quickstart-local.yaml")
     return manifests
 

@@ -59,6 +59,7 @@ from .reporting.plots import figure_size, plot_figure2, plot_figure3
 from .reporting.results import Result, load_results, subset_sizes
 from .reporting.tables import format_table
 from .rundir import finished, read_manifest, run_stage
+from .stages.stage import Stage
 
 
 @dataclasses.dataclass
@@ -161,7 +162,9 @@ def run(cfg: ReportConfig, *, force: bool = False) -> dict:
         raise ConfigError(f"run_dir: no such directory: {run_dir}")
     out = cfg.out_dir()
     results, skipped = load_results(run_dir, out)
-    sizes, manifest_path = subset_sizes(cfg.run_dir, cfg.subsets_manifest)
+    default = Path(cfg.run_dir) / "subsets" / "manifest.json"  # the subsets stage's, when there is one
+    sizes, manifest_path = subset_sizes(Path(cfg.subsets_manifest) if cfg.subsets_manifest else default,
+                                        required=bool(cfg.subsets_manifest))
     inputs = fingerprint(results, skipped, sizes)
     previous = read_manifest(out)
     if (done := finished(out, "report", cfg, force=force)) and done.get("summary", {}).get("inputs") == inputs:
@@ -198,3 +201,12 @@ def main(args: argparse.Namespace) -> int:
         print(format_table(["tuned vs base", "relative gain"], rows))
     print(f"{summary['results']} results.json; report -> {cfg.out_dir() / 'index.html'}")
     return 0
+
+
+# A sweep skips a complete report with the same config even when results were added
+# since; `bioinstruct report` redoes it (it compares its inputs), in seconds on a CPU.
+STAGE = Stage(
+    "report", "the paper's tables and figures from a run directory", __name__,
+    config=ReportConfig, run=run, outputs=lambda c: [c.out_dir()],
+    recorded=lambda c: dataclasses.replace(c, out=str(c.out_dir())),
+    quickstart=lambda q: ReportConfig(run_dir=str(q.run_dir)), resources={"mem_gb": 8, "time_min": 60})

@@ -53,6 +53,7 @@ from .reporting.plots import plot_categories, plot_similarity, plot_tokens, plot
 from .reporting.tables import format_table
 from .rougel import RougeLPool
 from .rundir import is_complete, run_stage
+from .stages.stage import Stage
 
 UNLABELLED = "unlabelled"  # a record without a category
 NEAR_DUPLICATE = Criteria.threshold  # the filter's default: Alpaca's 0.7
@@ -334,3 +335,14 @@ def main(args: argparse.Namespace) -> int:
     print(format_table(["", "value"], rows))
     print(f"card -> {Path(cfg.run_dir) / 'stats' / 'card.md'}")
     return 0
+
+
+def _quickstart(q) -> StatsConfig:
+    return StatsConfig(input=str(q.outputs["classify"] / "labelled.jsonl"), run_dir=str(q.run_dir),
+                       tokenizer=str(q.outputs["tiny-model"]), max_lengths=[128, 256, 512])
+
+
+STAGE = Stage(
+    "stats", "the dataset card: sizes, categories, lengths, truncation, similarity", __name__,
+    config=StatsConfig, run=run, outputs=lambda c: [Path(c.run_dir) / "stats"], quickstart=_quickstart,
+    resources={"mem_gb": 8, "time_min": 60})

@@ -40,6 +40,7 @@ from .io import atomic_write_json, read_jsonl, write_jsonl
 from .records import CATEGORIES, read_records, record_id
 from .rundir import is_complete, run_stage
 from .reporting.tables import format_table
+from .stages.stage import Stage
 
 
 
@@ -156,3 +157,11 @@ def main(args: argparse.Namespace) -> int:
     print(format_table(["subset", "size", "filter"], [(s["name"], s["size"], s["filter"]) for s in summary["subsets"]]))
     print(f"-> {Path(cfg.run_dir) / 'subsets'}/<name>/data.jsonl")
     return 0
+
+
+STAGE = Stage(
+    "subsets", "write the training subsets for the ablations (categories, data sizes)", __name__,
+    config=SubsetsConfig, run=run, outputs=lambda c: [Path(c.run_dir) / "subsets"],
+    identity=lambda c, _: identity(c),
+    quickstart=lambda q: SubsetsConfig(run_dir=str(q.run_dir), sizes=q.settings.subset_sizes),
+    resources={"mem_gb": 8, "time_min": 60})

@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from .config import FieldError, add_config_arguments, at_least, config_from_args
+from .config import FieldError, add_config_arguments, at_least, config_from_args, load_config
 from .errors import ConfigError, StageStopped
 from .identity import model_fingerprint, path_identity
 from .io import read_json
@@ -49,6 +49,7 @@ from .models import check_model
 from .packing import pack, packed_trainer
 from .records import read_records
 from .rundir import check_resumable, check_writable, differences, is_complete, run_stage
+from .stages.stage import Stage
 
 REQUEUE_EXIT = 75  # EX_TEMPFAIL: stopped by a signal after a complete checkpoint; run again
 # Paths compared by the content they name (the stage's recorded inputs), not as strings.
@@ -345,6 +346,11 @@ class Preempted(StageStopped):
     """Stopped by SIGUSR2/SIGTERM after a complete checkpoint: run the same command again."""
 
 
+def output_dir(cfg: TrainConfig) -> Path:
+    """RUN_DIR/train/<model>__<subset>: this run's folder (adapter, checkpoints, manifest)."""
+    return Path(cfg.run_dir) / "train" / cfg.stage_name()
+
+
 def run(cfg: TrainConfig, *, force: bool = False) -> dict:
     from .distributed import setup_environment
 
@@ -366,7 +372,7 @@ def _run(cfg: TrainConfig, force: bool) -> dict:
     records = read_records(data_path(cfg))
     check_model(cfg.model.path, "model.path")
     check_target_modules(cfg)
-    stage_dir = Path(cfg.run_dir) / "train" / cfg.stage_name()
+    stage_dir = output_dir(cfg)
     check_writable(stage_dir, "run_dir")
     inputs, ignore = train_inputs(cfg), IDENTITY_KEYS + NEUTRAL_KEYS
     if not force and not is_complete(stage_dir):
@@ -407,5 +413,22 @@ def main(args: argparse.Namespace) -> int:
         dropped = s.get("dropped_prompt_too_long")
         dropped = f", {dropped} dropped (prompt over data.max_length={cfg.data.max_length})" if dropped else ""
         print(f"trained {s['steps']} steps on {s['examples']} examples{packed}{dropped} (loss {loss}) -> "
-              f"{Path(cfg.run_dir) / 'train' / cfg.stage_name() / 'adapter'}")
+              f"{output_dir(cfg) / 'adapter'}")
     return 0
+
+
+TINY_TRAIN = Path(__file__).resolve().parent.parent / "configs" / "train" / "tiny" / "lora.yaml"
+
+
+def _quickstart(q) -> TrainConfig:
+    # LoRA on the tiny model over subset 'all'; the quickstart starts its ranks as srun would.
+    return load_config(TrainConfig, TINY_TRAIN, [f"run_dir={q.run_dir}", f"model.path={q.outputs['tiny-model']}"])
+
+
+STAGE = Stage(
+    "train", "LoRA instruction tuning with DeepSpeed (one model x one subset)", __name__,
+    config=TrainConfig, run=run, outputs=lambda c: [output_dir(c)], distributed=True, preempted=(Preempted,),
+    task_name=lambda c: c.stage_name(), identity=lambda c, _: (train_inputs(c), IDENTITY_KEYS + NEUTRAL_KEYS),
+    quickstart=_quickstart,
+    resources={"gpus_per_node": 1, "tasks_per_node": 1, "cpus_per_task": 8, "mem_gb": 64, "time_min": 24 * 60,
+               "signal_delay_s": 300})  # a 13B ZeRO checkpoint takes minutes to write

@@ -277,7 +277,7 @@ def test_launch_runs_a_stage_in_the_cpu_image_on_slurm_and_requeues_it(apptainer
     requeues the job with scontrol, and the second run resumes inside the image and ends
     with exactly what an uninterrupted run on the host writes."""
     from bioinstruct.cli import main
-    from bioinstruct.launch_status import read_manifests
+    from bioinstruct.launch.status import read_manifests
     from test_launch_slurm import wait_for_sweeps
 
     # The uninterrupted run, on the host, meanwhile (about 10 s).

@@ -248,7 +248,7 @@ def test_kill_9_resume_and_reparse_give_the_uninterrupted_dataset_and_ledger(tmp
 
 def waiting_row(run_dir):
     """What `bioinstruct status` shows for a generate task (its job ended) with this output."""
-    from bioinstruct.launch_status import task_rows
+    from bioinstruct.launch.status import task_rows
 
     class NoQueue:  # the job is no longer in Slurm's queue and sacct knows nothing of it
         def live(self, ids):

@@ -16,10 +16,10 @@ import pytest
 from bioinstruct.cli import main
 from bioinstruct.config import dump_config, load_config
 from bioinstruct.errors import ConfigError
-from bioinstruct.launch import BASE, KIND_RESOURCES, Sweep, expand_grid, make_plan, merge
-from bioinstruct.launch_executors import Live, Resources
-from bioinstruct.launch_stages import KINDS
-from bioinstruct.launch_status import read_manifests, task_rows
+from bioinstruct.launch.sweep import BASE, KIND_RESOURCES, Sweep, expand_grid, make_plan, merge
+from bioinstruct.launch.executors import Live, Resources
+from bioinstruct.stages.pipeline import KINDS
+from bioinstruct.launch.status import read_manifests, task_rows
 from bioinstruct.rundir import config_hash
 
 REPO = Path(__file__).resolve().parent.parent

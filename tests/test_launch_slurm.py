@@ -19,9 +19,9 @@ from safetensors.torch import load_file
 from bioinstruct.cli import main
 from bioinstruct.config import load_config
 from bioinstruct.generate import load_seeds
-from bioinstruct.launch import Sweep, make_plan
-from bioinstruct.launch_executors import SlurmExecutor
-from bioinstruct.launch_status import read_manifests, task_rows
+from bioinstruct.launch.sweep import Sweep, make_plan
+from bioinstruct.launch.executors import SlurmExecutor
+from bioinstruct.launch.status import read_manifests, task_rows
 
 pytestmark = pytest.mark.slurm
 

@@ -33,7 +33,7 @@ prompt = "Reference answer: aspirin daily\nAssistant's answer: aspirin\n\nScore 
 judge.offline_judge({"messages": [{"content": prompt}]})
 assert metrics.rouge_scorer(("rougeL",), False) is metrics.rouge_scorer(("rougeL",), False)
 sys.stderr = real_stderr
-from bioinstruct.launch_executors import _submitit
+from bioinstruct.launch.submitit_env import load_submitit as _submitit
 _submitit()  # what launch imports
 assert not mine.closed and not borrowed.closed, "a library closed its caller's streams"
 print(repr(logging.getLogger().handlers))

@@ -122,12 +122,11 @@ def index_results(results: list[Result]) -> tuple[dict[tuple[str, str, str], Res
     return index, notes
 
 
-def subset_sizes(run_dir: str, subsets_manifest: str | None) -> tuple[dict[str, int], str | None]:
-    """Training instructions per subset name, and the manifest they came from (if any):
-    ``subsets_manifest``, else RUN_DIR/subsets/manifest.json when there is one."""
-    path = Path(subsets_manifest) if subsets_manifest else Path(run_dir) / "subsets" / "manifest.json"
+def subset_sizes(path: Path, required: bool) -> tuple[dict[str, int], str | None]:
+    """Training instructions per subset name, and the manifest they came from: the subsets
+    stage's manifest.json at ``path`` (when ``required``, an error if it is missing)."""
     if not path.exists():
-        if subsets_manifest:
+        if required:
             raise ConfigError(f"subsets_manifest: no such file: {path}")
         return {}, None
     manifest = read_json(path)

@@ -9,7 +9,7 @@ one small interface.
 
 A :class:`Job` is the tasks of one stage that run now: one Slurm job, or one array (submitit's
 ``executor.batch()``) when there are several, each task calling
-:func:`bioinstruct.launch_stages.run_task`. Slurm orders stages with ``afterok`` dependencies;
+:func:`bioinstruct.launch.jobs.run_task`. Slurm orders stages with ``afterok`` dependencies;
 the local and debug executors have none, so their ``submit`` returns only when the tasks have
 ended (``blocking``) and the launcher runs stages one after the other.
 
@@ -23,17 +23,17 @@ timeout and preemption from the elapsed time; neither is used.
 from __future__ import annotations
 
 import dataclasses
-import os
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from .errors import UserError
-from .launch_stages import run_task
+from ..errors import UserError
+from .jobs import run_task
+from .submitit_env import load_submitit as _submitit
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 COMMON_SH = REPO / "slurm" / "common.sh"
 
 
@@ -281,29 +281,6 @@ class DebugExecutor(LocalExecutor):
 
     def live(self, job_ids: list[str]) -> dict[str, Live]:
         return {}
-
-
-def _submitit():
-    """submitit, imported without its import-time ``logging.config.dictConfig``, which closes
-    every logging handler already in the process: a library must leave its caller's logging
-    alone (under pytest it closed absl's handler and, with it, the captured stderr). Its
-    warnings still reach stderr through logging's last-resort handler; its jobs, new
-    processes, configure submitit's logging as usual. SUBMITIT_LOG_LEVEL=<level> is honoured."""
-    if "submitit" not in sys.modules:
-        previous = os.environ.get("SUBMITIT_LOG_LEVEL")
-        os.environ["SUBMITIT_LOG_LEVEL"] = "NOCONFIG"
-        try:
-            import submitit  # noqa: F401
-        finally:
-            if previous is None:
-                del os.environ["SUBMITIT_LOG_LEVEL"]
-            else:
-                os.environ["SUBMITIT_LOG_LEVEL"] = previous
-        if previous and previous.upper() != "NOCONFIG":
-            import logging
-
-            logging.getLogger("submitit").setLevel(int(previous) if previous.isdigit() else previous.upper())
-    return sys.modules["submitit"]
 
 
 def _controller_alive(pid: int) -> bool:

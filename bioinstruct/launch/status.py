@@ -23,11 +23,11 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from .errors import UserError
-from .io import read_json, read_jsonl
-from .launch_executors import EXECUTORS
-from .rundir import read_manifest
-from .reporting.tables import format_table
+from ..errors import UserError
+from ..io import read_json, read_jsonl
+from .executors import EXECUTORS
+from ..rundir import read_manifest
+from ..reporting.tables import format_table
 
 PENDING = {"PENDING", "CONFIGURING"}
 REQUEUED = {"REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"}

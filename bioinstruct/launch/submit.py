@@ -1,0 +1,187 @@
+"""Launch a sweep: the pipeline's stages as Slurm jobs and arrays (or local processes).
+
+    bioinstruct launch launch/paper.yaml --dry-run            # jobs, arrays, dependencies, sbatch scripts
+    bioinstruct launch launch/paper.yaml run_dir=/scratch/$USER/paper defaults.all.resources.account=lab
+    bioinstruct launch launch/quickstart-local.yaml --cluster local   # no Slurm: processes, stage by stage
+    bioinstruct status /scratch/$USER/paper                    # per task: pending, running, done, failed
+    bioinstruct launch /scratch/$USER/paper --resume           # submit again what is not done
+
+Input: a sweep YAML (launch/*.yaml) and key=value overrides of it. A sweep has a name, a run
+directory and stages; each stage has a kind (KINDS), the stages it runs after, a config file
+of that kind (`config`), overrides for every task (`set`), a grid (one task per point:
+`{data.subset: [qa, ie]}`, a mapping of labels to several keys at once, or a list of such
+blocks), and its own resources and container over the sweep's `defaults` (per kind, or
+`all`). Strings may use {run_dir}, {repo} (this checkout) and {label} (the task's label).
+
+What happens: every task's config is resolved and checked before anything is submitted.
+A task whose output is complete with the same config is skipped; one that a queued or
+running job of this run directory already produces is not submitted twice (dependents wait
+for that job). The rest go to the executor: one job, or one array per stage, with afterok
+dependencies on the stages named in `after`; the local and debug executors run stage after
+stage. Jobs get Slurm's warning (--signal=B:USR2@signal_delay_s), save their state, exit 75
+and are requeued from the batch script's host side; they resume where they stopped.
+
+Output (RUN_DIR/sweeps/): <sweep>.json (per task: config file, output folder, job id, log
+paths), <sweep>.yaml (the sweep as launched, for --resume), <sweep>/<stage>/ with each task's
+config file, its attempts.jsonl (start and end of every run) and logs/ (sbatch scripts,
+submitit's pickles, stdout and stderr per rank).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..config import dump_config, load_config
+from ..errors import UserError
+from ..io import atomic_write_json, atomic_write_text, read_json
+from ..rundir import config_hash, utc_now
+from ..stages.pipeline import KINDS
+from .executors import EXECUTORS
+from .jobs import done as task_done
+from .status import manifest_path, print_status, read_manifests
+from .sweep import Plan, Sweep, make_plan, print_plan
+
+__doc__ = __doc__.replace("(KINDS)", f"({', '.join(KINDS)})")  # the registry's, in pipeline order
+
+
+# ---- the sweep manifest -------------------------------------------------------------------
+
+def _producers(run_dir: Path, executor) -> dict[str, dict]:
+    """Outputs that a queued or running job of any sweep in this run directory produces:
+    output folder -> that sweep's task entry (with its job id)."""
+    entries = [t for m in read_manifests(run_dir).values() if m.get("cluster") == executor.name
+               for s in m["stages"] for t in s["tasks"] if t.get("job_id")]
+    live = executor.live([t["job_id"] for t in entries])
+    return {o: t for t in entries if t["job_id"] in live for o in t["outputs"]}
+
+
+# ---- launching ----------------------------------------------------------------------------
+
+def _set_job(entry: dict, job_id: str | None, **fields: Any) -> None:
+    """Point a task entry at another job; the one it pointed at goes to its history."""
+    if entry["job_id"] and entry["job_id"] != job_id:
+        entry["history"].append(entry["job_id"])
+    entry.update(job_id=job_id, **fields)
+
+
+def launch(plan: Plan, executor, *, source: str, out: TextIO) -> dict:
+    """Submit what is neither complete nor already being produced; write the sweep manifest
+    after each stage (a launcher killed halfway leaves a manifest of what it submitted)."""
+    for stage in plan.stages:
+        if stage.container.image and not Path(stage.container.image).exists():
+            raise UserError(f"stage '{stage.name}': container image {stage.container.image} not found "
+                            f"(build it with containers/build.sh)")
+    producers = _producers(plan.run_dir, executor)
+    path = manifest_path(plan.run_dir, plan.sweep.name)
+    manifest = read_json(path) if path.exists() else {"sweep": plan.sweep.name, "launches": []}
+    previous = {(s["name"], tuple(t["outputs"])): t for s in manifest.get("stages", []) for t in s["tasks"]}
+    # Stages left out of this launch (--stages) keep their entries, so status still shows them.
+    launched = {stage.name for stage in plan.stages}
+    manifest.update(run_dir=str(plan.run_dir), cluster=executor.name,
+                    stages=[s for s in manifest.get("stages", []) if s["name"] not in launched])
+    manifest["launches"].append({"time": utc_now(), "source": source})
+    # The sweep as launched (overrides applied), for `launch RUN_DIR --resume`.
+    atomic_write_text(plan.dir.with_suffix(".yaml"),
+                      dump_config(dataclasses.replace(plan.sweep, run_dir=str(plan.run_dir), cluster=executor.name)))
+
+    job_ids: dict[str, list[str]] = {}  # stage -> the jobs its dependents wait for
+    failed: set[str] = set()  # stages with a task that did not complete (blocking executors)
+    for stage in plan.stages:
+        kind = KINDS[stage.kind]
+        entries, to_run, waiting_on = [], [], []
+        blocked = [u for u in stage.after if u in failed]
+        for task in stage.tasks:
+            config, attempts = plan.task_files(stage, task)
+            outputs = [str(o) for o in task.outputs]
+            old = previous.get((stage.name, tuple(outputs)), {})
+            entry = {"index": task.index, "label": task.label, "kind": stage.kind, "config": str(config),
+                     "attempts": str(attempts), "outputs": outputs,
+                     "config_hash": config_hash(kind.recorded(task.cfg)), "job_id": old.get("job_id"),
+                     "log": old.get("log"), "submitted": old.get("submitted"), "history": old.get("history", [])}
+            producer = next((producers[o] for o in outputs if o in producers), None)
+            if task.done:  # keeps the job that made it, if this sweep ran it
+                entry["at_launch"] = "complete"
+            elif producer:  # this sweep's own job from before, or another sweep's
+                _set_job(entry, producer["job_id"], log=producer["log"], attempts=producer["attempts"],
+                         submitted=producer["submitted"], at_launch="queued")
+                waiting_on.append(producer["job_id"])
+            elif blocked:
+                _set_job(entry, None, log=None, submitted=None,
+                         at_launch=f"not run: {', '.join(blocked)} did not complete")
+            else:
+                header = (f"# bioinstruct launch: sweep {plan.sweep.name}, stage {stage.name}, task {task.index} "
+                          f"({task.label}), kind {stage.kind}\n")
+                atomic_write_text(config, header + dump_config(task.cfg))
+                to_run.append((task, entry))
+            entries.append(entry)
+        if to_run:
+            job = plan.job(stage, [t for t, _ in to_run], [j for u in stage.after for j in job_ids.get(u, [])])
+            ids = executor.submit(job)
+            now = utc_now()
+            for (task, entry), job_id in zip(to_run, ids):
+                _set_job(entry, job_id, log=job.log_paths(job_id), submitted=now, at_launch="submitted")
+            # An array is one dependency (123 covers 123_0, 123_1, ...).
+            waiting_on += sorted({i.split("_")[0] for i in ids})
+            print(f"{stage.name}: {len(ids)} task(s) submitted"
+                  + ("" if executor.blocking else f" as job {ids[0].split('_')[0]}"), file=out)
+        job_ids[stage.name] = waiting_on
+        manifest["stages"].append({"name": stage.name, "kind": stage.kind, "after": stage.after,
+                                   "log_dir": str(plan.dir / stage.name / "logs"), "tasks": entries})
+        order = list(plan.sweep.stages)
+        manifest["stages"].sort(key=lambda s: order.index(s["name"]) if s["name"] in order else len(order))
+        atomic_write_json(path, manifest)
+        if executor.blocking and any(not task_done(kind, t.cfg, o) for t in stage.tasks for o in t.outputs):
+            failed.add(stage.name)
+    return manifest
+
+
+# ---- the verb -----------------------------------------------------------------------------
+
+def _sweep_source(args: argparse.Namespace) -> tuple[Sweep, str]:
+    target = Path(args.sweep)
+    if target.is_dir():
+        if not args.resume:
+            raise UserError(f"{target} is a directory: give a sweep YAML, or --resume to relaunch "
+                            f"the sweep recorded in this run directory")
+        stored = sorted((target / "sweeps").glob("*.yaml"))
+        if args.name:
+            stored = [p for p in stored if p.stem == args.name]
+        if len(stored) != 1:
+            names = ", ".join(p.stem for p in sorted((target / "sweeps").glob("*.yaml"))) or "none"
+            raise UserError(f"{target}: {'no sweep' if not stored else 'several sweeps'} to resume "
+                            f"(recorded: {names}); choose one with --sweep NAME")
+        return load_config(Sweep, stored[0], args.overrides), str(stored[0])
+    return load_config(Sweep, target, args.overrides), str(target)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sweep", metavar="SWEEP.yaml|RUN_DIR",
+                        help="a sweep file (launch/*.yaml), or with --resume a run directory")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="overrides of the sweep, e.g. run_dir=/scratch/x defaults.all.resources.account=lab")
+    parser.add_argument("--cluster", choices=sorted(EXECUTORS), help="where tasks run (default: the sweep's `cluster`)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the jobs, arrays, dependencies and sbatch scripts; submit nothing")
+    parser.add_argument("--resume", action="store_true",
+                        help="relaunch a sweep launched before (a run directory: the sweep recorded there): "
+                             "only tasks neither complete nor queued are submitted")
+    parser.add_argument("--stages", metavar="A,B", help="only these stages (their `after` outside the list is ignored)")
+    parser.add_argument("--sweep", dest="name", metavar="NAME", help="with --resume RUN_DIR: which recorded sweep")
+
+
+def main(args: argparse.Namespace) -> int:
+    sweep, source = _sweep_source(args)
+    executor = EXECUTORS[args.cluster or sweep.cluster]()
+    selected = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
+    plan = make_plan(sweep, source, selected)
+    if args.dry_run:
+        print_plan(plan, executor, sys.stdout, source)
+        return 0
+    if args.resume and not manifest_path(plan.run_dir, sweep.name).exists():
+        raise UserError(f"--resume: sweep '{sweep.name}' was never launched in {plan.run_dir}")
+    launch(plan, executor, source=source, out=sys.stdout)
+    return print_status(plan.run_dir, executor, sweep.name, sys.stdout)
