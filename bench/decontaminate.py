@@ -1,4 +1,4 @@
-"""Decontamination: bioinstruct.decontaminate's index against a naive all-pairs comparison.
+"""Decontamination: bioinstruct.stages.decontaminate's index against a naive all-pairs comparison.
 
     python bench/decontaminate.py                      # 25,000 instructions (~30 s)
     python bench/decontaminate.py --records 1000000    # the 1M-instruction scale
@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bioinstruct.decontaminate import DecontaminateConfig, Index, Item, load_items, record_text, words  # noqa: E402
+from bioinstruct.stages.decontaminate import DecontaminateConfig, Index, Item, load_items, record_text, words  # noqa: E402
 from bioinstruct.reporting.tables import format_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -61,8 +61,8 @@ import torch  # noqa: E402
 
 from figures import record  # noqa: E402
 
-from bioinstruct.evaluate import EvaluateConfig, predict, score_shard  # noqa: E402
-from bioinstruct.io import read_jsonl  # noqa: E402
+from bioinstruct.stages.evaluate import EvaluateConfig, predict, score_shard  # noqa: E402
+from bioinstruct.io.rows import read_jsonl  # noqa: E402
 from bioinstruct.reporting.tables import format_table  # noqa: E402
 from bioinstruct.tasks import load_examples, load_task  # noqa: E402
 from bioinstruct.tasks.medqa import medqa_context  # noqa: E402
@@ -116,7 +116,7 @@ def load_questions(name: str, data: Path, n: int):
 def llama_shaped_tiny(folder: Path) -> str:
     """A tiny LLaMA with random weights whose tokenizer has single-token answers (ANSWER_LINES);
     random, so that it does not end its answers at once as a briefly trained one does."""
-    from bioinstruct.tiny_model import TinyModelConfig, corpus_lines, make_tiny_model
+    from bioinstruct.modeling.tiny_model import TinyModelConfig, corpus_lines, make_tiny_model
 
     corpus = folder / "corpus.txt"
     corpus.write_text("\n".join(corpus_lines(TinyModelConfig()) + ANSWER_LINES) + "\n")
@@ -265,7 +265,7 @@ def generation_rows(args, lm, examples: list[dict]) -> list[list]:
 
 
 def compare(args, model_dir: str) -> int:
-    from bioinstruct.scoring import LM
+    from bioinstruct.modeling.scoring import LM
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = "bfloat16" if device.startswith("cuda") else "float32"
@@ -299,7 +299,7 @@ def compare(args, model_dir: str) -> int:
 
 def synthetic_medqa(tokenizer, n: int, context_tokens: int, seed: int = 0) -> list[dict]:
     """n distinct MedQA-layout prompts whose contexts are ~context_tokens tokens long."""
-    from bioinstruct.tiny_model import TinyModelConfig, corpus_lines
+    from bioinstruct.modeling.tiny_model import TinyModelConfig, corpus_lines
 
     words = " ".join(corpus_lines(TinyModelConfig())).split()
     rng = random.Random(seed)
@@ -334,8 +334,8 @@ def prebuilt(model):
 def gpu_7b(args) -> int:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from bioinstruct.scoring import LM
-    from bioinstruct.tiny_model import TinyModelConfig, corpus_lines, train_tokenizer
+    from bioinstruct.modeling.scoring import LM
+    from bioinstruct.modeling.tiny_model import TinyModelConfig, corpus_lines, train_tokenizer
 
     gpu = torch.cuda.is_available()
     if not gpu and args.arch == "7b":

@@ -1,4 +1,4 @@
-"""Time to fingerprint a model folder (bioinstruct.identity.model_fingerprint): cold (every
+"""Time to fingerprint a model folder (bioinstruct.runs.identity.model_fingerprint): cold (every
 byte hashed) and warm (the sha256 cache: a stat per file), on a synthetic folder shaped like a
 sharded save_pretrained checkpoint (config.json, safetensors shards with a valid header).
 
@@ -58,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bioinstruct-fp-", dir=args.dir))
     os.environ["BIOINSTRUCT_HASH_CACHE"] = str(work / "sha256.json")
-    from bioinstruct import identity
+    from bioinstruct.runs import identity
 
     try:
         size = write_model(work / "model", args.gb, args.shards)

@@ -6,7 +6,7 @@ block-diagonal mask (tests/test_packing.py checks sdpa and eager on CPU in fp32)
     python bench/packed_loss.py --attn sdpa,eager
 
 A random LLaMA (hidden 256, 4 layers, the tiny byte-level BPE) on the package's seed tasks cut
-short, tokenized and packed as the recipe does (bioinstruct.modeling.examples, bioinstruct.packing).
+short, tokenized and packed as the recipe does (bioinstruct.modeling.examples, bioinstruct.modeling.packing).
 Prints per kernel the token-weighted mean loss of the examples one at a time, of the packed
 rows, and their difference; exit status 1 when a difference exceeds --tolerance (bf16: 2e-2).
 """
@@ -24,11 +24,11 @@ import torch  # noqa: E402
 
 from figures import record  # noqa: E402
 
-from bioinstruct.generate import load_seeds  # noqa: E402
-from bioinstruct.packing import model_inputs, pack  # noqa: E402
+from bioinstruct.stages.generate import load_seeds  # noqa: E402
+from bioinstruct.modeling.packing import model_inputs, pack  # noqa: E402
 from bioinstruct.reporting.tables import format_table  # noqa: E402
 from bioinstruct.modeling.examples import Collator, tokenize  # noqa: E402
-from bioinstruct.train import DataConfig  # noqa: E402
+from bioinstruct.stages.train import DataConfig  # noqa: E402
 
 
 def main() -> int:
@@ -38,7 +38,7 @@ def main() -> int:
     args = parser.parse_args()
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from bioinstruct.tiny_model import TinyModelConfig, corpus_lines, train_tokenizer
+    from bioinstruct.modeling.tiny_model import TinyModelConfig, corpus_lines, train_tokenizer
 
     gpu = torch.cuda.is_available()
     device, dtype = ("cuda", torch.bfloat16) if gpu else ("cpu", torch.float32)

@@ -1,4 +1,4 @@
-"""ROUGE-L near-duplicate filter: bioinstruct.rougel against Alpaca's rouge-score loop.
+"""ROUGE-L near-duplicate filter: bioinstruct.similarity.rougel against Alpaca's rouge-score loop.
 
     python bench/rouge_filter.py --pool 25000      # the full benchmark (~2 minutes)
     python bench/rouge_filter.py --quick           # small sizes, seconds (CI)
@@ -35,8 +35,8 @@ import numpy as np
 from rouge_score.rouge_scorer import _score_lcs as rouge_lcs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bioinstruct.metrics import rouge_scorer  # noqa: E402
-from bioinstruct.rougel import RougeLPool, Verdict  # noqa: E402
+from bioinstruct.modeling.metrics import rouge_scorer  # noqa: E402
+from bioinstruct.similarity.rougel import RougeLPool, Verdict  # noqa: E402
 from bioinstruct.reporting.tables import format_table  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -1,4 +1,4 @@
-"""Training throughput and MFU of the LoRA recipe (bioinstruct/train.py) on one device.
+"""Training throughput and MFU of the LoRA recipe (bioinstruct/stages/train.py) on one device.
 
     python bench/train_throughput.py --quick                          # tiny LLaMA on CPU, seconds (CI)
     python bench/train_throughput.py --model 7b                       # mb 4/8/16 x grad-ckpt off/on, sdpa
@@ -23,7 +23,7 @@ FLOP model of train.py's metrics.jsonl. The first table: one row per configurati
 Peak memory is torch.cuda.max_memory_allocated on GPU, the process's peak RSS on CPU.
 With no GPU and no --model the script runs --quick.
 
-A second table compares data.packing off and on (bioinstruct/packing.py) on the same real
+A second table compares data.packing off and on (bioinstruct/modeling/packing.py) on the same real
 examples: --data (default: the package's seed tasks) in the Alpaca format, tokenized with
 --tokenizer (default: the tiny model's byte-level BPE trained on the packaged corpus, about
 2 characters a token, so examples run longer than LLaMA's tokenizer makes them; pass a LLaMA
@@ -55,12 +55,12 @@ import torch  # noqa: E402
 
 from figures import record  # noqa: E402
 
-from bioinstruct.packing import model_inputs, pack  # noqa: E402
-from bioinstruct.records import read_records  # noqa: E402
+from bioinstruct.modeling.packing import model_inputs, pack  # noqa: E402
+from bioinstruct.io.records import read_records  # noqa: E402
 from bioinstruct.reporting.tables import format_table  # noqa: E402
 from bioinstruct.modeling.examples import collator, tokenize  # noqa: E402
 from bioinstruct.modeling.trainer_callbacks import PEAK_BF16  # noqa: E402
-from bioinstruct.train import DataConfig, LoraSettings  # noqa: E402
+from bioinstruct.stages.train import DataConfig, LoraSettings  # noqa: E402
 
 # train.py calls gradient_checkpointing_enable(); transformers 5 calls it deprecated
 warnings.filterwarnings("ignore", message=".*gradient_checkpointing.* is deprecated", category=FutureWarning)
@@ -139,7 +139,7 @@ def _peak_rss_bytes() -> int:
 
 
 def build(name: str, attn: str, gpu: bool, grad_ckpt: bool):
-    """The base model (random weights) wrapped in LoRA as bioinstruct/train.py does it.
+    """The base model (random weights) wrapped in LoRA as bioinstruct/stages/train.py does it.
     Returns the peft model and N, the base model's parameter count."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -218,9 +218,9 @@ def run_config(name: str, attn: str, gpu: bool, grad_ckpt: bool, batches: list[d
 
 def data_examples(data: str | None, tokenizer_dir: str | None, max_length: int) -> tuple[list[dict], int]:
     """Tokenized Alpaca examples as train.py makes them, and the pad id."""
-    from bioinstruct.generate import load_seeds
-    from bioinstruct.tiny_model import TinyModelConfig, corpus_lines, train_tokenizer
-    from bioinstruct.train import load_tokenizer
+    from bioinstruct.stages.generate import load_seeds
+    from bioinstruct.modeling.tiny_model import TinyModelConfig, corpus_lines, train_tokenizer
+    from bioinstruct.stages.train import load_tokenizer
 
     if data:
         records = read_records(Path(data))

@@ -18,7 +18,7 @@ import sys
 import subprocess
 from pathlib import Path
 
-from .environment import PACKAGES, version
+from .runs.environment import PACKAGES, version
 from .reporting.tables import format_table
 
 

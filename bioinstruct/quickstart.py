@@ -37,15 +37,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import add_config_arguments, config_from_args, dump_config
-from .distributed import spawn
+from .runs.config import add_config_arguments, config_from_args, dump_config
+from .modeling.distributed import spawn
 from .errors import UserError
-from .generate import DEFAULT_SEEDS, GenerateConfig
+from .stages.generate import DEFAULT_SEEDS, GenerateConfig
 from .llm import LLMConfig
-from .rundir import read_manifest
+from .runs.rundir import read_manifest
 from .stages.pipeline import PIPELINE
 from .tasks import task_names
-from .tiny_model import TinyModelConfig
+from .modeling.tiny_model import TinyModelConfig
 
 DEMO_TASKS = Path(__file__).resolve().parent / "data" / "demo_tasks"
 

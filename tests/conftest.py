@@ -42,7 +42,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """One tiny LLaMA for the whole session (a short pretrain keeps it quick)."""
-    from bioinstruct.tiny_model import TinyModelConfig, make_tiny_model
+    from bioinstruct.modeling.tiny_model import TinyModelConfig, make_tiny_model
 
     out = tmp_path_factory.mktemp("tiny") / "model"
     make_tiny_model(out, TinyModelConfig(pretrain_steps=60))

@@ -7,7 +7,7 @@ import krippendorff
 import numpy as np
 import pytest
 
-from bioinstruct.agreement import krippendorff_alpha_nominal, read_labels
+from bioinstruct.stages.agreement import krippendorff_alpha_nominal, read_labels
 from bioinstruct.cli import main
 
 pytestmark = pytest.mark.unit

@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from bioinstruct.classify import ClassifyConfig, parse_label, rule_label, run
+from bioinstruct.stages.classify import ClassifyConfig, parse_label, rule_label, run
 from bioinstruct.errors import DataError
-from bioinstruct.io import read_jsonl
+from bioinstruct.io.rows import read_jsonl
 from bioinstruct.llm import LLMConfig
-from bioinstruct.records import record_id
+from bioinstruct.io.records import record_id
 from bioinstruct.testing.openai_server import Faults, OpenAIServer
 from conftest import wait_for_lines
 

@@ -75,7 +75,7 @@ def test_an_unexpected_error_is_one_line_and_the_manifest_says_failed(tmp_path, 
     "failed" with the message; --debug shows the traceback."""
     import json
 
-    from bioinstruct import filter as filter_stage
+    from bioinstruct.stages import filter as filter_stage
 
     data = tmp_path / "in.jsonl"
     data.write_text(json.dumps({"instruction": "Name two loop diuretics.", "input": "", "output": "furosemide"}) + "\n")

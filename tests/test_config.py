@@ -3,7 +3,7 @@ from typing import Literal
 
 import pytest
 
-from bioinstruct.config import dump_config, load_config
+from bioinstruct.runs.config import dump_config, load_config
 from bioinstruct.errors import ConfigError
 
 pytestmark = pytest.mark.unit

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from bioinstruct.cli import main
-from bioinstruct.decontaminate import DecontaminateConfig, Index, Item, item_of, load_items, words
-from bioinstruct.io import read_jsonl
+from bioinstruct.stages.decontaminate import DecontaminateConfig, Index, Item, item_of, load_items, words
+from bioinstruct.io.rows import read_jsonl
 from bioinstruct.tasks import load_examples, load_task
 
 REPO = Path(__file__).resolve().parent.parent
@@ -268,7 +268,7 @@ def test_flag_and_keep_write_every_record(planted, shared_data, tmp_path, policy
 
 @pytest.mark.integration
 def test_classify_reads_the_clean_set_and_subsets_refuse_a_dropped_record(planted, shared_data, tmp_path):
-    from bioinstruct import classify, subsets
+    from bioinstruct.stages import classify, subsets
     from bioinstruct.errors import DataError
     from bioinstruct.llm import LLMConfig
 
@@ -325,7 +325,7 @@ def test_missing_task_data_is_listed_or_refused(tmp_path, capsys):
 
 @pytest.mark.integration
 def test_the_card_has_a_contamination_section(planted, shared_data, tmp_path):
-    from bioinstruct import stats
+    from bioinstruct.stages import stats
 
     _, records = planted
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:100]))

@@ -1,4 +1,4 @@
-"""bioinstruct.embed: embeddings equal sentence-transformers' own; EmbeddingPool's verdicts
+"""bioinstruct.similarity.embed: embeddings equal sentence-transformers' own; EmbeddingPool's verdicts
 against a brute-force numpy computation and against sequential offers."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bioinstruct.embed import EmbeddingPool, SentenceEncoder, default_model_dir
+from bioinstruct.similarity.embed import EmbeddingPool, SentenceEncoder, default_model_dir
 from bioinstruct.errors import ConfigError
 
 pytestmark = pytest.mark.unit

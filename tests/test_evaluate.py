@@ -11,8 +11,8 @@ import pytest
 import bioinstruct
 
 from bioinstruct.errors import ConfigError, StageConflict, UserError
-from bioinstruct.evaluate import EvaluateConfig, merge, run
-from bioinstruct.io import read_jsonl
+from bioinstruct.stages.evaluate import EvaluateConfig, merge, run
+from bioinstruct.io.rows import read_jsonl
 from bioinstruct.llm import LLMConfig
 
 pytestmark = pytest.mark.integration
@@ -106,7 +106,7 @@ def test_missing_data_says_where_to_get_it(tiny_model_dir, tmp_path, monkeypatch
 
 
 def test_decontamination_scores_the_untouched_items_too_and_the_report_shows_both(tiny_model_dir, tmp_path):
-    from bioinstruct import decontaminate, report
+    from bioinstruct.stages import decontaminate, report
     from bioinstruct.tasks import load_examples, load_task
 
     items = {name: [decontaminate.item_of(t, ex) for ex in load_examples(t)]
@@ -158,7 +158,7 @@ def test_decontamination_scores_the_untouched_items_too_and_the_report_shows_bot
 @pytest.fixture(scope="module")
 def other_model(tmp_path_factory):
     """A second tiny LLaMA of exactly the same shape, other weights (LLaMA-1 vs LLaMA-2 7B)."""
-    from bioinstruct.tiny_model import TinyModelConfig, make_tiny_model
+    from bioinstruct.modeling.tiny_model import TinyModelConfig, make_tiny_model
 
     out = tmp_path_factory.mktemp("tiny-b") / "model"
     make_tiny_model(out, TinyModelConfig(pretrain_steps=20, seed=1))
@@ -263,7 +263,7 @@ def test_the_same_run_spelled_otherwise_or_moved_is_skipped(tiny_model_dir, medm
 
 
 def test_results_say_what_was_evaluated(tiny_model_dir, medmcqa_root, tmp_path):
-    from bioinstruct.identity import file_sha256, model_fingerprint
+    from bioinstruct.runs.identity import file_sha256, model_fingerprint
 
     run(mm(tiny_model_dir, tmp_path / "ev", medmcqa_root, shard="1/2"))
     run(mm(tiny_model_dir, tmp_path / "ev", medmcqa_root, shard="2/2"))

@@ -6,8 +6,8 @@ import pytest
 
 from bioinstruct.cli import main
 from bioinstruct.errors import DataError
-from bioinstruct.filter import CandidateFilter, Criteria, FilterConfig, RuleConfig, run
-from bioinstruct.io import read_jsonl
+from bioinstruct.stages.filter import CandidateFilter, Criteria, FilterConfig, RuleConfig, run
+from bioinstruct.io.rows import read_jsonl
 
 pytestmark = pytest.mark.unit
 

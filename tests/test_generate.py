@@ -10,10 +10,10 @@ import sys
 import pytest
 
 from bioinstruct.errors import ConfigError, DataError, StageStopped
-from bioinstruct.generate import (GenerateConfig, load_seeds, load_template, offline_responder,
+from bioinstruct.stages.generate import (GenerateConfig, load_seeds, load_template, offline_responder,
                                   parse_response, prompt_messages, run)
-from bioinstruct.io import read_jsonl
-from bioinstruct.rundir import read_manifest
+from bioinstruct.io.rows import read_jsonl
+from bioinstruct.runs.rundir import read_manifest
 from conftest import wait_for_lines
 
 
@@ -158,7 +158,7 @@ def test_a_stopped_run_continues_only_with_the_same_inputs(tmp_path):
     """A raised budget continues the stopped run (its responses replayed, nothing paid twice);
     another seed file (by content) or demo seed is refused; --force starts without the old responses."""
     from bioinstruct.errors import StageConflict
-    from bioinstruct.generate import DEFAULT_SEEDS
+    from bioinstruct.stages.generate import DEFAULT_SEEDS
 
     fresh = tmp_path / "fresh"
     run(offline_cfg(fresh, target=60))

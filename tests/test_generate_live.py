@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from bioinstruct.errors import ConfigError, StageStopped, UserError
-from bioinstruct.generate import GenerateConfig, offline_responder, run
-from bioinstruct.io import read_jsonl
+from bioinstruct.stages.generate import GenerateConfig, offline_responder, run
+from bioinstruct.io.rows import read_jsonl
 from bioinstruct.llm import LLMConfig
-from bioinstruct.rundir import read_manifest
+from bioinstruct.runs.rundir import read_manifest
 from bioinstruct.testing.openai_server import BatchFaults, Faults, OpenAIServer
 from conftest import wait_for_lines
 

@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 
-from bioinstruct import identity
+from bioinstruct.runs import identity
 from bioinstruct.errors import StageConflict
-from bioinstruct.identity import adapter_identity, base_matches, file_sha256, model_fingerprint, path_identity
-from bioinstruct.rundir import run_stage
+from bioinstruct.runs.identity import adapter_identity, base_matches, file_sha256, model_fingerprint, path_identity
+from bioinstruct.runs.rundir import run_stage
 
 pytestmark = pytest.mark.unit
 

@@ -76,7 +76,7 @@ def test_the_graph_sees_relative_and_deferred_imports():
     graph = import_graph()
     assert "bioinstruct.errors" in graph["bioinstruct.cli"]  # from .errors import UserError
     assert "bioinstruct.stages.stage" in graph["bioinstruct.stages.pipeline"]  # from .stage import Stage
-    assert "bioinstruct.distributed" in graph["bioinstruct.train"]  # inside run(): from .distributed import ...
+    assert "bioinstruct.modeling.distributed" in graph["bioinstruct.stages.train"]  # inside run(): from .distributed import ...
     assert len(graph) > 30
 
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from bioinstruct.errors import DataError
-from bioinstruct.io import (JsonlAppender, atomic_open, atomic_write_json, iter_jsonl, iter_rows, read_json,
+from bioinstruct.io.rows import (JsonlAppender, atomic_open, atomic_write_json, iter_jsonl, iter_rows, read_json,
                             read_jsonl, repair_jsonl)
 
 pytestmark = pytest.mark.unit
@@ -105,7 +105,7 @@ def test_atomic_write_survives_kill_9_mid_write(tmp_path):
     started = tmp_path / "started"
     code = textwrap.dedent(f"""
         import time, pathlib
-        from bioinstruct.io import atomic_open
+        from bioinstruct.io.rows import atomic_open
         with atomic_open({str(p)!r}) as f:
             f.write('{{"acc": ')
             f.flush()
@@ -139,7 +139,7 @@ def test_appender_survives_kill_9_between_writes(tmp_path):
     p = tmp_path / "log.jsonl"
     code = textwrap.dedent(f"""
         import os
-        from bioinstruct.io import JsonlAppender
+        from bioinstruct.io.rows import JsonlAppender
         out = JsonlAppender({str(p)!r})
         for i in range(100000):
             out.write({{"i": i, "pad": "x" * 500}})

@@ -2,7 +2,7 @@
 
 import pytest
 
-from bioinstruct.io import read_jsonl
+from bioinstruct.io.rows import read_jsonl
 from bioinstruct.llm.judge import DIMENSIONS, judge, parse_scores
 from bioinstruct.llm import LLMConfig
 from bioinstruct.testing.openai_server import OpenAIServer

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from bioinstruct.cli import main
-from bioinstruct.config import dump_config, load_config
+from bioinstruct.runs.config import dump_config, load_config
 from bioinstruct.errors import ConfigError
 from bioinstruct.launch.sweep import BASE, KIND_RESOURCES, Sweep, expand_grid, make_plan, merge
 from bioinstruct.launch.executors import Live, Resources
 from bioinstruct.stages.pipeline import KINDS
 from bioinstruct.launch.status import read_manifests, task_rows
-from bioinstruct.rundir import config_hash
+from bioinstruct.runs.rundir import config_hash
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "tests" / "golden" / "launch"
@@ -150,8 +150,8 @@ def test_sweeps_sharing_a_run_directory_agree_on_every_output_they_share(monkeyp
 @pytest.mark.unit
 def test_a_complete_output_made_with_another_config_is_a_conflict_named_by_task(tmp_path):
     from bioinstruct.errors import StageConflict
-    from bioinstruct.rundir import run_stage
-    from bioinstruct.subsets import SubsetsConfig
+    from bioinstruct.runs.rundir import run_stage
+    from bioinstruct.stages.subsets import SubsetsConfig
 
     run_stage(tmp_path / "run" / "subsets", "subsets", SubsetsConfig(run_dir=str(tmp_path / "run"), seed=1),
               lambda d: {})
@@ -167,9 +167,9 @@ def test_an_evaluate_shard_is_done_only_when_made_from_the_same_data(tmp_path):
     through a symlink is done; the file changed in place is a conflict naming its hash."""
     import shutil
 
-    from bioinstruct import evaluate
+    from bioinstruct.stages import evaluate
     from bioinstruct.errors import StageConflict
-    from bioinstruct.rundir import run_stage
+    from bioinstruct.runs.rundir import run_stage
 
     model, root = tmp_path / "model", tmp_path / "data"
     model.mkdir()
@@ -197,9 +197,9 @@ def test_an_evaluate_shard_is_done_only_when_made_from_the_same_data(tmp_path):
 
 @pytest.mark.unit
 def test_a_subsets_task_is_done_only_for_the_same_labels(tmp_path):
-    from bioinstruct import subsets
+    from bioinstruct.stages import subsets
     from bioinstruct.errors import StageConflict
-    from bioinstruct.rundir import run_stage
+    from bioinstruct.runs.rundir import run_stage
 
     labelled = tmp_path / "run" / "classify" / "labelled.jsonl"
     labelled.parent.mkdir(parents=True)
@@ -371,7 +371,7 @@ def test_local_and_debug_executors_run_stages_in_order_and_a_second_launch_does_
 @pytest.mark.integration
 def test_local_executor_starts_one_process_per_rank(tmp_path, tiny_model_dir, capsys):
     data = tmp_path / "train.jsonl"
-    from bioinstruct.generate import load_seeds
+    from bioinstruct.stages.generate import load_seeds
 
     data.write_text("".join(json.dumps({"instruction": s["instruction"], "input": s["instances"][0]["input"],
                                         "output": s["instances"][0]["output"]}) + "\n" for s in load_seeds(None)))

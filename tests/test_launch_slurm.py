@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from bioinstruct.cli import main
-from bioinstruct.config import load_config
-from bioinstruct.generate import load_seeds
+from bioinstruct.runs.config import load_config
+from bioinstruct.stages.generate import load_seeds
 from bioinstruct.launch.sweep import Sweep, make_plan
 from bioinstruct.launch.executors import SlurmExecutor
 from bioinstruct.launch.status import read_manifests, task_rows
@@ -219,7 +219,7 @@ def test_a_two_node_job_gets_one_rank_per_task_with_the_distributed_environment(
         source {REPO}/slurm/common.sh
         bi_run srun --cpus-per-task=1 {sys.executable} -c '
         import json, os
-        from bioinstruct.distributed import slurm_environment
+        from bioinstruct.modeling.distributed import slurm_environment
         print(json.dumps({{"node": os.environ["SLURMD_NODENAME"], "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
                           **slurm_environment()}}))'
         """)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bioinstruct.io import read_jsonl
+from bioinstruct.io.rows import read_jsonl
 from bioinstruct.llm import BudgetExhausted, Engine, LLMConfig, RateLimiter, Request
 from bioinstruct.testing.openai_server import Faults, OpenAIServer
 

@@ -3,7 +3,7 @@
 lm-eval 0.4.13 runs its own task YAMLs (medqa_4options, medmcqa, pubmedqa; ``include``d by a
 local YAML that points them at a local JSON Lines copy of the same questions) with
 ``HFLM(pretrained=<tiny model>)`` on CPU through ``lm_eval.simple_evaluate(log_samples=True)``;
-bioinstruct scores the same questions with ``bioinstruct.evaluate.predict``. Per question
+bioinstruct scores the same questions with ``bioinstruct.stages.evaluate.predict``. Per question
 we compare the prompt and continuations, every choice's log-likelihood (1e-4) and greedy
 flag, the argmax (lm-eval's ``acc``) and the length-normalised argmax (``acc_norm``: lm-eval
 divides by the length of ``doc_to_choice``'s string, "yes" not " yes").
@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import bioinstruct
-from bioinstruct.evaluate import EvaluateConfig, predict
+from bioinstruct.stages.evaluate import EvaluateConfig, predict
 from bioinstruct.tasks import load_examples, load_task
 
 pytestmark = pytest.mark.integration
@@ -46,7 +46,7 @@ BATCH = 16
 @pytest.fixture(scope="module")
 def models(tiny_model_dir):
     """(bioinstruct's LM, lm-eval's HFLM) on the same tiny model, CPU, float32."""
-    from bioinstruct.scoring import LM
+    from bioinstruct.modeling.scoring import LM
 
     ours = LM(str(tiny_model_dir), device="cpu", dtype="float32", batch_size=BATCH)
     theirs = HFLM(pretrained=str(tiny_model_dir), device="cpu", dtype="float32", batch_size=BATCH,

@@ -26,7 +26,7 @@ import bioinstruct
 for m in pkgutil.walk_packages(bioinstruct.__path__, "bioinstruct."):
     if not m.name.endswith("__main__"):
         importlib.import_module(m.name)
-from bioinstruct import metrics
+from bioinstruct.modeling import metrics
 from bioinstruct.llm import judge
 metrics.rouge(["the patient has a fever"], ["the patient is febrile"])
 prompt = "Reference answer: aspirin daily\nAssistant's answer: aspirin\n\nScore each dimension"
@@ -47,7 +47,7 @@ def test_nothing_configures_the_root_logger():
 
 
 def test_a_progress_bar_in_a_log_file_is_lines_not_carriage_returns(monkeypatch, capsys):
-    from bioinstruct.progress import progress
+    from bioinstruct.runs.progress import progress
 
     monkeypatch.setenv("BIOINSTRUCT_PROGRESS", "1")
     for _ in progress(range(3), desc="score", mininterval=0):

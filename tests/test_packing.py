@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from bioinstruct.generate import load_seeds
-from bioinstruct.packing import model_inputs, pack
+from bioinstruct.stages.generate import load_seeds
+from bioinstruct.modeling.packing import model_inputs, pack
 from bioinstruct.modeling.examples import Collator, tokenize
-from bioinstruct.train import DataConfig, ModelConfig, TrainConfig, load_model, run
+from bioinstruct.stages.train import DataConfig, ModelConfig, TrainConfig, load_model, run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -97,7 +97,7 @@ def test_packed_loss_equals_examples_run_one_at_a_time(tiny_model_dir, attn, tra
 
 @pytest.mark.integration
 def test_training_with_packing_writes_an_adapter(tiny_model_dir, tmp_path):
-    from bioinstruct.config import load_config
+    from bioinstruct.runs.config import load_config
 
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in short_records() * 4))

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from bioinstruct.rundir import read_manifest
+from bioinstruct.runs.rundir import read_manifest
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from matplotlib.image import imread
 
 from bioinstruct.cli import main
 from bioinstruct.errors import StageConflict
-from bioinstruct.report import ReportConfig, run
+from bioinstruct.stages.report import ReportConfig, run
 from bioinstruct.reporting.cells import MISSING
 from bioinstruct.reporting.plots import DPI, figure_size
 

@@ -1,4 +1,4 @@
-"""bioinstruct.rougel against rouge-score itself: tokenizer, scores, exact ties, Alpaca's loop."""
+"""bioinstruct.similarity.rougel against rouge-score itself: tokenizer, scores, exact ties, Alpaca's loop."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from rouge_score.rouge_scorer import _score_lcs as rouge_lcs
 
-from bioinstruct.metrics import rouge_scorer
-from bioinstruct.rougel import Match, RougeLPool, Verdict, rouge_l_f, tokenize
+from bioinstruct.modeling.metrics import rouge_scorer
+from bioinstruct.similarity.rougel import Match, RougeLPool, Verdict, rouge_l_f, tokenize
 
 pytestmark = pytest.mark.unit
 

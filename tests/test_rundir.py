@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 
 from bioinstruct.errors import StageConflict
-from bioinstruct.rundir import is_complete, read_manifest, run_stage
+from bioinstruct.runs.rundir import is_complete, read_manifest, run_stage
 
 pytestmark = pytest.mark.unit
 

@@ -6,8 +6,8 @@ without reloading."""
 import pytest
 import torch
 
-from bioinstruct.metrics import extract_choice, macro_f1, normalize_item, prf, split_items
-from bioinstruct.scoring import LM, _rows
+from bioinstruct.modeling.metrics import extract_choice, macro_f1, normalize_item, prf, split_items
+from bioinstruct.modeling.scoring import LM, _rows
 
 REQUESTS = [("Question: Which drug treats diabetes?\nA. metformin\nB. aspirin\nAnswer:", c) for c in (" A", " B")]
 REQUESTS += [("Abstract: Metformin lowers glucose.\nQuestion: Does metformin lower glucose?\nAnswer:", c)
@@ -148,7 +148,7 @@ def test_bootstrap_intervals_are_the_resamples_percentiles():
     and micro F1's from per-example counts (F1 = 2tp / (2tp + fp + fn))."""
     import numpy as np
 
-    from bioinstruct import metrics as M
+    from bioinstruct.modeling import metrics as M
 
     rng = np.random.default_rng(7)
     values = rng.integers(0, 2, size=300).astype(float)
@@ -175,7 +175,7 @@ def test_batched_encoding_equals_the_tokenizers_own(tiny_model_dir):
 
 @pytest.mark.unit
 def test_generation_is_cut_at_the_next_alpaca_header():
-    from bioinstruct.scoring import _cut
+    from bioinstruct.modeling.scoring import _cut
     assert _cut("B. aspirin\n\n### Instruction:\nName a statin") == "B. aspirin\n\n"
     assert _cut("Metformin.### Response:") == "Metformin."
     assert _cut("## Heading\nno header here") == "## Heading\nno header here"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import bioinstruct
-from bioinstruct.metrics import rouge_scorer
+from bioinstruct.modeling.metrics import rouge_scorer
 
 pytestmark = pytest.mark.unit
 

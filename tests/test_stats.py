@@ -14,9 +14,9 @@ from matplotlib.image import imread
 
 from bioinstruct.cli import main
 from bioinstruct.errors import DataError
-from bioinstruct.metrics import rouge_scorer
+from bioinstruct.modeling.metrics import rouge_scorer
 from bioinstruct.reporting.plots import DPI, FIGSIZE
-from bioinstruct.stats import StatsConfig, describe, load_spacy, nearest_other, run, verb_objects
+from bioinstruct.stages.stats import StatsConfig, describe, load_spacy, nearest_other, run, verb_objects
 
 
 SCORER = rouge_scorer(("rougeL",), False)
@@ -189,7 +189,7 @@ def test_verb_objects_and_their_figure(tmp_path, monkeypatch):
     assert verbs["top"] == [{"verb": "list", "count": 3, "objects": [("drugs", 2), ("genes", 1)]},
                             {"verb": "summarize", "count": 1, "objects": [("abstract", 1)]}]
     # The whole stage with that parser standing in for spaCy.
-    monkeypatch.setattr("bioinstruct.stats.load_spacy", lambda model: (FakeNlp(), None))
+    monkeypatch.setattr("bioinstruct.stages.stats.load_spacy", lambda model: (FakeNlp(), None))
     stats, card, out = stats_of(tmp_path, spacy_model="fake")
     assert stats["verbs"]["model"] == "fake" and stats["verbs"]["with_verb_and_object"] == 4
     assert "| summarize | 2 | abstract (2) |" in card and "| list | 1 | drugs (1) |" in card

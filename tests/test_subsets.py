@@ -6,8 +6,8 @@ import json
 import pytest
 
 from bioinstruct.errors import ConfigError, DataError
-from bioinstruct.io import read_jsonl
-from bioinstruct.subsets import SubsetsConfig, run
+from bioinstruct.io.rows import read_jsonl
+from bioinstruct.stages.subsets import SubsetsConfig, run
 
 pytestmark = pytest.mark.unit
 

@@ -14,7 +14,7 @@ import bioinstruct
 
 from bioinstruct.errors import ConfigError, DataError
 from bioinstruct.tasks import Task, load_examples, load_task, task_names
-from bioinstruct.metrics import normalize_item
+from bioinstruct.modeling.metrics import normalize_item
 from bioinstruct.tasks.conv2note import MTS_SECTION_NAMES
 
 pytestmark = pytest.mark.unit

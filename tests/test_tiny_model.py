@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bioinstruct.rundir import read_manifest
-from bioinstruct.tiny_model import TinyModelConfig, make_tiny_model
+from bioinstruct.runs.rundir import read_manifest
+from bioinstruct.modeling.tiny_model import TinyModelConfig, make_tiny_model
 
 pytestmark = pytest.mark.integration
 

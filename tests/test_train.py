@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bioinstruct.distributed import expand_nodelist, slurm_environment, standalone_environment
+from bioinstruct.modeling.distributed import expand_nodelist, slurm_environment, standalone_environment
 from bioinstruct.errors import ConfigError, DataError
-from bioinstruct.generate import load_seeds
+from bioinstruct.stages.generate import load_seeds
 from bioinstruct.modeling.deepspeed_setup import deepspeed_config
 from bioinstruct.modeling.trainer_callbacks import complete_checkpoints
-from bioinstruct.train import REQUEUE_EXIT, TrainConfig, run
+from bioinstruct.stages.train import REQUEUE_EXIT, TrainConfig, run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -175,7 +175,7 @@ def test_a_signal_while_loading_or_in_the_last_step_behaves_as_documented(tiny_m
 
 @pytest.mark.integration
 def test_loss_goes_down_and_metrics_are_logged(tiny_model_dir, data, tmp_path):
-    from bioinstruct.config import load_config
+    from bioinstruct.runs.config import load_config
     cfg = load_config(TrainConfig, REPO / "configs/train/tiny/lora.yaml",
                       overrides(tiny_model_dir, data, tmp_path, "null", 30))
     cfg.merge = True
@@ -201,7 +201,7 @@ def test_loss_goes_down_and_metrics_are_logged(tiny_model_dir, data, tmp_path):
 
 @pytest.mark.unit
 def test_bad_input_fails_before_loading_a_model(tmp_path, data, tiny_model_dir):
-    from bioinstruct.config import load_config
+    from bioinstruct.runs.config import load_config
 
     def cfg(*extra):
         return load_config(TrainConfig, REPO / "configs/train/tiny/lora.yaml",
@@ -266,7 +266,7 @@ def test_a_process_without_a_launcher_is_rank_0_of_1():
 def test_a_cpu_rank_runs_one_thread_even_when_torch_was_loaded_first():
     """torch is imported before the rank's environment is set up; the thread count must
     follow OMP_NUM_THREADS=1 all the same, or a loaded machine breaks bit-exact resume."""
-    code = ("import torch; from bioinstruct.distributed import setup_environment; setup_environment(); "
+    code = ("import torch; from bioinstruct.modeling.distributed import setup_environment; setup_environment(); "
             "print(torch.get_num_threads())")
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     out = subprocess.run([sys.executable, "-c", code], env={**env, "WORLD_SIZE": "2", "RANK": "0"},
@@ -282,7 +282,7 @@ def test_a_resume_with_changed_result_keys_is_refused_and_no_step_is_logged_twic
     run's adapter, with each step once in metrics.jsonl."""
     import shutil
 
-    from bioinstruct.config import load_config
+    from bioinstruct.runs.config import load_config
 
     def cfg(run_dir, *extra):
         return load_config(TrainConfig, REPO / "configs/train/tiny/lora.yaml",

@@ -20,13 +20,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import load_config
-from ..io import append_jsonl
+from ..runs.config import load_config
+from ..io.rows import append_jsonl
 from ..llm import BatchPending
-from ..rundir import finished, is_complete, utc_now
+from ..runs.rundir import finished, is_complete, utc_now
 from ..stages.pipeline import KINDS
 from ..stages.stage import Stage
-from ..train import REQUEUE_EXIT  # 75: "state saved, run me again" (slurm/common.sh)
+from ..stages.train import REQUEUE_EXIT  # 75: "state saved, run me again" (slurm/common.sh)
 from .submitit_env import job_environment
 
 # submitit's local executor restarts a job's tasks when one exits with this status.
@@ -57,7 +57,7 @@ def _rank() -> int:
 
 def _local_ranks_environment() -> None:
     """torch.distributed's variables for the tasks of submitit's local executor (under Slurm,
-    bioinstruct.distributed derives them from SLURM_*). Every task of one job agrees on the
+    bioinstruct.modeling.distributed derives them from SLURM_*). Every task of one job agrees on the
     port because it comes from the job id (the local controller's pid)."""
     env = job_environment()
     if env is None or env.cluster != "local" or "RANK" in os.environ or env.num_tasks == 1:

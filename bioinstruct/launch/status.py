@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import TextIO
 
 from ..errors import UserError
-from ..io import read_json, read_jsonl
+from ..io.rows import read_json, read_jsonl
 from .executors import EXECUTORS
-from ..rundir import read_manifest
+from ..runs.rundir import read_manifest
 from ..reporting.tables import format_table
 
 PENDING = {"PENDING", "CONFIGURING"}

@@ -35,10 +35,10 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..config import dump_config, load_config
+from ..runs.config import dump_config, load_config
 from ..errors import UserError
-from ..io import atomic_write_json, atomic_write_text, read_json
-from ..rundir import config_hash, utc_now
+from ..io.rows import atomic_write_json, atomic_write_text, read_json
+from ..runs.rundir import config_hash, utc_now
 from ..stages.pipeline import KINDS
 from .executors import EXECUTORS
 from .jobs import done as task_done

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from ..config import load_config
+from ..runs.config import load_config
 from ..errors import ConfigError, StageConflict
 from ..stages.pipeline import KINDS
 from .executors import Container, Job, Resources

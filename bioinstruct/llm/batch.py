@@ -21,8 +21,8 @@ import time
 from typing import Iterator
 
 from ..errors import StageStopped, UserError
-from ..io import atomic_write_json, read_json
-from ..progress import progress
+from ..io.rows import atomic_write_json, read_json
+from ..runs.progress import progress
 from .backend import Backend, OnFailure, OnResponse, openai_client
 from .config import Request
 from .ledger import ApiFatal, BudgetExhausted, Journal

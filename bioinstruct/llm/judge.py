@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..metrics import rouge_scorer
+from ..modeling.metrics import rouge_scorer
 from .config import LLMConfig, Request
 from .engine import Engine
 from .prompts import PromptTemplate

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import StageStopped, UserError
-from ..io import JsonlAppender, atomic_write_json, iter_jsonl, repair_jsonl
+from ..io.rows import JsonlAppender, atomic_write_json, iter_jsonl, repair_jsonl
 from .config import LLMConfig, Request, estimate_tokens
 
 

@@ -9,7 +9,7 @@ import hashlib
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..io import read_yaml
+from ..io.rows import read_yaml
 
 PROMPTS = Path(__file__).parents[1] / "data" / "prompts"
 

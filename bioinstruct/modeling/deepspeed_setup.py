@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..io import read_json
+from ..io.rows import read_json
 
 REPO = Path(__file__).resolve().parents[2]
 

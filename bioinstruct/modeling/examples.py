@@ -33,7 +33,7 @@ class Collator:
     """Right padding (training never generates); labels padded with -100. Packed rows carry
     position_ids; their padding gets positions of its own from 0, a segment that no example
     attends to. flatten: the micro-batch as one row without padding, the only packed layout
-    flash-attention recognises (see bioinstruct/packing.py)."""
+    flash-attention recognises (see bioinstruct/modeling/packing.py)."""
 
     def __init__(self, pad_id: int, flatten: bool = False):
         self.pad_id = pad_id

@@ -14,8 +14,8 @@ import threading
 import time
 from pathlib import Path
 
-from ..config import to_dict
-from ..io import JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl
+from ..runs.config import to_dict
+from ..io.rows import JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl
 
 COMPLETE = "COMPLETE"
 RUN_CONFIG = "bioinstruct_config.json"  # in each checkpoint: the resolved config and inputs it was made with

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..records import PAPER_SHARES
+from ..io.records import PAPER_SHARES
 from .tables import markdown_table
 
 PAPER_MAX_LENGTH = 512

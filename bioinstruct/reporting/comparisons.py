@@ -6,8 +6,7 @@ import dataclasses
 import re
 
 from .cells import MISSING, gain_cell, gain_of_means, mean_cell, score_cell
-from .results import (GEN_METRICS, KINDS, METRIC_LABELS, TASK_LABELS, Result, index_results, natural_key,
-                      subset_group, variant_key)
+from .results import (GEN_METRICS, KINDS, METRIC_LABELS, TASK_LABELS, Result, index_results, natural_key, subset_group, variant_key)
 
 # The paper's headline relative gains of BioInstruct-tuned over base models (abstract).
 PAPER_GAINS = {"qa": 0.173, "ie": 0.057, "judge": 0.96}

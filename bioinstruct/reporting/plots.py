@@ -10,8 +10,8 @@ from typing import Literal
 
 import numpy as np
 
-from ..io import atomic_open
-from ..records import PAPER_SHARES
+from ..io.rows import atomic_open
+from ..io.records import PAPER_SHARES
 from .card import TOP_OBJECTS
 from .cells import MISSING, fmt
 from .results import KIND_LABELS, METRIC_LABELS, TASK_LABELS

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
-from ..io import read_json
-from ..records import CATEGORIES
+from ..io.rows import read_json
+from ..io.records import CATEGORIES
 
 QA_TASKS = ("medqa", "medmcqa", "pubmedqa", "bioasq", "mednli")
 IE_TASKS = ("medication_status", "coreference")

@@ -6,8 +6,8 @@ are built from it (tests/test_registry.py checks that nothing else lists them).
 
 from __future__ import annotations
 
-from .. import (agreement, classify, decontaminate, evaluate, filter, generate, report, stats, subsets,
-                tiny_model, train)
+from . import (agreement, classify, decontaminate, evaluate, filter, generate, report, stats, subsets, tiny_model,
+               train)
 from .stage import Stage
 
 PIPELINE: list[Stage] = [m.STAGE for m in (tiny_model, generate, filter, decontaminate, classify, agreement,

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import ConfigError, DataError
-from ..io import load_yaml, read_yaml
+from ..io.rows import load_yaml, read_yaml
 from .reader import MissingData
 
 TASK_DIR = Path(__file__).parent

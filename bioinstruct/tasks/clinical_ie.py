@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import DataError
-from ..metrics import normalize_item
+from ..modeling.metrics import normalize_item
 from .reader import example_id, Examples, need_path, object_rows, string_field
 
 

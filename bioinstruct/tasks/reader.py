@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import ConfigError, DataError
-from ..io import iter_rows
+from ..io.rows import iter_rows
 
 LETTERS = ["A", "B", "C", "D"]
 # lm-eval's default ``target_delimiter``: each choice is scored as " " + choice.

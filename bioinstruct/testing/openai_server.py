@@ -65,8 +65,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .http_server import BackgroundServer, Reply
 from .openai_batches import BatchAPI, BatchFaults
-from .openai_chat import (CHAT_PATH, ChatAPI, Faults, Responder, Stats, api_error, count_tokens,
-                          echo_responder, new_id)
+from .openai_chat import (CHAT_PATH, ChatAPI, Faults, Responder, Stats, api_error, count_tokens, echo_responder, new_id)
 
 log = logging.getLogger(__name__)
 

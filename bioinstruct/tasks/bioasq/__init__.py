@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import DataError
-from ...io import read_json
+from ...io.rows import read_json
 from ..reader import TARGET_DELIMITER, Examples, MissingData, need_path, string_field
 
 

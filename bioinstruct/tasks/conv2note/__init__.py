@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ...errors import ConfigError, DataError
-from ...io import iter_rows
+from ...io.rows import iter_rows
 from ..reader import Examples, need_path, string_field
 
 

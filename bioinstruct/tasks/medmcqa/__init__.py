@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import ConfigError, DataError
-from ..reader import LETTERS, example_id, Examples, hub_rows, letter_example, need_path, object_rows, string_field
+from ..reader import (LETTERS, example_id, Examples, hub_rows, letter_example, need_path, object_rows, string_field)
 
 # Allowed values of enumerated data options: load_task checks overrides against them.
 OPTION_CHOICES: dict[str, tuple] = {"cop_base": ("auto", 0, 1)}

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from ...errors import DataError
-from ..reader import (LETTERS, example_id, Examples, hub_rows, letter_example, need_path, object_rows,
-                      options_block, string_field)
+from ..reader import (LETTERS, example_id, Examples, hub_rows, letter_example, need_path, object_rows, options_block, string_field)
 
 # Allowed values of enumerated data options: load_task checks overrides against them.
 OPTION_CHOICES: dict[str, tuple] = {"layout": ("auto", "original", "hf")}

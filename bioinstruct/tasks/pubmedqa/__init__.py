@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigError, DataError
-from ...io import read_json
+from ...io.rows import read_json
 from ..reader import TARGET_DELIMITER, example_id, Examples, hub_rows, need_path, string_field
 
 # Allowed values of enumerated data options: load_task checks overrides against them.

@@ -31,17 +31,17 @@ import dataclasses
 import re
 from pathlib import Path
 
-from .config import add_config_arguments, config_from_args
-from .errors import StageStopped
-from .identity import path_identity
-from .io import atomic_write_json, write_jsonl
-from .llm import TRANSPORT_KEYS, Engine, LLMConfig, Request, preflight
-from .llm.prompts import PromptTemplate
-from .progress import progress
-from .records import CATEGORIES, PAPER_SHARES, UNKNOWN, read_records, record_id
-from .rundir import is_complete, run_stage
-from .reporting.tables import format_table
-from .stages.stage import Stage
+from ..runs.config import add_config_arguments, config_from_args
+from ..errors import StageStopped
+from ..runs.identity import path_identity
+from ..io.rows import atomic_write_json, write_jsonl
+from ..llm import TRANSPORT_KEYS, Engine, LLMConfig, Request, preflight
+from ..llm.prompts import PromptTemplate
+from ..runs.progress import progress
+from ..io.records import CATEGORIES, PAPER_SHARES, UNKNOWN, read_records, record_id
+from ..runs.rundir import is_complete, run_stage
+from ..reporting.tables import format_table
+from .stage import Stage
 
 REMINDER = "Answer with exactly one word: qa, ie, generation or other."
 INPUT_PREVIEW = 600  # characters of the input shown; the task type is in the instruction

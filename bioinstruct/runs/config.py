@@ -22,8 +22,8 @@ from typing import Any, Iterable, Literal, TypeVar, Union
 
 import yaml
 
-from .errors import ConfigError
-from .io import load_yaml, read_yaml
+from ..errors import ConfigError
+from ..io.rows import load_yaml, read_yaml
 
 T = TypeVar("T")
 

@@ -50,14 +50,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .config import add_config_arguments, config_from_args
-from .errors import ConfigError, DataError
-from .io import atomic_write_json, iter_jsonl_numbered, write_jsonl
-from .progress import progress
-from .records import read_records, record_id
-from .rundir import run_stage
-from .reporting.tables import format_table
-from .stages.stage import Stage
+from ..runs.config import add_config_arguments, config_from_args
+from ..errors import ConfigError, DataError
+from ..io.rows import atomic_write_json, iter_jsonl_numbered, write_jsonl
+from ..runs.progress import progress
+from ..io.records import read_records, record_id
+from ..runs.rundir import run_stage
+from ..reporting.tables import format_table
+from .stage import Stage
 
 POLICIES = ("drop", "flag", "keep")
 CHUNK = 4096  # records hashed at a time; results do not depend on it
@@ -70,7 +70,7 @@ _SALT = np.uint64(0xC2B2AE3D27D4EB4F)  # separates windows of different lengths
 
 
 def _all_tasks() -> list[str]:
-    from .tasks import task_names
+    from ..tasks import task_names
 
     return task_names()
 
@@ -150,7 +150,7 @@ def item_of(task, example: dict) -> Item:
 def load_items(cfg: DecontaminateConfig) -> tuple[list[Item], dict[str, Any]]:
     """Every item of every configured task whose data is here; and per task, how many items
     or why none (a missing file is skipped unless missing_data=error)."""
-    from .tasks import TaskDataMissing, load_examples, load_task
+    from ..tasks import TaskDataMissing, load_examples, load_task
 
     unknown = set(cfg.task_data) - set(cfg.tasks)
     if unknown:

@@ -33,14 +33,14 @@ import random
 from pathlib import Path
 from typing import Literal
 
-from .config import add_config_arguments, config_from_args
-from .errors import ConfigError, DataError
-from .identity import path_identity
-from .io import atomic_write_json, read_jsonl, write_jsonl
-from .records import CATEGORIES, read_records, record_id
-from .rundir import is_complete, run_stage
-from .reporting.tables import format_table
-from .stages.stage import Stage
+from ..runs.config import add_config_arguments, config_from_args
+from ..errors import ConfigError, DataError
+from ..runs.identity import path_identity
+from ..io.rows import atomic_write_json, read_jsonl, write_jsonl
+from ..io.records import CATEGORIES, read_records, record_id
+from ..runs.rundir import is_complete, run_stage
+from ..reporting.tables import format_table
+from .stage import Stage
 
 
 

@@ -12,7 +12,7 @@ Two rules hold everywhere in bioinstruct:
 Readers raise :class:`DataError` naming ``file:line`` for malformed input. This module is the
 one reader of the package: every stage reads user data through :func:`iter_rows` (JSON Lines,
 a JSON array or CSV, UTF-8 with or without a byte-order mark, LF or CRLF line ends, each row
-located by ``file:line``; :mod:`bioinstruct.records` and the task loaders build on it), whole
+located by ``file:line``; :mod:`bioinstruct.io.records` and the task loaders build on it), whole
 JSON files through :func:`read_json`, and record streams through :func:`iter_jsonl`, the same
 JSON Lines reader that can also skip a torn last line.
 """
@@ -31,7 +31,7 @@ from typing import Any, Iterable, Iterator
 
 import yaml
 
-from .errors import DataError
+from ..errors import DataError
 
 
 def _current_umask() -> int:

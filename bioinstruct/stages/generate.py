@@ -34,19 +34,19 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import add_config_arguments, config_from_args
-from .errors import ConfigError, DataError, StageStopped
+from ..runs.config import add_config_arguments, config_from_args
+from ..errors import ConfigError, DataError, StageStopped
 from .filter import Criteria, CandidateFilter
-from .identity import path_identity
-from .io import JsonlAppender, iter_rows, write_jsonl
-from .llm import TRANSPORT_KEYS, Engine, Ledger, LLMConfig, Request, preflight
-from .llm.prompts import PromptTemplate
-from .progress import progress
-from .records import CATEGORIES
-from .rundir import run_stage
-from .stages.stage import Stage
+from ..runs.identity import path_identity
+from ..io.rows import JsonlAppender, iter_rows, write_jsonl
+from ..llm import TRANSPORT_KEYS, Engine, Ledger, LLMConfig, Request, preflight
+from ..llm.prompts import PromptTemplate
+from ..runs.progress import progress
+from ..io.records import CATEGORIES
+from ..runs.rundir import run_stage
+from .stage import Stage
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_SEEDS = DATA / "seed_tasks.jsonl"
 
 

@@ -10,7 +10,7 @@ Stages talk to each other only through files under one run directory::
         <stage>/config.yaml                       the resolved config the stage ran with
 
 A stage whose manifest says ``complete`` with the same config and the same input
-identities (content hashes and fingerprints from :mod:`bioinstruct.identity`, recorded
+identities (content hashes and fingerprints from :mod:`bioinstruct.runs.identity`, recorded
 as ``inputs``) is skipped, which is what makes re-running a whole sweep (or a requeued
 Slurm job) safe; paths are compared by what they name, not how they are spelled. A
 stage asked to run with a *different* config or inputs is refused, naming what changed,
@@ -33,10 +33,11 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__, environment
+from .. import __version__
+from . import environment
 from .config import default_instance, dump_config, to_dict
-from .errors import ConfigError, StageConflict, StageStopped
-from .io import atomic_write_json, atomic_write_text, read_json
+from ..errors import ConfigError, StageConflict, StageStopped
+from ..io.rows import atomic_write_json, atomic_write_text, read_json
 
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
@@ -49,7 +50,7 @@ def utc_now() -> str:
 
 def git_revision() -> str | None:
     """The commit of the bioinstruct source tree, with ``-dirty`` if it has local edits."""
-    src = Path(__file__).resolve().parent.parent
+    src = Path(__file__).resolve().parent.parent.parent
     try:
         rev = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=5, check=True).stdout.strip()

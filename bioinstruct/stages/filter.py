@@ -16,7 +16,7 @@ Reason codes, in the order they are checked (the first that applies is recorded)
   empty_instruction, too_short, too_long, blacklist, write_a_program,
   starts_with_punctuation, starts_with_non_ascii, empty_output, output_equals_input,
   ends_with_colon, duplicate, rouge_similar (embedding_similar with mode=embedding).
-The generate stage runs the same filter online (bioinstruct.filter.CandidateFilter).
+The generate stage runs the same filter online (bioinstruct.stages.filter.CandidateFilter).
 """
 
 from __future__ import annotations
@@ -29,16 +29,16 @@ import string
 from pathlib import Path
 from typing import Iterable, Literal
 
-from .config import add_config_arguments, config_from_args
-from .errors import ConfigError
-from .identity import path_identity
-from .io import atomic_write_json, write_jsonl
-from .progress import progress
-from .records import read_records
-from .rougel import TOKENIZERS, RougeLPool
-from .rundir import run_stage
-from .reporting.tables import format_table
-from .stages.stage import Stage
+from ..runs.config import add_config_arguments, config_from_args
+from ..errors import ConfigError
+from ..runs.identity import path_identity
+from ..io.rows import atomic_write_json, write_jsonl
+from ..runs.progress import progress
+from ..io.records import read_records
+from ..similarity.rougel import TOKENIZERS, RougeLPool
+from ..runs.rundir import run_stage
+from ..reporting.tables import format_table
+from .stage import Stage
 
 # The paper names image, picture and graph; plurals are separate words to a
 # word-boundary match, so they are listed too.
@@ -127,7 +127,7 @@ class CandidateFilter:
         self._blacklist = (re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.I)
                            if words else None)
         if criteria.mode == "embedding":
-            from .embed import EmbeddingPool, SentenceEncoder
+            from ..similarity.embed import EmbeddingPool, SentenceEncoder
 
             self.pool = EmbeddingPool(threshold=criteria.embedding_threshold, top_k=criteria.top_k,
                                       encoder=SentenceEncoder(criteria.embedding_model))

@@ -49,17 +49,17 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from .config import add_config_arguments, config_from_args
-from .errors import ConfigError
-from .io import atomic_write_json, atomic_write_text
-from .reporting.cells import LIMITED, MISSING
-from .reporting.comparisons import Report
-from .reporting.pages import csv_text, render_html, render_markdown, scores_csv
-from .reporting.plots import figure_size, plot_figure2, plot_figure3
-from .reporting.results import Result, load_results, subset_sizes
-from .reporting.tables import format_table
-from .rundir import finished, read_manifest, run_stage
-from .stages.stage import Stage
+from ..runs.config import add_config_arguments, config_from_args
+from ..errors import ConfigError
+from ..io.rows import atomic_write_json, atomic_write_text
+from ..reporting.cells import LIMITED, MISSING
+from ..reporting.comparisons import Report
+from ..reporting.pages import csv_text, render_html, render_markdown, scores_csv
+from ..reporting.plots import figure_size, plot_figure2, plot_figure3
+from ..reporting.results import Result, load_results, subset_sizes
+from ..reporting.tables import format_table
+from ..runs.rundir import finished, read_manifest, run_stage
+from .stage import Stage
 
 
 @dataclasses.dataclass

@@ -39,19 +39,19 @@ import difflib
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-from . import metrics as M
-from .config import FieldError, add_config_arguments, at_least, config_from_args
-from .errors import ConfigError, UserError
-from .identity import adapter_identity, base_matches, model_fingerprint, path_identity
-from .io import JsonlAppender, atomic_write_json, read_jsonl
-from .llm import LLMConfig
-from .models import check_adapter, check_model
-from .progress import progress
-from .prompts import alpaca_prompt
-from .rundir import check_resumable, check_writable, is_complete, read_manifest, run_stage
-from .reporting.tables import format_table
-from .tasks import task_names
-from .stages.stage import Stage
+from ..modeling import metrics as M
+from ..runs.config import FieldError, add_config_arguments, at_least, config_from_args
+from ..errors import ConfigError, UserError
+from ..runs.identity import adapter_identity, base_matches, model_fingerprint, path_identity
+from ..io.rows import JsonlAppender, atomic_write_json, read_jsonl
+from ..llm import LLMConfig
+from ..modeling.models import check_adapter, check_model
+from ..runs.progress import progress
+from ..prompts import alpaca_prompt
+from ..runs.rundir import check_resumable, check_writable, is_complete, read_manifest, run_stage
+from ..reporting.tables import format_table
+from ..tasks import task_names
+from .stage import Stage
 
 # Keys compared through the shard's recorded input identities (model and adapter fingerprints,
 # the task's data hashes and options) or that do not change a shard's predictions (where the
@@ -243,13 +243,13 @@ def task_metrics(task, rows: list[dict], cfg: EvaluateConfig, task_dir: Path) ->
         return out
     outputs, references = [r["output"] for r in rows], [r["reference"] for r in rows]
     out = {k: M.summarize(v) for k, v in M.rouge(outputs, references).items()}
-    from .embed import SentenceEncoder
+    from ..similarity.embed import SentenceEncoder
 
     encoder = SentenceEncoder(cfg.similarity_model)
     a, b = encoder.encode(outputs), encoder.encode(references)
     out["similarity"] = M.summarize([float(x @ y) for x, y in zip(a, b)])
     if cfg.judge:
-        from .llm.judge import DIMENSIONS, judge
+        from ..llm.judge import DIMENSIONS, judge
 
         scores = judge(rows, cfg.judge_llm, task_dir / "judge")
         scored = [s for s in scores if s]
@@ -301,7 +301,7 @@ def write_results(task, task_dir: Path, cfg: EvaluateConfig, model_label: str) -
 # ---- the stage ----------------------------------------------------------------------------
 
 def run(cfg: EvaluateConfig, *, force: bool = False) -> list[dict]:
-    from .tasks import load_examples, load_task
+    from ..tasks import load_examples, load_task
 
     if not cfg.model:
         raise ConfigError("no model: give --model DIR (and --adapter DIR for a tuned model)")
@@ -335,7 +335,7 @@ def run(cfg: EvaluateConfig, *, force: bool = False) -> list[dict]:
             inputs[label, task.name] = shard_inputs(cfg, adapter_on, task)
             check_resumable(task_dir / f"shard-{i}-of-{n}", "evaluate", cfg, force=force,
                             inputs=inputs[label, task.name], ignore=IDENTITY_KEYS)
-    from .scoring import LM
+    from ..modeling.scoring import LM
 
     lm = LM(cfg.model, cfg.adapter, dtype=cfg.dtype, batch_size=cfg.batch_size)
     results = []
@@ -362,7 +362,7 @@ def shard_inputs(cfg: EvaluateConfig, adapter_on: bool, task) -> dict:
 def shard_identity(cfg: EvaluateConfig, shard_dir: Path) -> tuple[dict, tuple[str, ...]]:
     """(inputs, keys compared through them) of the shard folder ``OUT/<model>/<task>/shard-I-of-N``
     of this config: what `bioinstruct launch` asks before counting a shard as done."""
-    from .tasks import load_task
+    from ..tasks import load_task
 
     name = shard_dir.parent.name
     adapter_on = dict(cfg.models()).get(shard_dir.parent.parent.name, False)
@@ -373,7 +373,7 @@ def task_identity(task) -> dict:
     """A task as the predictions depend on it: its loader options, and each data path by content
     (a file's sha256, a folder's files'), not by where it lies. Data from the hub is named by
     dataset, config and split (its revision is not pinned)."""
-    from .tasks import _is_path_key
+    from ..tasks import _is_path_key
 
     options = {k: v for k, v in task.data.items() if k != "root" and not _is_path_key(k)}
     hub = task.data.get("hub")
@@ -401,7 +401,7 @@ def _nothing():
 
 def merge(out: str, cfg: EvaluateConfig) -> list[dict]:
     """results.json for every model/task under ``out`` whose shards are all complete."""
-    from .tasks import load_task
+    from ..tasks import load_task
 
     results = []
     for task_dir in sorted(p for p in Path(out).glob("*/*") if p.is_dir()):

@@ -2,7 +2,7 @@
 packages that decide results, and CUDA, the driver and the GPUs where there are any. With
 requirements/*.txt (the locks) a results folder says how to rebuild its environment.
 
-    python -c 'import json, bioinstruct.environment as e; print(json.dumps(e.describe(), indent=1))'
+    python -c 'import json, bioinstruct.runs.environment as e; print(json.dumps(e.describe(), indent=1))'
 """
 
 from __future__ import annotations

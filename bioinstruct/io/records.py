@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
-from .io import iter_rows
+from ..errors import DataError
+from .rows import iter_rows
 
 FIELDS = ("instruction", "input", "output")
 # The paper's four task categories; classify writes "unknown" when the model never gave one.
@@ -40,7 +40,7 @@ def _check(record: Any, where: str, required: tuple[str, ...]) -> dict:
 
 
 def read_records(path: str | os.PathLike, required: tuple[str, ...] = ("instruction", "output")) -> list[dict]:
-    """All records of a JSONL, JSON-list or CSV file (:func:`bioinstruct.io.iter_rows`); a
+    """All records of a JSONL, JSON-list or CSV file (:func:`bioinstruct.io.rows.iter_rows`); a
     missing ``input`` means "" (as in Alpaca data). ``hf://OWNER/DATASET/FILE`` reads from the
     hub (see :func:`resolve_input`). Raises DataError at the first malformed record, and for a
     file with none."""

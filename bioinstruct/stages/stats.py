@@ -40,20 +40,20 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .config import add_config_arguments, config_from_args
-from .errors import ConfigError
+from ..runs.config import add_config_arguments, config_from_args
+from ..errors import ConfigError
 from .filter import Criteria
-from .identity import path_identity
-from .io import atomic_write_json, atomic_write_text, read_json
-from .progress import progress
-from .prompts import alpaca_prompt
-from .records import LABELS, PAPER_SHARES, read_records, resolve_input
-from .reporting.card import PAPER_MAX_LENGTH, TOP_OBJECTS, TOP_VERBS, render_card
-from .reporting.plots import plot_categories, plot_similarity, plot_tokens, plot_verbs, plot_words
-from .reporting.tables import format_table
-from .rougel import RougeLPool
-from .rundir import is_complete, run_stage
-from .stages.stage import Stage
+from ..runs.identity import path_identity
+from ..io.rows import atomic_write_json, atomic_write_text, read_json
+from ..runs.progress import progress
+from ..prompts import alpaca_prompt
+from ..io.records import LABELS, PAPER_SHARES, read_records, resolve_input
+from ..reporting.card import PAPER_MAX_LENGTH, TOP_OBJECTS, TOP_VERBS, render_card
+from ..reporting.plots import plot_categories, plot_similarity, plot_tokens, plot_verbs, plot_words
+from ..reporting.tables import format_table
+from ..similarity.rougel import RougeLPool
+from ..runs.rundir import is_complete, run_stage
+from .stage import Stage
 
 UNLABELLED = "unlabelled"  # a record without a category
 NEAR_DUPLICATE = Criteria.threshold  # the filter's default: Alpaca's 0.7

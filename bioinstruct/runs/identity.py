@@ -32,7 +32,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write_json
+from ..io.rows import atomic_write_json
 
 CHUNK = 1 << 22
 _memory: dict[str, dict] = {}

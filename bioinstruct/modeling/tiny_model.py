@@ -20,14 +20,13 @@ import dataclasses
 import math
 from pathlib import Path
 
-from .config import add_config_arguments, config_from_args
-from .errors import ConfigError
-from .io import atomic_write_json, read_text
-from .progress import progress
-from .rundir import run_stage
-from .stages.stage import Stage
+from ..runs.config import add_config_arguments, config_from_args
+from ..errors import ConfigError
+from ..io.rows import atomic_write_json, read_text
+from ..runs.progress import progress
+from ..runs.rundir import run_stage
 
-DEFAULT_CORPUS = Path(__file__).parent / "data" / "tiny_corpus.txt"
+DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "data" / "tiny_corpus.txt"
 SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
 
 
@@ -164,17 +163,3 @@ def main(args: argparse.Namespace) -> int:
           f"pretrain loss {s['first_loss']} -> {s['final_loss']}")
     return 0
 
-
-@dataclasses.dataclass
-class TinyModelJob:
-    """make-tiny-model as a stage: where to write the model, and its config."""
-    out: str = "runs/default/tiny-model"
-    model: TinyModelConfig = dataclasses.field(default_factory=TinyModelConfig)
-
-
-STAGE = Stage(
-    "tiny-model", "build the tiny LLaMA used by tests and the quickstart", __name__,
-    config=TinyModelJob, run=lambda c, force=False: make_tiny_model(c.out, c.model, force=force),
-    outputs=lambda c: [Path(c.out)], verb="make-tiny-model", recorded_as="make-tiny-model",
-    recorded=lambda c: c.model, quickstart=lambda q: TinyModelJob(out=str(q.folder), model=q.settings.tiny_model),
-    resources={"time_min": 30})

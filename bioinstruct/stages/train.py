@@ -23,7 +23,7 @@ a full checkpoint at the next step and exit with status 75 ("requeue me"). The n
 same adapter and the same per-step losses as a run that was never interrupted. A signal that
 comes while the model loads is kept, and acted on at the end of the first step; one that comes
 during the last step lets the run finish (exit 0), as there is nothing left to requeue.
-Packing (data.packing=true, bioinstruct/packing.py) puts several short examples in one row of
+Packing (data.packing=true, bioinstruct/modeling/packing.py) puts several short examples in one row of
 up to data.max_length tokens, exactly (no attention or loss across examples); a sample is
 then a row, so optim.effective_batch counts rows of several examples each.
 """
@@ -37,19 +37,19 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from .config import FieldError, add_config_arguments, at_least, config_from_args, load_config
-from .errors import ConfigError, StageStopped
-from .identity import model_fingerprint, path_identity
-from .io import read_json
-from .modeling.deepspeed_setup import REPO, deepspeed_config, gradient_accumulation, skip_shm_comm_build
-from .modeling.examples import collator, tokenize
-from .modeling.trainer_callbacks import (RUN_CONFIG, catch_signals, complete_checkpoints,
-                                         drop_steps_after, mean_loss, quiet_known_warnings, trainer_callbacks)
-from .models import check_model
-from .packing import pack, packed_trainer
-from .records import read_records
-from .rundir import check_resumable, check_writable, differences, is_complete, run_stage
-from .stages.stage import Stage
+from ..runs.config import FieldError, add_config_arguments, at_least, config_from_args, load_config
+from ..errors import ConfigError, StageStopped
+from ..runs.identity import model_fingerprint, path_identity
+from ..io.rows import read_json
+from ..modeling.deepspeed_setup import REPO, deepspeed_config, gradient_accumulation, skip_shm_comm_build
+from ..modeling.examples import collator, tokenize
+from ..modeling.trainer_callbacks import (RUN_CONFIG, catch_signals, complete_checkpoints, drop_steps_after,
+                                          mean_loss, quiet_known_warnings, trainer_callbacks)
+from ..modeling.models import check_model
+from ..modeling.packing import pack, packed_trainer
+from ..io.records import read_records
+from ..runs.rundir import check_resumable, check_writable, differences, is_complete, run_stage
+from .stage import Stage
 
 REQUEUE_EXIT = 75  # EX_TEMPFAIL: stopped by a signal after a complete checkpoint; run again
 # Paths compared by the content they name (the stage's recorded inputs), not as strings.
@@ -352,7 +352,7 @@ def output_dir(cfg: TrainConfig) -> Path:
 
 
 def run(cfg: TrainConfig, *, force: bool = False) -> dict:
-    from .distributed import setup_environment
+    from ..modeling.distributed import setup_environment
 
     added = setup_environment()
     try:
@@ -394,7 +394,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.nproc > 1 and "RANK" not in os.environ:
-        from .distributed import spawn
+        from ..modeling.distributed import spawn
 
         argv = ["train", *(["--config", args.config] if args.config else []), *args.overrides,
                 *(["--force"] if args.force else [])]
@@ -417,7 +417,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-TINY_TRAIN = Path(__file__).resolve().parent.parent / "configs" / "train" / "tiny" / "lora.yaml"
+TINY_TRAIN = REPO / "configs" / "train" / "tiny" / "lora.yaml"
 
 
 def _quickstart(q) -> TrainConfig:

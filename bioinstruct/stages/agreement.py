@@ -36,13 +36,13 @@ from typing import Any, Hashable, Iterator, Sequence
 
 import numpy as np
 
-from .config import add_config_arguments, config_from_args
-from .errors import ConfigError, DataError, UserError
-from .io import atomic_open, atomic_write_json, atomic_write_text, iter_jsonl_numbered
-from .llm.prompts import PromptTemplate
-from .records import CATEGORIES, LABELS, UNKNOWN, read_records, record_id
-from .reporting.tables import format_table
-from .stages.stage import Stage
+from ..runs.config import add_config_arguments, config_from_args
+from ..errors import ConfigError, DataError, UserError
+from ..io.rows import atomic_open, atomic_write_json, atomic_write_text, iter_jsonl_numbered
+from ..llm.prompts import PromptTemplate
+from ..io.records import CATEGORIES, LABELS, UNKNOWN, read_records, record_id
+from ..reporting.tables import format_table
+from .stage import Stage
 
 
 PAPER_ALPHA = 0.83  # GPT-4 vs human annotators, Tran et al. 2024
