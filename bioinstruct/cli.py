@@ -1,4 +1,4 @@
-"""The ``bioinstruct`` command: one verb per pipeline stage (bioinstruct.stages), then the tools.
+"""The ``bioinstruct`` command: one verb per pipeline stage (bioinstruct.stages), and the tools.
 
     bioinstruct quickstart                       # the whole pipeline on CPU, tiny model, offline
     bioinstruct doctor                           # what this machine offers

@@ -93,3 +93,14 @@ def test_the_scan_finds_a_stage_list_and_a_stage_path():
     tree = ast.parse('KINDS = ("generate", "filter", "train")\nout = run_dir / "evaluate"\nx = "report/index.html"')
     assert _stage_lists(tree) == [1]
     assert _named_folders(tree) == [(2, "evaluate"), (3, "report")]
+
+
+def test_every_job_kind_writes_under_the_run_directory_in_its_own_folder():
+    """The convention: RUN_DIR/<stage name>/..., runs/default unless told otherwise."""
+    for name, kind in KINDS.items():
+        cfg = kind.config()
+        run_dir = Path(getattr(cfg, "run_dir", "runs/default"))
+        outputs = kind.outputs(cfg)
+        assert outputs, name
+        for output in outputs:
+            assert output.parts[:len(run_dir.parts) + 1] == (*run_dir.parts, name), (name, output)

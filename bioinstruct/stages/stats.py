@@ -306,9 +306,14 @@ def run(cfg: StatsConfig, *, force: bool = False) -> dict:
         atomic_write_text(stage_dir / "card.md", render_card(stats))
         return headline(stats)
 
-    # The dataset by content, wherever it lies or the run directory moves.
-    return run_stage(Path(cfg.run_dir) / "stats", "stats", cfg, body, force=force,
-                     inputs={"input": path_identity(path)}, ignore=("run_dir", "input"))
+    inputs, ignore = identity(cfg, path)
+    return run_stage(Path(cfg.run_dir) / "stats", "stats", cfg, body, force=force, inputs=inputs, ignore=ignore)
+
+
+def identity(cfg: StatsConfig, path: Path | None = None) -> tuple[dict, tuple[str, ...]]:
+    """(inputs, keys compared through them): the dataset by content, wherever it lies or the
+    run directory moves."""
+    return {"input": path_identity(path or resolve_input(cfg.input))}, ("run_dir", "input")
 
 
 def headline(stats: dict) -> dict:
@@ -344,5 +349,6 @@ def _quickstart(q) -> StatsConfig:
 
 STAGE = Stage(
     "stats", "the dataset card: sizes, categories, lengths, truncation, similarity", __name__,
-    config=StatsConfig, run=run, outputs=lambda c: [Path(c.run_dir) / "stats"], quickstart=_quickstart,
+    config=StatsConfig, run=run, outputs=lambda c: [Path(c.run_dir) / "stats"],
+    identity=lambda c, _: identity(c), quickstart=_quickstart,
     resources={"mem_gb": 8, "time_min": 60})
