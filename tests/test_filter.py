@@ -126,6 +126,27 @@ def test_candidates_are_an_input_by_content(tmp_path, capsys):
     assert run(FilterConfig(input=str(data), output=out), force=True)["summary"]["kept"] == 2
 
 
+def test_the_output_is_the_run_directory_s_filter_folder_however_it_is_named(tmp_path, capsys):
+    """run_dir names RUN_DIR/filter/kept.jsonl; the same file named by --out is the same
+    output (skipped), a manifest written before run_dir existed (output only) still counts as
+    complete, and another output name is a new run."""
+    data = tmp_path / "cands.json"
+    data.write_text(json.dumps([rec("Explain what an HbA1c of 9% means for a patient with diabetes.")]))
+    run_dir = tmp_path / "run"
+    first = run(FilterConfig(input=str(data), run_dir=str(run_dir)))
+    assert read_jsonl(run_dir / "filter" / "kept.jsonl")[0]["instruction"].startswith("Explain")
+    assert first["config"]["output"] == str(run_dir / "filter" / "kept.jsonl")
+    again = run(FilterConfig(input=str(data), output=str(run_dir / "filter" / "kept.jsonl")))
+    assert "already complete" in capsys.readouterr().err and again["attempt"] == 1
+    manifest = run_dir / "filter" / "manifest.json"
+    old = json.loads(manifest.read_text())
+    del old["config"]["run_dir"]  # as written before the key existed
+    manifest.write_text(json.dumps(old))
+    assert run(FilterConfig(input=str(data), run_dir=str(run_dir)))["attempt"] == 1
+    elsewhere = run(FilterConfig(input=str(data), run_dir=str(run_dir), output=str(tmp_path / "other" / "kept.jsonl")))
+    assert elsewhere["attempt"] == 1 and (tmp_path / "other" / "kept.jsonl").exists()
+
+
 @pytest.mark.parametrize("content, message", [
     ('{"instruction": "a b c d", "input": "", "output": "x"}\n{"instruction": "a b c d e"\n',
      r"cands.jsonl:2: invalid JSON"),

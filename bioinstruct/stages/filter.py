@@ -1,16 +1,16 @@
 """Filter instruction candidates: rule filters, then ROUGE-L near-duplicates against a pool.
 
-    bioinstruct filter --in candidates.jsonl --out runs/x/filter/kept.jsonl --pool seeds.jsonl
-    bioinstruct filter --in biomed_instruct_25k.json --out runs/x/filter/kept.jsonl threshold=0.6
+    bioinstruct filter --in candidates.jsonl --run-dir runs/x --pool seeds.jsonl
+    bioinstruct filter --in biomed_instruct_25k.json --out elsewhere/kept.jsonl threshold=0.6
 
 Input: --in, any JSONL (or JSON list) of {instruction, input, output} records;
 optionally --pool, a JSONL of records with an "instruction" (e.g. the seed tasks) that
 starts the similarity pool. Candidates are taken in order; a kept candidate joins the pool
 at once (pool=seeds+accepted, the Alpaca loop), so near-duplicates inside the file are caught.
-Output: --out, the kept records in input order; --decisions (default: decisions.jsonl beside
---out), one line per candidate with kept / the reason code, the nearest pool instruction and
-its ROUGE-L score (kept ones also get their top-k most similar and the mean similarity);
-summary.json and a printed table of reasons; manifest.json and config.yaml beside --out.
+Output: RUN_DIR/filter/kept.jsonl (or --out FILE), the kept records in input order;
+--decisions (default: decisions.jsonl beside them), one line per candidate with kept / the
+reason code, the nearest pool instruction and its ROUGE-L score (kept ones also get their top-k most similar and the mean similarity);
+summary.json and a printed table of reasons; manifest.json and config.yaml beside them.
 
 Reason codes, in the order they are checked (the first that applies is recorded):
   empty_instruction, too_short, too_long, blacklist, write_a_program,
@@ -100,10 +100,18 @@ class Criteria:
 
 @dataclasses.dataclass
 class FilterConfig(Criteria):
+    run_dir: str = "runs/default"
     input: str | None = None  # candidates (JSONL or JSON list)
-    output: str = "runs/default/filter/kept.jsonl"
+    output: str | None = None  # kept records; default: RUN_DIR/filter/kept.jsonl
     decisions: str | None = None  # default: decisions.jsonl beside output
     pool: str | None = None  # records whose instructions start the pool (e.g. seed tasks)
+
+    def output_path(self) -> Path:
+        return Path(self.output) if self.output else Path(self.run_dir) / "filter" / "kept.jsonl"
+
+    def resolved(self) -> "FilterConfig":
+        """With the output spelled out: the config a manifest records, however it was named."""
+        return dataclasses.replace(self, output=str(self.output_path()))
 
     @classmethod
     def with_criteria(cls, criteria: Criteria, **paths: str | None) -> "FilterConfig":
@@ -214,6 +222,7 @@ def run(cfg: FilterConfig, *, force: bool = False) -> dict:
         raise ConfigError("no input: give --in FILE (or input=FILE)")
     candidates = read_records(cfg.input)
     seeds = pool_instructions(cfg.pool)
+    cfg = cfg.resolved()
     out = Path(cfg.output)
     decisions_path = Path(cfg.decisions) if cfg.decisions else out.with_name("decisions.jsonl")
 
@@ -244,10 +253,10 @@ def run(cfg: FilterConfig, *, force: bool = False) -> dict:
 def identity(cfg: FilterConfig) -> tuple[dict, tuple[str, ...]]:
     """(inputs, keys compared through them): candidates and pool by content, so a file edited
     in place is a different input. Where the outputs go stays a compared key (a new name
-    must be written, not skipped)."""
+    must be written, not skipped); run_dir only names the default output, which is recorded."""
     paths = {k: getattr(cfg, k) for k in ("input", "pool")}
     return ({k: v if v is None or str(v).startswith("hf://") else path_identity(v) for k, v in paths.items()},
-            ("input", "pool"))
+            ("input", "pool", "run_dir"))
 
 
 def summary_table(summary: dict) -> str:
@@ -259,7 +268,8 @@ def summary_table(summary: dict) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--in", dest="input", metavar="FILE", help="candidates, JSONL or JSON list")
-    parser.add_argument("--out", dest="output", metavar="FILE", help="kept records (JSONL)")
+    parser.add_argument("--run-dir", dest="run_dir", metavar="DIR", help="the run directory (runs/default)")
+    parser.add_argument("--out", dest="output", metavar="FILE", help="kept records (JSONL; RUN_DIR/filter/kept.jsonl)")
     parser.add_argument("--pool", metavar="FILE", help="records whose instructions start the pool (seed tasks)")
     parser.add_argument("--threshold", type=float, help="ROUGE-L F above which a candidate is rejected (0.7)")
     parser.add_argument("--decisions", metavar="FILE", help="per-candidate decisions (JSONL)")
@@ -269,22 +279,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    flags = {k: getattr(args, k) for k in ("input", "output", "pool", "threshold", "decisions", "mode")}
+    flags = {k: getattr(args, k) for k in ("run_dir", "input", "output", "pool", "threshold", "decisions", "mode")}
     cfg = config_from_args(FilterConfig, args, flags)
     manifest = run(cfg, force=args.force)
     print(summary_table(manifest["summary"]))
-    print(f"kept {manifest['summary']['kept']} of {manifest['summary']['candidates']} -> {cfg.output}")
+    print(f"kept {manifest['summary']['kept']} of {manifest['summary']['candidates']} -> {cfg.output_path()}")
     return 0
 
 
 def _quickstart(q) -> FilterConfig:
     # The standalone filter over the generated instructions, pool = the seeds.
-    return FilterConfig.with_criteria(q.settings.generate.filter, input=str(q.outputs["generate"] / "instructions.jsonl"),
-                                      output=str(q.folder / "kept.jsonl"), pool=q.settings.seed_tasks())
+    return FilterConfig.with_criteria(q.settings.generate.filter, run_dir=str(q.run_dir), pool=q.settings.seed_tasks(),
+                                      input=str(q.outputs["generate"] / "instructions.jsonl"))
 
 
 STAGE = Stage(
     "filter", "ROUGE-L near-duplicate and rule filters on any instruction JSONL", __name__,
-    config=FilterConfig, run=run, outputs=lambda c: [Path(c.output).parent],
+    config=FilterConfig, run=run, outputs=lambda c: [c.output_path().parent], recorded=lambda c: c.resolved(),
     identity=lambda c, _: identity(c), quickstart=_quickstart,
     resources={"cpus_per_task": 4, "mem_gb": 16, "time_min": 12 * 60})
