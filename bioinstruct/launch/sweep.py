@@ -27,7 +27,7 @@ from .jobs import done as task_done
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
-# Built-in resources: BASE under every kind, then the kind's own (Stage.resources; a sweep's
+# Built-in resources: BASE under every kind, then the kind's own (its Stage.resources; a sweep's
 # `defaults` and each stage's `resources` go on top).
 BASE = Resources(nodes=1, gpus_per_node=0, tasks_per_node=1, cpus_per_task=2, time_min=60,
                  array_parallelism=32, signal_delay_s=120, max_requeues=20, sbatch={})
@@ -77,7 +77,8 @@ class Task:
 
 
 @dataclasses.dataclass
-class Stage:
+class PlannedStage:
+    """A stage of the sweep (its own name; `kind` names the registry's Stage it runs) with its tasks."""
     name: str
     kind: str
     after: list[str]
@@ -90,17 +91,17 @@ class Stage:
 class Plan:
     sweep: Sweep
     run_dir: Path
-    stages: list[Stage]  # in dependency order
+    stages: list[PlannedStage]  # in dependency order
 
     @property
     def dir(self) -> Path:
         return self.run_dir / "sweeps" / self.sweep.name
 
-    def task_files(self, stage: Stage, task: Task) -> tuple[Path, Path]:
+    def task_files(self, stage: PlannedStage, task: Task) -> tuple[Path, Path]:
         base = self.dir / stage.name / task.slug
         return Path(f"{base}.yaml"), Path(f"{base}.attempts.jsonl")
 
-    def job(self, stage: Stage, tasks: list[Task], after: list[str]) -> Job:
+    def job(self, stage: PlannedStage, tasks: list[Task], after: list[str]) -> Job:
         calls = [(stage.kind, str(self.task_files(stage, t)[0]), str(self.task_files(stage, t)[1])) for t in tasks]
         return Job(name=f"{self.sweep.name}-{stage.name}", folder=self.dir / stage.name / "logs", calls=calls,
                    resources=stage.resources, container=stage.container, binds=[str(self.run_dir)], after=after)
@@ -279,7 +280,7 @@ def make_plan(sweep: Sweep, where: str, selected: list[str] | None = None) -> Pl
                     raise ConfigError(f"{here}: task {task.index} ({task.label}) writes to {output}, as does "
                                       f"{writers[output]}: give each task its own output")
                 writers[output] = f"stage '{name}' task {task.index}"
-        stages.append(Stage(name, spec.kind, [a for a in spec.after if not selected or a in selected],
+        stages.append(PlannedStage(name, spec.kind, [a for a in spec.after if not selected or a in selected],
                             resources, container, tasks))
     return Plan(sweep, run_dir, stages)
 

@@ -9,7 +9,8 @@ starts the similarity pool. Candidates are taken in order; a kept candidate join
 at once (pool=seeds+accepted, the Alpaca loop), so near-duplicates inside the file are caught.
 Output: RUN_DIR/filter/kept.jsonl (or --out FILE), the kept records in input order;
 --decisions (default: decisions.jsonl beside them), one line per candidate with kept / the
-reason code, the nearest pool instruction and its ROUGE-L score (kept ones also get their top-k most similar and the mean similarity);
+reason code, the nearest pool instruction and its ROUGE-L score (kept ones also get their
+top-k most similar and the mean similarity);
 summary.json and a printed table of reasons; manifest.json and config.yaml beside them.
 
 Reason codes, in the order they are checked (the first that applies is recorded):
