@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bioinstruct.stages.decontaminate import DecontaminateConfig, Index, Item, load_items, record_text, words  # noqa: E402
+from bioinstruct.similarity.ngrams import Index, Item, record_text, words  # noqa: E402
+from bioinstruct.stages.decontaminate import DecontaminateConfig, load_items  # noqa: E402
 from bioinstruct.reporting.tables import format_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

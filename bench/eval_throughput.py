@@ -17,7 +17,7 @@ distinct); a task whose data is absent is skipped with a note.
 
 Rows, per task, all on the same model and questions, interleaved over --rounds after a warm-up
 (best round counts):
-  bioinstruct evaluate   evaluate.score_shard into a fresh shard folder: what `bioinstruct
+  bioinstruct evaluate   predictions.score_shard into a fresh shard folder: what `bioinstruct
                          evaluate` runs once the model is loaded (tokenizing, planning,
                          forwards, predictions.jsonl with fsync)
   lm-eval HFLM           HFLM.loglikelihood (add_bos_token=False: bioinstruct encodes prompts
@@ -61,7 +61,8 @@ import torch  # noqa: E402
 
 from figures import record  # noqa: E402
 
-from bioinstruct.stages.evaluate import EvaluateConfig, predict, score_shard  # noqa: E402
+from bioinstruct.modeling.predictions import predict, score_shard  # noqa: E402
+from bioinstruct.stages.evaluate import EvaluateConfig  # noqa: E402
 from bioinstruct.io.rows import read_jsonl  # noqa: E402
 from bioinstruct.reporting.tables import format_table  # noqa: E402
 from bioinstruct.tasks import load_examples, load_task  # noqa: E402

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from bioinstruct.cli import main
-from bioinstruct.stages.decontaminate import DecontaminateConfig, Index, Item, item_of, load_items, words
+from bioinstruct.similarity.ngrams import Index, Item, words
+from bioinstruct.stages.decontaminate import DecontaminateConfig, item_of, load_items
 from bioinstruct.io.rows import read_jsonl
 from bioinstruct.tasks import load_examples, load_task
 

@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 
 import bioinstruct
-from bioinstruct.stages.evaluate import EvaluateConfig, predict
+from bioinstruct.modeling.predictions import predict
+from bioinstruct.stages.evaluate import EvaluateConfig
 from bioinstruct.tasks import load_examples, load_task
 
 pytestmark = pytest.mark.integration
