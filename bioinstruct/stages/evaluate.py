@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,7 +48,7 @@ from ..modeling.models import check_adapter, check_model
 from ..modeling.predictions import score_shard
 from ..runs.rundir import check_resumable, check_writable, is_complete, read_manifest, run_stage
 from ..reporting.tables import format_table
-from ..tasks import task_names
+from ..tasks import task_names, unknown_task
 from .stage import Stage
 
 # Keys compared through the shard's recorded input identities (model and adapter fingerprints,
@@ -90,10 +89,8 @@ class EvaluateConfig:
         for key, names in (("tasks", self.tasks), ("task_data", self.task_data)):
             for name in names:
                 if name not in task_names():
-                    close = difflib.get_close_matches(name, task_names(), n=1, cutoff=0.4)
-                    hint = f" (closest: '{close[0]}')" if close else ""
                     field = f"{key}.{name}" if key == "task_data" else key
-                    raise FieldError(field, f"names an unknown task '{name}'{hint}; tasks: {', '.join(task_names())}")
+                    raise FieldError(field, f"names an {unknown_task(name)}")
 
     def models(self) -> list[tuple[str, bool]]:
         """(folder name, adapter on?) for each model this call scores."""

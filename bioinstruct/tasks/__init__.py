@@ -92,16 +92,21 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     return value
 
 
+def unknown_task(name: str) -> str:
+    """What to say about a task name that is not in the registry: the closest one, and all."""
+    names = task_names()
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.4)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"unknown task '{name}'{hint} (tasks: {', '.join(names)})"
+
+
 def load_task(name: str, overrides: dict[str, Any] | None = None) -> Task:
     """The task ``name`` with its ``data`` options overridden by ``overrides``.
 
     An unknown task or option raises ConfigError naming the closest valid one.
     """
-    names = task_names()
-    if name not in names:
-        close = difflib.get_close_matches(name, names, n=1, cutoff=0.4)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"unknown task '{name}'{hint} (tasks: {', '.join(names)})")
+    if name not in task_names():
+        raise ConfigError(unknown_task(name))
     path = TASK_DIR / name / f"{name}.yaml"
     raw = read_yaml(path)
     if not isinstance(raw, dict):
