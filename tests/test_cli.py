@@ -106,3 +106,13 @@ def test_a_path_that_cannot_be_written_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("bioinstruct filter: error: ") and str(blocker) in err and err.count("\n") == 1
     assert blocker.read_text() == "not a folder"
+
+
+def test_evaluate_writes_under_the_run_directory_unless_out_overrides_it():
+    from pathlib import Path
+
+    from bioinstruct.stages.evaluate import EvaluateConfig, shard_dirs
+    cfg = EvaluateConfig(run_dir="runs/v1", tasks=["medqa"], shard="2/4")
+    assert shard_dirs(cfg) == [Path("runs/v1/evaluate/base/medqa/shard-2-of-4")]
+    cfg = EvaluateConfig(run_dir="runs/v1", out="/scratch/ev", tasks=["medqa"])
+    assert shard_dirs(cfg) == [Path("/scratch/ev/base/medqa/shard-1-of-1")]

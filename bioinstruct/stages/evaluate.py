@@ -1,7 +1,7 @@
 """Score a base model, and the same base with a LoRA adapter, on the paper's evaluation tasks.
 
     bioinstruct evaluate --model /models/llama2-7b --adapter runs/v1/train/llama2-7b__all/adapter \\
-        --tasks medqa,medmcqa,pubmedqa --out runs/v1/evaluate
+        --tasks medqa,medmcqa,pubmedqa --run-dir runs/v1
     bioinstruct evaluate ... --shard 3/8              # one Slurm array task of eight
     bioinstruct evaluate --merge runs/v1/evaluate     # combine the shards' predictions
     bioinstruct evaluate ... --tasks conv2note judge=true judge_llm.model=gpt-4   # GPT-4 judge
@@ -9,7 +9,8 @@
 Input: a model directory (or hub id), optionally an adapter; tasks from the registry
 (bioinstruct/tasks/*/*.yaml; task data paths under $BIOINSTRUCT_DATA or set with
 task_data.<task>.path=FILE; gated sets say where to get them).
-Output (--out DIR/<model>/<task>/; <model> is "base", or the adapter's name):
+Output (RUN_DIR/evaluate/<model>/<task>/, or --out DIR/<model>/<task>/; <model> is "base", or
+the adapter's name):
   shard-I-of-N/predictions.jsonl   one line per example, appended as each batch completes (the
                                    shard is planned once: sorted batches, longest first, so an
                                    out-of-memory shows at once); a restarted shard reruns only
@@ -54,7 +55,7 @@ from .stage import Stage
 # Keys compared through the shard's recorded input identities (model and adapter fingerprints,
 # the task's data hashes and options) or that do not change a shard's predictions (where the
 # output lives, which other tasks and models the same call scores), never as strings.
-IDENTITY_KEYS = ("model", "adapter", "out", "shard", "tasks", "task_data", "name", "compare_base",
+IDENTITY_KEYS = ("model", "adapter", "run_dir", "out", "shard", "tasks", "task_data", "name", "compare_base",
                  "allow_base_mismatch")
 
 
@@ -63,7 +64,8 @@ class EvaluateConfig:
     model: str | None = None
     adapter: str | None = None
     tasks: list[str] = dataclasses.field(default_factory=lambda: ["pubmedqa"])
-    out: str = "runs/default/evaluate"
+    run_dir: str = "runs/default"
+    out: str | None = None  # the results folder; default RUN_DIR/evaluate
     shard: str = "1/1"  # I/N: this process scores examples I, I+N, I+2N, ... (1-based I)
     name: str | None = None  # the adapter model's folder name; default: the adapter's parent folder
     compare_base: bool = True  # with an adapter, also score the base model in the same call
@@ -91,6 +93,9 @@ class EvaluateConfig:
                 if name not in task_names():
                     field = f"{key}.{name}" if key == "task_data" else key
                     raise FieldError(field, f"names an {unknown_task(name)}")
+
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else Path(self.run_dir) / "evaluate"
 
     def models(self) -> list[tuple[str, bool]]:
         """(folder name, adapter on?) for each model this call scores."""
@@ -201,7 +206,7 @@ def run(cfg: EvaluateConfig, *, force: bool = False) -> list[dict]:
     check_model(cfg.model, "--model")  # every path is checked before the model loads
     if cfg.adapter:
         check_adapter(cfg.adapter, "--adapter")
-    check_writable(cfg.out, "--out")
+    check_writable(str(cfg.out_dir()), "--out")
     i, n = shard_of(cfg.shard)
     tasks = [load_task(name, cfg.task_data.get(name)) for name in cfg.tasks]
     if cfg.decontamination:  # a bad decisions file shows up before any scoring
@@ -219,7 +224,7 @@ def run(cfg: EvaluateConfig, *, force: bool = False) -> list[dict]:
     inputs = {}
     for label, adapter_on in cfg.models():
         for task in tasks:
-            task_dir = Path(cfg.out) / label / task.name
+            task_dir = cfg.out_dir() / label / task.name
             other = sorted(p.name for p in task_dir.glob("shard-*-of-*")
                            if p.is_dir() and p.name.rsplit("-", 1)[1] != str(n))
             if other:
@@ -234,7 +239,7 @@ def run(cfg: EvaluateConfig, *, force: bool = False) -> list[dict]:
     results = []
     for label, adapter_on in cfg.models():
         for task in tasks:
-            task_dir = Path(cfg.out) / label / task.name
+            task_dir = cfg.out_dir() / label / task.name
             mine = examples[task.name][i - 1::n]
             with (lm.base() if not adapter_on else _nothing()):
                 run_stage(task_dir / f"shard-{i}-of-{n}", "evaluate", cfg,
@@ -326,13 +331,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", metavar="DIR", help="LoRA adapter (from bioinstruct train)")
     parser.add_argument("--tasks", metavar="A,B", help="comma-separated task names (see bioinstruct/tasks/)")
     parser.add_argument("--shard", metavar="I/N", help="score every N-th example starting at I (1-based)")
-    parser.add_argument("--out", metavar="DIR", help="results folder")
+    parser.add_argument("--run-dir", metavar="DIR", help="the run directory: results in RUN_DIR/evaluate/")
+    parser.add_argument("--out", metavar="DIR", help="the results folder instead (overrides --run-dir's)")
     parser.add_argument("--merge", metavar="DIR", help="combine complete shards under DIR into results.json")
     add_config_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
-    flags = {"model": args.model, "adapter": args.adapter, "shard": args.shard, "out": args.out,
+    flags = {"model": args.model, "adapter": args.adapter, "shard": args.shard, "run_dir": args.run_dir, "out": args.out,
              "tasks": args.tasks.split(",") if args.tasks else None}
     cfg = config_from_args(EvaluateConfig, args, flags)
     results = merge(args.merge, cfg) if args.merge else run(cfg, force=args.force)
@@ -346,7 +352,7 @@ def main(args: argparse.Namespace) -> int:
 def shard_dirs(cfg: EvaluateConfig) -> list[Path]:
     """The folders of this config's shard: OUT/<model>/<task>/shard-I-of-N, per model x task."""
     i, n = shard_of(cfg.shard)
-    return [Path(cfg.out) / label / task / f"shard-{i}-of-{n}" for label, _ in cfg.models() for task in cfg.tasks]
+    return [cfg.out_dir() / label / task / f"shard-{i}-of-{n}" for label, _ in cfg.models() for task in cfg.tasks]
 
 
 def _quickstart(q) -> EvaluateConfig:
