@@ -318,3 +318,20 @@ def test_a_shard_killed_after_any_line_resumes_to_the_uninterrupted_file(tiny_mo
         run(dataclasses.replace(c, out=str(out)))
         assert (shard / "predictions.jsonl").read_text() == whole, keep
         assert json.loads((shard / "manifest.json").read_text())["summary"]["resumed_with"] == keep
+
+
+def test_each_task_is_tokenized_once_for_the_adapter_and_the_base_pass(tiny_model_dir, adapter, medmcqa_root,
+                                                                        tmp_path, monkeypatch):
+    from bioinstruct.modeling.scoring import LM
+
+    planned = []
+    original = LM._loglik_batches
+    monkeypatch.setattr(LM, "_loglik_batches", lambda self, requests: planned.append(len(requests))
+                        or original(self, requests))
+    c = cfg(tiny_model_dir, adapter, tmp_path, tasks=["medmcqa", "pubmedqa"], limit=6, generative=False,
+            task_data={"medmcqa": {"root": str(medmcqa_root)}})
+    results = run(c)
+    assert sorted((r["task"], r["model"]) for r in results) == sorted(
+        (t, m) for t in ("medmcqa", "pubmedqa") for m in ("base", Path(adapter).resolve().parent.name))
+    # one plan per task, shared by the two passes (medmcqa: 6 questions x 4 choices)
+    assert len(planned) == 2 and planned[0] == 24

@@ -237,8 +237,10 @@ def run(cfg: EvaluateConfig, *, force: bool = False) -> list[dict]:
 
     lm = LM(cfg.model, cfg.adapter, dtype=cfg.dtype, batch_size=cfg.batch_size)
     results = []
-    for label, adapter_on in cfg.models():
-        for task in tasks:
+    # Task by task, the adapter pass then the base pass: the LM keeps a task's plan (its
+    # tokenized, batched requests) for the second pass.
+    for task in tasks:
+        for label, adapter_on in cfg.models():
             task_dir = cfg.out_dir() / label / task.name
             mine = examples[task.name][i - 1::n]
             with (lm.base() if not adapter_on else _nothing()):
