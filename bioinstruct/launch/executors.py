@@ -39,7 +39,7 @@ COMMON_SH = REPO / "slurm" / "common.sh"
 
 @dataclasses.dataclass
 class Resources:
-    """What one task of a stage gets. ``None`` inherits from the layer below (see launch.py);
+    """What one task of a stage gets. ``None`` inherits from the layer below (see launch/sweep.py);
     after merging, ``None`` leaves the option out (the partition's default)."""
     partition: str | None = None
     account: str | None = None
