@@ -23,6 +23,7 @@ from typing import Any
 from ..runs.config import load_config
 from ..io.rows import append_jsonl
 from ..llm import BatchPending
+from ..modeling.distributed import end_process_group
 from ..runs.rundir import finished, is_complete, utc_now
 from ..stages.pipeline import KINDS
 from ..stages.stage import Stage
@@ -101,13 +102,14 @@ def run_task(kind: str, config: str, attempts: str) -> str:
     _local_ranks_environment()
     if rank == 0:
         append_jsonl(attempts, [{"event": "start", **_job_record()}])
-    outcome, detail = "failed", None
+    outcome, detail, clean = "failed", None, False
     try:
         cfg = load_config(spec.config, config)
         spec.run(cfg)
-        outcome = "complete"
+        outcome, clean = "complete", True
     except (Interrupted, *spec.preempted) as e:
         outcome, detail = "requeue", str(e)
+        clean = isinstance(e, spec.preempted)  # every rank stopped at the same step
     except BatchPending as e:
         # Not a failure, but not done either: the job ends (its dependents with it) and
         # `bioinstruct launch RUN_DIR --resume` collects the batch; status shows `waiting`.
@@ -122,6 +124,8 @@ def run_task(kind: str, config: str, attempts: str) -> str:
         if rank == 0:
             append_jsonl(attempts, [{"event": "end", "time": utc_now(), "outcome": outcome,
                                      **({"detail": detail} if detail else {})}])
+    if clean and spec.distributed and os.environ.get("SUBMITIT_EXECUTOR") in ("slurm", "local"):
+        end_process_group()  # the job's process ends after this task
     if outcome == "requeue":
         print(f"bioinstruct launch: {kind} stopped cleanly ({detail}); exiting to be requeued", file=sys.stderr)
         local = os.environ.get("SUBMITIT_EXECUTOR") == "local"

@@ -84,6 +84,19 @@ def setup_environment() -> list[str]:
     return list(added)
 
 
+def end_process_group() -> None:
+    """Tear this rank's process group down before the interpreter does. Left to exit, gloo's
+    threads are destroyed while still joinable, and a rank that finished its work can abort
+    with "terminate called without an active exception" (status -6; pytorch/pytorch#190489).
+    Call it where the process is about to end (an in-process caller keeps accelerate's state,
+    which assumes the group lives on), and only after a clean end: while a peer may still wait
+    in a collective, destroying can deadlock (pytorch/torchtitan#1342)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _has_gpu() -> bool:
     import torch
 

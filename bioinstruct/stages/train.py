@@ -41,6 +41,7 @@ from ..runs.config import FieldError, add_config_arguments, at_least, config_fro
 from ..errors import ConfigError, StageStopped
 from ..runs.identity import model_fingerprint, path_identity
 from ..io.rows import read_json
+from ..modeling.distributed import end_process_group
 from ..modeling.deepspeed_setup import REPO, deepspeed_config, gradient_accumulation, skip_shm_comm_build
 from ..modeling.examples import collator, tokenize
 from ..modeling.trainer_callbacks import (RUN_CONFIG, catch_signals, complete_checkpoints, drop_steps_after,
@@ -404,8 +405,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         manifest = run(cfg, force=args.force)
     except Preempted as e:
+        end_process_group()  # every rank stopped at the same step, its checkpoint saved
         print(f"bioinstruct train: {e}", file=sys.stderr)
         return REQUEUE_EXIT
+    end_process_group()
     if int(os.environ.get("RANK", 0)) == 0:
         s = manifest["summary"]
         packed = f" in {s['rows']} packed rows" if cfg.data.packing else ""
