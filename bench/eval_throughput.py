@@ -64,13 +64,14 @@ from figures import record  # noqa: E402
 from bioinstruct.modeling.predictions import predict, score_shard  # noqa: E402
 from bioinstruct.stages.evaluate import EvaluateConfig  # noqa: E402
 from bioinstruct.io.rows import read_jsonl  # noqa: E402
+from bioinstruct.paths import DATA  # noqa: E402
 from bioinstruct.reporting.tables import format_table  # noqa: E402
 from bioinstruct.tasks import load_examples, load_task  # noqa: E402
 from bioinstruct.tasks.medqa import medqa_context  # noqa: E402
 from bioinstruct.tasks.reader import LETTERS  # noqa: E402
 
 SHARED_DATA = REPO.parent / "shared" / "data"
-DEMO = REPO / "bioinstruct" / "data" / "demo_tasks"
+DEMO = DATA / "demo_tasks"
 GOAL_VS_LM_EVAL, GOAL_OF_LIMIT = 2.0, 0.90
 LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                 num_key_value_heads=32, vocab_size=32000)

@@ -40,6 +40,7 @@ from typing import Any
 from .runs.config import add_config_arguments, config_from_args, dump_config
 from .modeling.distributed import spawn
 from .errors import UserError
+from .paths import DATA
 from .stages.generate import DEFAULT_SEEDS, GenerateConfig
 from .llm import LLMConfig
 from .runs.rundir import read_manifest
@@ -47,7 +48,7 @@ from .stages.pipeline import PIPELINE
 from .tasks import task_names
 from .modeling.tiny_model import TinyModelConfig
 
-DEMO_TASKS = Path(__file__).resolve().parent / "data" / "demo_tasks"
+DEMO_TASKS = DATA / "demo_tasks"
 
 
 def _offline_generation() -> GenerateConfig:

@@ -30,11 +30,11 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..paths import SOURCE_TREE
 from .jobs import run_task
 from .submitit_env import load_submitit as _submitit
 
-REPO = Path(__file__).resolve().parent.parent.parent
-COMMON_SH = REPO / "slurm" / "common.sh"
+COMMON_SH = SOURCE_TREE / "slurm" / "common.sh"
 
 
 @dataclasses.dataclass

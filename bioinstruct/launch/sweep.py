@@ -21,11 +21,11 @@ from typing import Any, Literal, TextIO
 
 from ..runs.config import load_config
 from ..errors import ConfigError, StageConflict
+from ..paths import SOURCE_TREE, source_path
 from ..stages.pipeline import KINDS
 from .executors import Container, Job, Resources
 from .jobs import done as task_done
 
-REPO = Path(__file__).resolve().parent.parent.parent
 
 # Built-in resources: BASE under every kind, then the kind's own (its Stage.resources; a sweep's
 # `defaults` and each stage's `resources` go on top).
@@ -196,10 +196,7 @@ def _override(key: str, value: Any) -> str:
 
 def _resolve_path(path: str) -> str:
     """A relative path from the current directory, else from this checkout (configs/...)."""
-    p = Path(path).expanduser()
-    if p.is_absolute() or p.exists() or not (REPO / p).exists():
-        return str(p.resolve())
-    return str(REPO / p)
+    return str(source_path(path).resolve())
 
 
 def _order(sweep: Sweep, selected: list[str] | None, where: str) -> list[str]:
@@ -251,7 +248,7 @@ def make_plan(sweep: Sweep, where: str, selected: list[str] | None = None) -> Pl
     """Every task of every (selected) stage with its resolved config and whether it is done.
     Raises ConfigError (or StageConflict) for anything wrong, before a job exists."""
     run_dir = Path(sweep.run_dir).expanduser().resolve()
-    names = {"run_dir": str(run_dir), "repo": str(REPO)}
+    names = {"run_dir": str(run_dir), "repo": str(SOURCE_TREE)}
     for key in sweep.defaults:
         if key != "all" and key not in KINDS:
             raise ConfigError(f"{where}: defaults.{key}: not a stage kind (or 'all')")

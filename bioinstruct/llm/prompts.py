@@ -10,8 +10,9 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..io.rows import read_yaml
+from ..paths import DATA
 
-PROMPTS = Path(__file__).parents[1] / "data" / "prompts"
+PROMPTS = DATA / "prompts"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,12 +3,10 @@ training config, so the two never disagree, and the CPU ranks' comm set-up."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..errors import ConfigError
 from ..io.rows import read_json
+from ..paths import source_path
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def gradient_accumulation(cfg, world_size: int) -> int:
@@ -24,9 +22,7 @@ def deepspeed_config(cfg, world_size: int, bf16: bool) -> dict | None:
     """The DeepSpeed config file with every "auto" value resolved from this config."""
     if cfg.deepspeed is None:
         return None
-    path = Path(cfg.deepspeed)
-    if not path.exists() and not path.is_absolute() and (REPO / path).exists():
-        path = REPO / path  # configs/ of the source tree, wherever the job runs from
+    path = source_path(cfg.deepspeed)
     if not path.exists():
         raise ConfigError(f"deepspeed: {cfg.deepspeed} not found (null trains without DeepSpeed)")
     ds = read_json(path)

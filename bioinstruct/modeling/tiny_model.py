@@ -23,10 +23,11 @@ from pathlib import Path
 from ..runs.config import add_config_arguments, config_from_args
 from ..errors import ConfigError
 from ..io.rows import atomic_write_json, read_text
+from ..paths import DATA
 from ..runs.progress import progress
 from ..runs.rundir import run_stage
 
-DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "data" / "tiny_corpus.txt"
+DEFAULT_CORPUS = DATA / "tiny_corpus.txt"
 SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
 
 

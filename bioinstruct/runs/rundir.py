@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import __version__
+from ..paths import SOURCE_TREE
 from . import environment
 from .config import default_instance, dump_config, to_dict
 from ..errors import ConfigError, StageConflict, StageStopped
@@ -50,11 +51,10 @@ def utc_now() -> str:
 
 def git_revision() -> str | None:
     """The commit of the bioinstruct source tree, with ``-dirty`` if it has local edits."""
-    src = Path(__file__).resolve().parent.parent.parent
     try:
-        rev = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
+        rev = subprocess.run(["git", "-C", str(SOURCE_TREE), "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(SOURCE_TREE), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=5, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None

@@ -36,6 +36,7 @@ from typing import Any, Iterator
 
 from ..runs.config import add_config_arguments, config_from_args
 from ..errors import ConfigError, DataError, StageStopped
+from ..paths import DATA
 from .filter import Criteria, CandidateFilter
 from ..runs.identity import path_identity
 from ..io.rows import JsonlAppender, iter_rows, write_jsonl
@@ -46,7 +47,6 @@ from ..io.records import CATEGORIES
 from ..runs.rundir import run_stage
 from .stage import Stage
 
-DATA = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_SEEDS = DATA / "seed_tasks.jsonl"
 
 

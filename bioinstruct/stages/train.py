@@ -39,10 +39,11 @@ from typing import Literal
 
 from ..runs.config import FieldError, add_config_arguments, at_least, config_from_args, load_config
 from ..errors import ConfigError, StageStopped
+from ..paths import SOURCE_TREE, source_path
 from ..runs.identity import model_fingerprint, path_identity
 from ..io.rows import read_json
 from ..modeling.distributed import end_process_group
-from ..modeling.deepspeed_setup import REPO, deepspeed_config, gradient_accumulation, skip_shm_comm_build
+from ..modeling.deepspeed_setup import deepspeed_config, gradient_accumulation, skip_shm_comm_build
 from ..modeling.examples import collator, tokenize
 from ..modeling.trainer_callbacks import (RUN_CONFIG, catch_signals, complete_checkpoints, drop_steps_after,
                                           mean_loss, quiet_known_warnings, trainer_callbacks)
@@ -172,8 +173,7 @@ def train_inputs(cfg: TrainConfig) -> dict:
     sha256, the DeepSpeed config file's sha256."""
     ds = None
     if cfg.deepspeed is not None:
-        path = Path(cfg.deepspeed)
-        ds = path_identity(path if path.exists() or path.is_absolute() else REPO / path)
+        ds = path_identity(source_path(cfg.deepspeed))
     return {"model": model_fingerprint(cfg.model.path), "data": path_identity(data_path(cfg)), "deepspeed": ds}
 
 
@@ -420,7 +420,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-TINY_TRAIN = REPO / "configs" / "train" / "tiny" / "lora.yaml"
+TINY_TRAIN = SOURCE_TREE / "configs" / "train" / "tiny" / "lora.yaml"
 
 
 def _quickstart(q) -> TrainConfig:
