@@ -38,14 +38,17 @@ def _torch_rows() -> list[tuple[str, str]]:
         import torch
     except ImportError:
         return [("torch", "not installed")]
+    from .modeling.precision import resolve_dtype
+
     rows = [("torch build", f"{torch.__version__} (CUDA {torch.version.cuda or 'none'})")]
     if not torch.cuda.is_available():
         rows.append(("GPUs", "none visible (CPU only)"))
-        return rows
-    for i in range(torch.cuda.device_count()):
+    for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
         p = torch.cuda.get_device_properties(i)
         rows.append((f"GPU {i}", f"{p.name}, {p.total_memory / 2**30:.0f} GiB, sm_{p.major}{p.minor}"))
-    rows.append(("bf16", "yes" if torch.cuda.is_bf16_supported() else "no (use fp16)"))
+    # What train and evaluate pick with dtype=auto, by the same function.
+    precision = resolve_dtype("auto")
+    rows.append(("dtype=auto", f"{precision.dtype}: {precision.reason}"))
     return rows
 
 

@@ -231,7 +231,7 @@ def test_bad_input_fails_before_loading_a_model(tmp_path, data, tiny_model_dir):
 @pytest.mark.unit
 def test_deepspeed_auto_values_come_from_the_training_config(tmp_path):
     cfg = TrainConfig(deepspeed="configs/deepspeed/zero3.json")
-    ds = deepspeed_config(cfg, world_size=4, bf16=True)
+    ds = deepspeed_config(cfg, world_size=4, dtype="bfloat16")
     assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == \
         (128, 4, 8)
     assert ds["bf16"]["enabled"] is True and ds["fp16"]["enabled"] is False
@@ -239,7 +239,7 @@ def test_deepspeed_auto_values_come_from_the_training_config(tmp_path):
     fixed = tmp_path / "ds.json"
     fixed.write_text(json.dumps({"train_micro_batch_size_per_gpu": 8}))
     with pytest.raises(ConfigError, match="train_micro_batch_size_per_gpu=8 disagrees"):
-        deepspeed_config(TrainConfig(deepspeed=str(fixed)), world_size=4, bf16=True)
+        deepspeed_config(TrainConfig(deepspeed=str(fixed)), world_size=4, dtype="bfloat16")
 
 
 @pytest.mark.unit

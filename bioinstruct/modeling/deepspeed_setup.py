@@ -18,8 +18,10 @@ def gradient_accumulation(cfg, world_size: int) -> int:
     return cfg.effective_batch // per_step
 
 
-def deepspeed_config(cfg, world_size: int, bf16: bool) -> dict | None:
-    """The DeepSpeed config file with every "auto" value resolved from this config."""
+def deepspeed_config(cfg, world_size: int, dtype: str = "float32") -> dict | None:
+    """The DeepSpeed config file with every "auto" value resolved from this config; ``dtype``
+    is the resolved precision (modeling.precision): it enables the bf16 or the fp16 section
+    (the latter's dynamic loss scale), as the Trainer's bf16 / fp16 flags are set."""
     if cfg.deepspeed is None:
         return None
     path = source_path(cfg.deepspeed)
@@ -36,9 +38,13 @@ def deepspeed_config(cfg, world_size: int, bf16: bool) -> dict | None:
         elif ds[key] != value:
             raise ConfigError(f"{path}: {key}={ds[key]} disagrees with the training config ({value}); "
                               f"set it to \"auto\"")
-    for section, enabled in (("bf16", bf16), ("fp16", False)):
+    for section, enabled in (("bf16", dtype == "bfloat16"), ("fp16", dtype == "float16")):
         if ds.get(section, {}).get("enabled", "auto") == "auto":
             ds.setdefault(section, {})["enabled"] = enabled
+        elif ds[section]["enabled"] != enabled:
+            # The Trainer would refuse the mismatch only once the model is loaded.
+            raise ConfigError(f"{path}: {section}.enabled={ds[section]['enabled']} disagrees with model.dtype "
+                              f"(resolved to {dtype} here); set it to \"auto\"")
     if "optimizer" in ds or "scheduler" in ds:
         # The HF Trainer builds torch's AdamW and the schedule from this config; DeepSpeed's
         # own fused Adam would compile a C++ op on first use.

@@ -1,17 +1,22 @@
 """A task's prediction rows from a model (scoring.LM): multiple choice by log-likelihood (and
 generatively for a tuned model), extraction and generation tasks by greedy generation; and
-a shard's predictions.jsonl appended as batches complete. ``cfg`` is the evaluate stage's
-config (generative, max_new_tokens)."""
+a shard's predictions.jsonl appended as batches complete, its batch size halved on out of
+memory. ``cfg`` is the evaluate stage's config (generative, max_new_tokens)."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 from typing import Iterator
 
-from ..io.rows import JsonlAppender, read_jsonl
+from ..io.rows import JsonlAppender, atomic_write_json, read_json, read_jsonl
 from ..prompts import alpaca_prompt
 from ..runs.progress import progress
 from . import metrics as M
+from .memory import halving
+
+BACKOFF = "backoff.json"  # a shard's batch size after out-of-memory halvings, for its resume
 
 
 def predictions(lm, task, examples: list[dict], tuned: bool, cfg,
@@ -106,10 +111,40 @@ def predict(lm, task, examples: list[dict], tuned: bool, cfg) -> list[dict]:
 
 def score_shard(lm, task, examples: list[dict], tuned: bool, cfg, shard_dir: Path) -> dict:
     """Append the shard's prediction rows to predictions.jsonl as batches complete; the rows
-    already there (a resumed shard) are not made again."""
-    path = shard_dir / "predictions.jsonl"
-    done = frozenset(row["id"] for row in read_jsonl(path, allow_torn_tail=True)) if path.exists() else frozenset()
-    with JsonlAppender(path) as out:
-        for rows in predictions(lm, task, examples, tuned, cfg, done):
-            out.write_many(rows)
-    return {"examples": len(examples), "resumed_with": len(done)}
+    already there (a resumed shard) are not made again.
+
+    Out of memory halves the batch size (down to 1) and scores the shard again from its first
+    batch at the new size: rows made at the larger size are dropped, so the predictions are
+    those of a run at the size that worked, batch for batch (the plan is cut anew for each
+    size). That size is kept in backoff.json, which a resumed shard starts from; it is written
+    after the rows are dropped, so a kill between the two leaves a shard that starts over."""
+    path, state_path = shard_dir / "predictions.jsonl", shard_dir / BACKOFF
+    state = read_json(state_path) if state_path.exists() else {"batch_size": lm.batch_size, "out_of_memory_at": []}
+
+    def attempt(size: int) -> int:
+        done = frozenset(row["id"] for row in read_jsonl(path, allow_torn_tail=True)) if path.exists() else frozenset()
+        with _batch_size(lm, size), JsonlAppender(path) as out:
+            for rows in predictions(lm, task, examples, tuned, cfg, done):
+                out.write_many(rows)
+        return len(done)
+
+    def halve(size: int, half: int, error: str) -> None:
+        print(f"[evaluate] {shard_dir}: out of memory at batch size {size} ({error}); "
+              f"halving to {half} and scoring the shard again from its first batch", file=sys.stderr)
+        path.unlink(missing_ok=True)
+        state["batch_size"], state["out_of_memory_at"] = half, state["out_of_memory_at"] + [size]
+        atomic_write_json(state_path, state)
+
+    resumed_with, size = halving(attempt, min(lm.batch_size, state["batch_size"]), halve)
+    return {"examples": len(examples), "resumed_with": resumed_with, "batch_size": size,
+            "out_of_memory_at": state["out_of_memory_at"], "dtype": lm.precision.dtype}
+
+
+@contextlib.contextmanager
+def _batch_size(lm, size: int) -> Iterator[None]:
+    """The LM plans at ``size`` meanwhile (its plan cache is keyed by the size)."""
+    configured, lm.batch_size = lm.batch_size, size
+    try:
+        yield
+    finally:
+        lm.batch_size = configured

@@ -31,6 +31,8 @@ import contextlib
 import dataclasses
 from typing import Iterator
 
+from .precision import resolve_dtype
+
 # The Alpaca template's section headers: a model that starts one has finished its answer
 # (a base model, or a tuned one that missed its EOS). Generation stops there and cuts them.
 STOP_STRINGS = ("### Instruction:", "### Input:", "### Response:")
@@ -54,13 +56,11 @@ class LM:
 
         self.torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        gpu = self.device.startswith("cuda")
-        torch_dtype = {"auto": torch.bfloat16 if gpu and torch.cuda.is_bf16_supported() else torch.float32,
-                       "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
+        self.precision = resolve_dtype(dtype, device=self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(adapter or model)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.unk_token or self.tokenizer.eos_token
-        base = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
+        base = AutoModelForCausalLM.from_pretrained(model, dtype=self.precision.torch_dtype).to(self.device).eval()
         if adapter:
             from peft import PeftModel
 

@@ -18,9 +18,14 @@ the adapter's name):
                                    only when made from the same inputs (manifest "inputs":
                                    model/adapter fingerprints, data sha256, task options, limit,
                                    shard count); other inputs are refused, --force starts clean
+  shard-I-of-N/backoff.json        after out of memory: the batch size halved to (down to 1; the
+                                   shard is scored again from its start at that size and the log
+                                   names each halving); a resumed shard starts at it, and the
+                                   manifest's summary records the size that worked
   results.json                     metrics with n and 95% bootstrap intervals, written by
                                    the shard that completes the set (or by --merge), with the
-                                   fingerprints, data hashes, split, limit and shard count; with
+                                   fingerprints, data hashes, split, limit, shard count, each
+                                   shard's batch size that worked and the dtype; with
                                    decontamination=DECISIONS.jsonl (bioinstruct decontaminate)
                                    also "untouched": the same metrics over the items no
                                    instruction touched, and how many were left out
@@ -74,8 +79,9 @@ class EvaluateConfig:
     # A decontaminate decisions.jsonl: also score the items no instruction of it touched.
     decontamination: str | None = None
     limit: int | None = None  # the first N examples of each task (quick looks)
-    batch_size: int = 32
+    batch_size: int = 32  # halved on out of memory, down to 1; the shard records the size that worked
     max_new_tokens: int = 256
+    # auto: bf16 on a GPU with native bf16 (compute capability >= 8.0), else fp16; fp32 on CPU
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     similarity_model: str | None = None  # sentence-embedding dir; None: bioinstruct[embed]'s MiniLM
     judge: bool = False
@@ -168,7 +174,8 @@ def write_results(task, task_dir: Path, cfg: EvaluateConfig, model_label: str) -
     if missing or len(shards) != n:
         raise UserError(f"{task_dir}: {len(missing)} of {n} shards are not complete "
                         f"({', '.join(str(i) for i in missing[:10])}); run them before merging")
-    inputs = [read_manifest(s).get("inputs") for s in shards]
+    manifests = [read_manifest(s) for s in shards]
+    inputs = [m.get("inputs") for m in manifests]
     if any(x != inputs[0] for x in inputs):
         odd = next(s for s, x in zip(shards, inputs) if x != inputs[0])
         raise UserError(f"{task_dir}: {odd.name} was made from other inputs than {shards[0].name} "
@@ -181,7 +188,10 @@ def write_results(task, task_dir: Path, cfg: EvaluateConfig, model_label: str) -
                "model_fingerprint": recorded.get("model"), "adapter_identity": recorded.get("adapter"),
                "data": recorded.get("task", {}).get("data"), "split": recorded.get("task", {}).get("split"),
                "limit": recorded.get("limit"), "allow_base_mismatch": recorded.get("allow_base_mismatch"),
-               "n": len(rows), "shards": n, "metrics": metrics}
+               "n": len(rows), "shards": n,
+               # per shard, the batch size that worked (smaller than batch_size after out of memory)
+               "batch_sizes": [m.get("summary", {}).get("batch_size") for m in manifests],
+               "dtype": manifests[0].get("summary", {}).get("dtype"), "metrics": metrics}
     if cfg.decontamination:
         from .decontaminate import touched_items
 

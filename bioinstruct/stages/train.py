@@ -48,6 +48,8 @@ from ..modeling.examples import collator, tokenize
 from ..modeling.trainer_callbacks import (RUN_CONFIG, catch_signals, complete_checkpoints, drop_steps_after,
                                           mean_loss, quiet_known_warnings, trainer_callbacks)
 from ..modeling.models import check_model
+from ..modeling.memory import OutOfMemory, is_out_of_memory, one_line
+from ..modeling.precision import resolve_dtype
 from ..modeling.packing import pack, packed_trainer
 from ..io.records import read_records
 from ..runs.rundir import check_resumable, check_writable, differences, is_complete, run_stage
@@ -65,7 +67,9 @@ NEUTRAL_KEYS = ("logging_steps", "peak_tflops", "checkpoint.every_steps", "check
 class ModelConfig:
     path: str = "meta-llama/Llama-2-7b-hf"
     name: str = "llama2-7b"  # names the output folder
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bf16 where the GPU has it
+    # auto: bf16 where the GPU computes it natively (compute capability >= 8.0), else fp16 with
+    # loss scaling; fp32 on CPU (bioinstruct/modeling/precision.py; `bioinstruct doctor` shows it)
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
     gradient_checkpointing: bool = False
 
@@ -248,9 +252,8 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict], inputs: dict |
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     gpu = torch.cuda.is_available()
-    bf16 = cfg.model.dtype == "bfloat16" or (cfg.model.dtype == "auto" and gpu and torch.cuda.is_bf16_supported())
+    precision, ds = mixed_precision(cfg, world_size, warn=rank == 0)
     grad_accum = gradient_accumulation(cfg.optim, world_size)
-    ds = deepspeed_config(cfg, world_size, bf16)
     if ds is not None and not gpu:
         skip_shm_comm_build()
 
@@ -260,8 +263,7 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict], inputs: dict |
         raise ConfigError(f"data.max_length={cfg.data.max_length}: no example keeps any of its response")
     rows = pack(examples, cfg.data.max_length) if cfg.data.packing else examples
 
-    dtype = {"auto": torch.bfloat16 if bf16 else torch.float32, "bfloat16": torch.bfloat16,
-             "float16": torch.float16, "float32": torch.float32}[cfg.model.dtype]
+    dtype = precision.torch_dtype
     model = load_model(cfg.model, dtype)
     n_params = sum(p.numel() for p in model.parameters())
     set_seed(cfg.seed)  # LoRA's A matrices are drawn here, before the Trainer seeds anything
@@ -289,7 +291,10 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict], inputs: dict |
         weight_decay=cfg.optim.weight_decay,
         max_grad_norm=cfg.optim.max_grad_norm,
         optim="adamw_torch",
-        bf16=bf16,
+        # fp16 trains with a dynamic loss scale (torch.amp's GradScaler, or DeepSpeed's with ZeRO);
+        # the LoRA weights, the only trained ones, stay float32 (peft's autocast_adapter_dtype).
+        bf16=precision.dtype == "bfloat16",
+        fp16=precision.loss_scaling,
         use_cpu=not gpu,  # without it accelerate takes every CPU rank for rank 0 of 1
         deepspeed=ds,
         seed=cfg.seed,
@@ -315,7 +320,12 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict], inputs: dict |
                             callbacks=[preemption, marker, metrics])
     if rank == 0 and resume:
         print(f"resuming from {resume}", file=sys.stderr)
-    trainer.train(resume_from_checkpoint=resume)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except Exception as e:
+        if not is_out_of_memory(e):
+            raise
+        raise OutOfMemory(out_of_memory_advice(cfg, trainer.state.global_step + 1, e)) from None
     if preemption.stopped:
         raise Preempted(f"signalled at step {trainer.state.global_step}: complete checkpoint saved, "
                         f"exiting with {REQUEUE_EXIT} to be requeued")
@@ -329,6 +339,21 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict], inputs: dict |
             "train_loss": mean_loss(stage_dir / "metrics.jsonl") if rank == 0 else None,
             "parameters": n_params, "trainable_parameters": sum(p.numel() for p in model.parameters()
                                                                  if p.requires_grad)}
+
+
+def mixed_precision(cfg: TrainConfig, world_size: int, warn: bool = True):
+    """(the resolved precision, the DeepSpeed config for it): one decision for the weights,
+    the Trainer's bf16 / fp16 flags and DeepSpeed's bf16 / fp16 sections."""
+    precision = resolve_dtype(cfg.model.dtype, warn=warn)
+    return precision, deepspeed_config(cfg, world_size, precision.dtype)
+
+
+def out_of_memory_advice(cfg: TrainConfig, step: int, error: BaseException) -> str:
+    """One line: where memory ran out, and the three settings that lower it, with their values."""
+    off = "" if cfg.model.gradient_checkpointing else ", or set model.gradient_checkpointing=true"
+    return (f"out of memory at step {step} ({one_line(error)[:200]}): lower optim.micro_batch (now "
+            f"{cfg.optim.micro_batch}; gradient accumulation keeps optim.effective_batch), data.max_length "
+            f"(now {cfg.data.max_length}){off}")
 
 
 def merge(base: str, adapter: Path, out: Path, dtype) -> None:
@@ -369,7 +394,7 @@ def _run(cfg: TrainConfig, force: bool) -> dict:
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     # Everything that can be wrong with the inputs fails here, before a model is loaded.
     gradient_accumulation(cfg.optim, world_size)
-    deepspeed_config(cfg, world_size, bf16=False)
+    deepspeed_config(cfg, world_size, resolve_dtype(cfg.model.dtype, warn=False).dtype)
     records = read_records(data_path(cfg))
     check_model(cfg.model.path, "model.path")
     check_target_modules(cfg)
