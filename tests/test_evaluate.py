@@ -335,3 +335,138 @@ def test_each_task_is_tokenized_once_for_the_adapter_and_the_base_pass(tiny_mode
         (t, m) for t in ("medmcqa", "pubmedqa") for m in ("base", Path(adapter).resolve().parent.name))
     # one plan per task, shared by the two passes (medmcqa: 6 questions x 4 choices)
     assert len(planned) == 2 and planned[0] == 24
+
+
+# ---- out of memory: the batch halves (issue 25) ------------------------------------------
+
+FAULTS = Path(__file__).parent / "faults"  # sitecustomize.py: a forward over too many rows raises
+
+
+def evaluate_cli(model, adapter, out, root, *extra, fault="oom", popen=False):
+    """`bioinstruct evaluate ... batch_size=32` with a fault injected above 4 rows, as a user runs it."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "bioinstruct", "evaluate", "--model", str(model), "--adapter", str(adapter),
+           "--tasks", "medmcqa", "--out", str(out), "limit=24", "batch_size=32", "max_new_tokens=12",
+           f"task_data.medmcqa.root={root}", *extra]
+    env = {**os.environ, "PYTHONPATH": str(FAULTS), "BIOINSTRUCT_TEST_FAULT_ABOVE": "4",
+           "BIOINSTRUCT_TEST_FAULT": fault}
+    if popen:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def shard_files(out, adapter):
+    return {label: out / label / "medmcqa" / "shard-1-of-1" for label in (Path(adapter).resolve().parent.name, "base")}
+
+
+def test_out_of_memory_halves_the_batch_to_a_run_at_the_size_that_fits(tiny_model_dir, adapter, medmcqa_root,
+                                                                        tmp_path):
+    data = {"medmcqa": {"root": str(medmcqa_root)}}
+    run(cfg(tiny_model_dir, adapter, tmp_path / "at4", tasks=["medmcqa"], limit=24, task_data=data))
+    run(dataclasses.replace(cfg(tiny_model_dir, adapter, tmp_path / "at32", tasks=["medmcqa"], limit=24,
+                                task_data=data), batch_size=32))
+    done = evaluate_cli(tiny_model_dir, adapter, tmp_path / "oom", medmcqa_root)
+    assert done.returncode == 0, done.stderr
+    at4, at32, oom = (shard_files(tmp_path / x, adapter) for x in ("at4", "at32", "oom"))
+    for label, shard in oom.items():  # the adapter pass (log-likelihood, generation) and the base pass
+        assert (shard / "predictions.jsonl").read_text() == (at4[label] / "predictions.jsonl").read_text()
+        summary = json.loads((shard / "manifest.json").read_text())["summary"]
+        assert (summary["batch_size"], summary["out_of_memory_at"]) == (4, [32, 16, 8])
+        assert json.loads((shard.parent / "results.json").read_text())["batch_sizes"] == [4]
+        for size, half in ((32, 16), (16, 8), (8, 4)):
+            assert f"{shard}: out of memory at batch size {size} (OutOfMemoryError: CUDA out of memory." \
+                   in done.stderr and f"halving to {half} " in done.stderr
+    # Batch size shows in the log-likelihoods: rows made at 32 and kept would not pass for 4's.
+    assert (at32["base"] / "predictions.jsonl").read_text() != (at4["base"] / "predictions.jsonl").read_text()
+
+
+def test_rows_made_before_the_out_of_memory_are_made_again_at_the_smaller_size(tiny_model_dir, adapter,
+                                                                               medmcqa_root, tmp_path, monkeypatch):
+    """The adapter pass scores every choice (at 32: it fits) before it generates (at 32: out of
+    memory): the halved run makes the log-likelihoods again at the size that worked."""
+    import torch
+    from transformers.generation.utils import GenerationMixin
+
+    data = {"medmcqa": {"root": str(medmcqa_root)}}
+    run(cfg(tiny_model_dir, adapter, tmp_path / "at4", tasks=["medmcqa"], limit=24, compare_base=False,
+            task_data=data))
+    generate = GenerationMixin.generate
+
+    def short_of_memory(self, *args, **kwargs):
+        if kwargs["input_ids"].shape[0] > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(GenerationMixin, "generate", short_of_memory)
+    run(dataclasses.replace(cfg(tiny_model_dir, adapter, tmp_path / "oom", tasks=["medmcqa"], limit=24,
+                                compare_base=False, task_data=data), batch_size=32))
+    label = Path(adapter).resolve().parent.name
+    made, expected = (tmp_path / x / label / "medmcqa" / "shard-1-of-1" / "predictions.jsonl" for x in ("oom", "at4"))
+    assert made.read_text() == expected.read_text()
+
+
+def test_rows_written_before_an_out_of_memory_are_dropped(tiny_model_dir, medmcqa_root, tmp_path, monkeypatch):
+    """Out of memory in the second batch, after the first wrote rows: the shard ends as
+    a run at the halved size, none of the rows made at the larger size left in it."""
+    import torch
+
+    from bioinstruct.modeling.scoring import LM
+
+    c = cfg(tiny_model_dir, None, tmp_path / "at8", tasks=["medmcqa"], limit=24,
+            task_data={"medmcqa": {"root": str(medmcqa_root)}})
+    run(dataclasses.replace(c, batch_size=8))
+    run(dataclasses.replace(c, out=str(tmp_path / "at16"), batch_size=16))
+    shard = Path("base") / "medmcqa" / "shard-1-of-1"
+    sizes, written, original = [], [], LM.run_loglik
+
+    def second_batch_short_of_memory(self, batch):
+        sizes.append(self.batch_size)
+        if len(sizes) == 2:
+            written.append(len((tmp_path / "oom" / shard / "predictions.jsonl").read_text().splitlines()))
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return original(self, batch)
+
+    monkeypatch.setattr(LM, "run_loglik", second_batch_short_of_memory)
+    run(dataclasses.replace(c, out=str(tmp_path / "oom"), batch_size=16))
+    assert sizes[:3] == [16, 16, 8] and written[0] > 0
+    made, at8, at16 = ((tmp_path / x / shard / "predictions.jsonl").read_text() for x in ("oom", "at8", "at16"))
+    assert made == at8 != at16
+    summary = json.loads((tmp_path / "oom" / shard / "manifest.json").read_text())["summary"]
+    assert (summary["batch_size"], summary["out_of_memory_at"], summary["resumed_with"]) == (8, [16], 0)
+
+
+def test_a_shard_killed_after_the_back_off_resumes_at_the_size_that_worked(tiny_model_dir, adapter, medmcqa_root,
+                                                                           tmp_path):
+    import signal
+
+    from conftest import wait_for_lines
+
+    run(cfg(tiny_model_dir, adapter, tmp_path / "at4", tasks=["medmcqa"], limit=24,
+            task_data={"medmcqa": {"root": str(medmcqa_root)}}))
+    tuned = shard_files(tmp_path / "oom", adapter)[Path(adapter).resolve().parent.name]
+    proc = evaluate_cli(tiny_model_dir, adapter, tmp_path / "oom", medmcqa_root, popen=True)
+    wait_for_lines(tuned / "predictions.jsonl", 4, proc, timeout=300)  # a batch of 4 written: after the back-off
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    kept = len(read_jsonl(tuned / "predictions.jsonl", allow_torn_tail=True))
+    assert 4 <= kept < 24 and json.loads((tuned / "manifest.json").read_text())["status"] == "running"
+    resumed = evaluate_cli(tiny_model_dir, adapter, tmp_path / "oom", medmcqa_root)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{tuned}: out of memory" not in resumed.stderr  # it started at 4: nothing ran out
+    summary = json.loads((tuned / "manifest.json").read_text())["summary"]
+    assert (summary["batch_size"], summary["resumed_with"], summary["out_of_memory_at"]) == (4, kept, [32, 16, 8])
+    for label, shard in shard_files(tmp_path / "oom", adapter).items():
+        assert (shard / "predictions.jsonl").read_text() == \
+            (shard_files(tmp_path / "at4", adapter)[label] / "predictions.jsonl").read_text()
+
+
+def test_an_error_other_than_out_of_memory_fails_with_its_message(tiny_model_dir, adapter, medmcqa_root, tmp_path):
+    failed = evaluate_cli(tiny_model_dir, adapter, tmp_path / "ev", medmcqa_root, fault="runtime")
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert "RuntimeError: injected fault: cuBLAS said no to" in failed.stderr and "halving" not in failed.stderr
+    tuned = shard_files(tmp_path / "ev", adapter)[Path(adapter).resolve().parent.name]
+    manifest = json.loads((tuned / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "cuBLAS said no" in manifest["error"]

@@ -9,7 +9,7 @@ auto: bfloat16 on a GPU of compute capability 8.0 or newer (A100, H100, L40, RTX
 later); float16 on an older one (V100, T4), which training runs with loss scaling (the Trainer's
 fp16=True, DeepSpeed's fp16 section: a dynamic scale); float32 without a GPU.
 torch.cuda.is_bf16_supported() is not asked: it answers True on a V100 or T4 because it counts
-emulation, which runs bf16 several times slower than fp16 there.
+emulation, which runs bf16 much slower than fp16 there.
 """
 
 from __future__ import annotations
