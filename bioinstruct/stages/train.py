@@ -252,7 +252,7 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict], inputs: dict |
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     gpu = torch.cuda.is_available()
-    precision, ds = mixed_precision(cfg, world_size, warn=rank == 0)
+    precision, ds, amp = mixed_precision(cfg, world_size, warn=rank == 0)
     grad_accum = gradient_accumulation(cfg.optim, world_size)
     if ds is not None and not gpu:
         skip_shm_comm_build()
@@ -291,10 +291,7 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict], inputs: dict |
         weight_decay=cfg.optim.weight_decay,
         max_grad_norm=cfg.optim.max_grad_norm,
         optim="adamw_torch",
-        # fp16 trains with a dynamic loss scale (torch.amp's GradScaler, or DeepSpeed's with ZeRO);
-        # the LoRA weights, the only trained ones, stay float32 (peft's autocast_adapter_dtype).
-        bf16=precision.dtype == "bfloat16",
-        fp16=precision.loss_scaling,
+        **amp,
         use_cpu=not gpu,  # without it accelerate takes every CPU rank for rank 0 of 1
         deepspeed=ds,
         seed=cfg.seed,
@@ -336,16 +333,20 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict], inputs: dict |
             merge(cfg.model.path, stage_dir / "adapter", stage_dir / "merged", dtype)
     return {"examples": len(examples), "rows": len(rows), "dropped_prompt_too_long": dropped,
             "steps": trainer.state.global_step, "world_size": world_size, "gradient_accumulation": grad_accum,
+            "dtype": precision.dtype,
             "train_loss": mean_loss(stage_dir / "metrics.jsonl") if rank == 0 else None,
             "parameters": n_params, "trainable_parameters": sum(p.numel() for p in model.parameters()
                                                                  if p.requires_grad)}
 
 
-def mixed_precision(cfg: TrainConfig, world_size: int, warn: bool = True):
-    """(the resolved precision, the DeepSpeed config for it): one decision for the weights,
-    the Trainer's bf16 / fp16 flags and DeepSpeed's bf16 / fp16 sections."""
+def mixed_precision(cfg: TrainConfig, world_size: int, warn: bool = True) -> tuple:
+    """(the resolved precision, the DeepSpeed config for it, the Trainer's bf16 / fp16 flags):
+    one decision for the weights' dtype, the Trainer and DeepSpeed's bf16 / fp16 sections.
+    fp16 trains with a dynamic loss scale (torch.amp's GradScaler, or DeepSpeed's under ZeRO);
+    the LoRA weights, the only trained ones, stay float32 (peft's autocast_adapter_dtype)."""
     precision = resolve_dtype(cfg.model.dtype, warn=warn)
-    return precision, deepspeed_config(cfg, world_size, precision.dtype)
+    amp = {"bf16": precision.dtype == "bfloat16", "fp16": precision.loss_scaling}
+    return precision, deepspeed_config(cfg, world_size, precision.dtype), amp
 
 
 def out_of_memory_advice(cfg: TrainConfig, step: int, error: BaseException) -> str:
