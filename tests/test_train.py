@@ -317,3 +317,21 @@ def test_a_resume_with_changed_result_keys_is_refused_and_no_step_is_logged_twic
     fresh = run(cfg(tmp_path / "fresh", "optim.lr=1e-4", "optim.max_steps=10"))
     assert forced["summary"]["train_loss"] == fresh["summary"]["train_loss"]
     assert losses(tmp_path / "killed") == losses(tmp_path / "fresh") and len(losses(tmp_path / "fresh")) == 10
+
+
+@pytest.mark.integration
+def test_out_of_memory_in_the_first_steps_says_which_knob_to_turn(tiny_model_dir, data, tmp_path):
+    """A forward over more than one row runs out of memory (tests/faults/sitecustomize.py): one line
+    naming micro-batch, max_length and gradient checkpointing, no traceback; the advice works."""
+    args = overrides(tiny_model_dir, data, tmp_path, None, 2)  # the shipped DeepSpeed config
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests" / "faults"), "BIOINSTRUCT_TEST_FAULT_ABOVE": "1"}
+    failed = subprocess.run(train_cmd(1, *args), env=env, capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("bioinstruct train: error: out of memory at step 1 (OutOfMemoryError: CUDA out of memory")
+    assert "optim.micro_batch (now 2;" in last and "data.max_length (now 192)" in last
+    assert "model.gradient_checkpointing=true" in last and "--force" in last
+    assert json.loads((stage(tmp_path) / "manifest.json").read_text())["status"] == "failed"
+    done = subprocess.run(train_cmd(1, *args, "optim.micro_batch=1", "--force"), env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr

@@ -353,8 +353,8 @@ def out_of_memory_advice(cfg: TrainConfig, step: int, error: BaseException) -> s
     """One line: where memory ran out, and the three settings that lower it, with their values."""
     off = "" if cfg.model.gradient_checkpointing else ", or set model.gradient_checkpointing=true"
     return (f"out of memory at step {step} ({one_line(error)[:200]}): lower optim.micro_batch (now "
-            f"{cfg.optim.micro_batch}; gradient accumulation keeps optim.effective_batch), data.max_length "
-            f"(now {cfg.data.max_length}){off}")
+            f"{cfg.optim.micro_batch}; gradient accumulation keeps optim.effective_batch) or data.max_length "
+            f"(now {cfg.data.max_length}){off}, and rerun with --force (the run starts over with them)")
 
 
 def merge(base: str, adapter: Path, out: Path, dtype) -> None:
