@@ -37,18 +37,18 @@ class Precision:
         return self.dtype == "float16"
 
 
-def _gpu() -> tuple[str, tuple[int, int]] | None:
+def _gpu(device: str | None) -> tuple[str, tuple[int, int]] | None:
     import torch
 
     if not torch.cuda.is_available():
         return None
-    return torch.cuda.get_device_name(), tuple(torch.cuda.get_device_capability())
+    return torch.cuda.get_device_name(device), tuple(torch.cuda.get_device_capability(device))
 
 
 def resolve_dtype(requested: str = "auto", *, device: str | None = None, warn: bool = True) -> Precision:
     """The precision for ``requested`` (auto | bfloat16 | float16 | float32) on ``device``
     (default: GPU 0 when one is visible, else the CPU), and why."""
-    gpu = _gpu() if device is None or device.startswith("cuda") else None
+    gpu = _gpu(device) if device is None or device.startswith("cuda") else None
     if gpu is None:
         if requested == "auto":
             return Precision("float32", "no GPU visible, so the CPU's float32")
