@@ -271,18 +271,20 @@ def bi_run(tmp_path, mode, *, send=None, env=()):
 
 @pytest.mark.unit
 @pytest.mark.parametrize("mode, send, env, status, requeued", [
-    ("0", None, {}, 0, False),  # finished
-    ("1", None, {}, 1, False),  # failed: not requeued
-    ("75", None, {}, 75, True),  # the program asks to be run again
-    ("catch", signal.SIGUSR2, {}, 75, True),  # Slurm's warning, forwarded; the program saves and exits 75
-    ("sleep", signal.SIGUSR2, {}, 128 + signal.SIGUSR2, True),  # a program that dies of it resumes from files
-    ("catch", signal.SIGTERM, {}, 75, False),  # killed by Slurm or scancel: never requeued from here
-    ("75", None, {"SLURM_RESTART_COUNT": "3", "BI_MAX_REQUEUES": "3"}, 75, False),  # out of requeues
+    ("0", None, {}, 0, None),  # finished
+    ("1", None, {}, 1, None),  # failed: not requeued
+    ("75", None, {}, 75, "42"),  # the program asks to be run again
+    ("catch", signal.SIGUSR2, {}, 75, "42"),  # Slurm's warning, forwarded; the program saves and exits 75
+    ("sleep", signal.SIGUSR2, {}, 128 + signal.SIGUSR2, "42"),  # a program that dies of it resumes from files
+    ("catch", signal.SIGTERM, {}, 75, None),  # killed by Slurm or scancel: never requeued from here
+    ("75", None, {"SLURM_RESTART_COUNT": "3", "BI_MAX_REQUEUES": "3"}, 75, None),  # out of requeues
+    # An array task whose own id is the array's: "42" would requeue every task of array 42.
+    ("75", None, {"SLURM_ARRAY_JOB_ID": "42", "SLURM_ARRAY_TASK_ID": "1"}, 75, "42_1"),
 ])
 def test_bi_run_forwards_the_warning_and_requeues_only_a_clean_stop(tmp_path, mode, send, env, status, requeued):
     code, calls, err = bi_run(tmp_path, mode, send=send, env=env)
     assert code == status, err
-    assert calls == (["requeue 42"] if requeued else [])
+    assert calls == ([f"requeue {requeued}"] if requeued else [])
 
 
 # ---- status -------------------------------------------------------------------------------

@@ -259,3 +259,53 @@ def test_plain_sbatch_templates_generate_and_train(local_slurm, tmp_path, tiny_m
     assert manifest["summary"]["world_size"] == 2 and manifest["summary"]["gradient_accumulation"] == 2
     train_job = subprocess.run(["scontrol", "-o", "show", "job", jobs[1]], capture_output=True, text=True).stdout
     assert " NodeList=n[1-2] " in train_job
+
+
+ARRAY_TASK = """\
+# One task of a 3-task array. The task whose own job id is the array's id (Slurm gives it to
+# one of them) exits 75 once, after another task has finished and while the third runs.
+d={tmp}
+echo "${{SLURM_RESTART_COUNT:-0}}" >> $d/starts-$SLURM_ARRAY_TASK_ID
+if [ "$SLURM_JOB_ID" = "$SLURM_ARRAY_JOB_ID" ]; then
+  if [ "${{SLURM_RESTART_COUNT:-0}}" = 0 ]; then
+    echo "$SLURM_ARRAY_TASK_ID" > $d/requester.tmp && mv $d/requester.tmp $d/requester
+    for i in $(seq 600); do [ -e $d/done ] && [ -e $d/running ] && break; sleep 0.1; done
+    exit 75
+  fi
+  touch $d/again; exit 0
+fi
+for i in $(seq 600); do [ -e $d/requester ] && break; sleep 0.1; done
+others=$(seq 0 2 | grep -vx "$(cat $d/requester)")
+if [ "$SLURM_ARRAY_TASK_ID" = "$(echo "$others" | head -1)" ]; then touch $d/done; exit 0; fi
+touch $d/running
+for i in $(seq 600); do [ -e $d/again ] && break; sleep 0.1; done
+"""
+
+
+def test_an_array_task_that_asks_to_be_requeued_requeues_only_itself(local_slurm, tmp_path):
+    """One array task's job id is the array's own id, which scontrol reads as the whole
+    array: requeueing it by that id would run a finished task again and restart a running one."""
+    (tmp_path / "task.sh").write_text(ARRAY_TASK.format(tmp=tmp_path))
+    script = write(tmp_path, "array.sbatch", f"""\
+        #!/bin/bash
+        #SBATCH --array=0-2
+        #SBATCH --requeue
+        #SBATCH --cpus-per-task=1
+        #SBATCH --mem=100M
+        #SBATCH --open-mode=append
+        #SBATCH --output={tmp_path}/%a.out
+        source {REPO}/slurm/common.sh
+        bi_run bash {tmp_path}/task.sh
+        """)
+    job = subprocess.run(["sbatch", "--parsable", str(script)], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    deadline = time.time() + 120
+    while subprocess.run(["squeue", "-h", f"--jobs={job}"], capture_output=True, text=True).stdout.strip():
+        assert time.time() < deadline, "the array did not end"
+        time.sleep(0.5)
+    requester = (tmp_path / "requester").read_text().strip()
+    logs = {t: (tmp_path / f"{t}.out").read_text() for t in "012"}
+    starts = {t: (tmp_path / f"starts-{t}").read_text().split() for t in "012"}
+    # The task that asked ran twice; the finished one and the running one once each, undisturbed.
+    assert starts == {t: (["0", "1"] if t == requester else ["0"]) for t in "012"}, (starts, logs)
+    assert f"requeueing job {job}_{requester} (exit 75, restart 1)" in logs[requester], logs
