@@ -287,7 +287,7 @@ def test_launch_runs_a_stage_in_the_cpu_image_on_slurm_and_requeues_it(apptainer
     sweep = tmp_path / "boxed.yaml"
     sweep.write_text(f"""
 name: boxed
-defaults: {{all: {{resources: {{cpus_per_task: 1, mem_gb: 1, time_min: 10}}, container: {{image: {cpu_image}}}}}}}
+defaults: {{all: {{resources: {{cpus_per_task: 1, mem_gb: 1, time_limit_min: 10}}, container: {{image: {cpu_image}}}}}}}
 stages:
   generate: {{kind: generate, set: {{target: 1500, llm.backend: offline}}}}
 """)

@@ -6,6 +6,7 @@ environment, and the plain sbatch templates (training across both nodes)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -68,7 +69,7 @@ def train_sweep(tmp_path, name, model, data, *, steps):
             config: configs/train/tiny/lora.yaml
             set: {{model.path: {model}, data.path: {data}, data.max_length: 192, optim.max_steps: {steps},
                    checkpoint.every_steps: 100}}
-            resources: {{gpus_per_node: 0, tasks_per_node: 2, cpus_per_task: 1, mem_gb: 1, time_min: 10}}
+            resources: {{gpus_per_node: 0, tasks_per_node: 2, cpus_per_task: 1, mem_gb: 1, time_limit_min: 10}}
         """)
 
 
@@ -170,7 +171,7 @@ def test_a_failed_task_is_shown_by_status_and_resume_reruns_only_it_and_its_depe
     (data / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:30]))
     sweep = write(tmp_path, "sweep.yaml", f"""
         name: flaky
-        defaults: {{all: {{resources: {{cpus_per_task: 1, mem_gb: 1, time_min: 5}}}}}}
+        defaults: {{all: {{resources: {{cpus_per_task: 1, mem_gb: 1, time_limit_min: 5}}}}}}
         stages:
           filter:
             kind: filter
@@ -309,3 +310,112 @@ def test_an_array_task_that_asks_to_be_requeued_requeues_only_itself(local_slurm
     # The task that asked ran twice; the finished one and the running one once each, undisturbed.
     assert starts == {t: (["0", "1"] if t == requester else ["0"]) for t in "012"}, (starts, logs)
     assert f"requeueing job {job}_{requester} (exit 75, restart 1)" in logs[requester], logs
+
+
+FAKE_SBATCH = """\
+#!/bin/bash
+# The real sbatch, each job held (nothing runs); the launcher that called it is killed with
+# SIGKILL right after the submission numbered $KILL_AT, before it reads the job id.
+out=$({sbatch} --hold "$@") || {{ rc=$?; echo "$out"; exit $rc; }}
+echo "${{out##* }} $*" >> {log}
+[ "$(wc -l < {log})" = "${{KILL_AT:-0}}" ] && kill -9 $PPID
+echo "$out"
+"""
+
+
+def held_sweep(tmp_path: Path, name: str) -> Path:
+    """filter as an array of two, then classify: two submissions, held."""
+    return write(tmp_path, f"{name}.yaml", f"""
+        name: {name}
+        defaults: {{all: {{resources: {{cpus_per_task: 1, mem_gb: 1, time_limit_min: 5}}}}}}
+        stages:
+          filter:
+            kind: filter
+            grid: {{input: {{a: {{input: {tmp_path}/a.jsonl}}, b: {{input: {tmp_path}/b.jsonl}}}}}}
+            set: {{output: "{{run_dir}}/filter-{{label}}/kept.jsonl"}}
+          classify:
+            kind: classify
+            after: [filter]
+            set: {{input: "{{run_dir}}/filter-a/kept.jsonl", llm.backend: offline}}
+        """)
+
+
+def queued_in(folder: Path) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "--array", "-o", "%i|%o"], capture_output=True, text=True).stdout
+    return sorted(line.split("|")[0] for line in out.splitlines() if str(folder) in line.split("|")[1])
+
+
+def test_a_launch_killed_after_each_submission_resumes_without_a_second_copy(local_slurm, tmp_path):
+    """The launcher dies of SIGKILL right after each sbatch in turn, before it learns the job
+    id; `launch --resume` then takes the queued job as the task's and submits only the rest."""
+    (tmp_path / "bin").mkdir()
+    env = {**os.environ, "PATH": f"{tmp_path}/bin{os.pathsep}{os.environ['PATH']}"}
+    bioinstruct = [sys.executable, "-m", "bioinstruct"]
+    for kill_at in (1, 2):
+        log = tmp_path / f"sbatch-{kill_at}.log"
+        fake = tmp_path / "bin" / "sbatch"
+        fake.write_text(FAKE_SBATCH.format(sbatch=shutil.which("sbatch", path=os.environ["PATH"]), log=log))
+        fake.chmod(0o755)
+        run = tmp_path / f"run-{kill_at}"
+        sweep = held_sweep(tmp_path, f"cut{kill_at}")
+        first = subprocess.run([*bioinstruct, "launch", str(sweep), "--cluster", "slurm", f"run_dir={run}"],
+                               env={**env, "KILL_AT": str(kill_at)}, capture_output=True, text=True, cwd=REPO)
+        assert first.returncode == -9, first.stderr
+        resumed = subprocess.run([*bioinstruct, "launch", str(run), "--resume"], env=env, capture_output=True,
+                                 text=True, cwd=REPO)
+        assert resumed.returncode == 0, resumed.stderr
+        submissions = [line.split()[0] for line in log.read_text().splitlines()]
+        assert len(submissions) == 2, log.read_text()  # one per stage, whatever the cut
+        stages = read_manifests(run)[f"cut{kill_at}"]["stages"]
+        recorded = {s["name"]: [t["job_id"] for t in s["tasks"]] for s in stages}
+        assert recorded == {"filter": [f"{submissions[0]}_0", f"{submissions[0]}_1"], "classify": [submissions[1]]}
+        folder = run / "sweeps" / f"cut{kill_at}"
+        assert queued_in(folder / "filter" / "logs") == recorded["filter"]
+        assert queued_in(folder / "classify" / "logs") == recorded["classify"]
+        # The dependency holds the job the killed launch submitted.
+        job = subprocess.run(["scontrol", "-o", "show", "job", submissions[1]], capture_output=True, text=True).stdout
+        assert f"Dependency=afterok:{submissions[0]}_" in job, job
+        subprocess.run(["scancel", *submissions], check=True)
+
+
+def test_a_refused_sbatch_says_what_is_queued_and_how_to_cancel_or_resume(local_slurm, tmp_path):
+    run = tmp_path / "run"
+    (tmp_path / "bin").mkdir()
+    fake = tmp_path / "bin" / "sbatch"
+    fake.write_text(FAKE_SBATCH.format(sbatch=shutil.which("sbatch"), log=tmp_path / "sbatch.log"))
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}/bin{os.pathsep}{os.environ['PATH']}"}
+    sweep = held_sweep(tmp_path, "refused")
+    out = subprocess.run([sys.executable, "-m", "bioinstruct", "launch", str(sweep), "--cluster", "slurm",
+                          f"run_dir={run}", "stages.classify.resources.partition=nope"],
+                         env=env, capture_output=True, text=True, cwd=REPO)
+    filter_job = (tmp_path / "sbatch.log").read_text().split()[0]
+    subprocess.run(["scancel", filter_job], check=True)
+    assert out.returncode == 2
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1, out.stderr
+    line = lines[0]
+    assert "sbatch refused job refused-classify" in line and "invalid partition" in line.lower(), line
+    assert f"filter (job {filter_job})" in line and f"`scancel {filter_job}`" in line, line
+    assert f"`bioinstruct launch {run} --resume`" in line, line
+
+
+def test_a_launch_piped_into_head_submits_and_records_everything_quietly(local_slurm, tmp_path):
+    """`launch ... | head -1`: the reader leaves after the first stage's line; the launch goes
+    on, records both stages and ends without a word on stderr (unbuffered: each line is a write)."""
+    (tmp_path / "bin").mkdir()
+    fake = tmp_path / "bin" / "sbatch"
+    fake.write_text(FAKE_SBATCH.format(sbatch=shutil.which("sbatch"), log=tmp_path / "sbatch.log"))
+    fake.chmod(0o755)
+    run = tmp_path / "run"
+    env = {**os.environ, "PATH": f"{tmp_path}/bin{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+    command = (f"set -o pipefail; {sys.executable} -m bioinstruct launch {held_sweep(tmp_path, 'piped')} "
+               f"--cluster slurm run_dir={run} | head -1")
+    out = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, cwd=REPO)
+    submissions = [line.split()[0] for line in (tmp_path / "sbatch.log").read_text().splitlines()]
+    subprocess.run(["scancel", *submissions], check=True)
+    assert (out.returncode, out.stderr) == (0, ""), out
+    assert out.stdout.startswith("filter: 2 task(s) submitted") and len(out.stdout.splitlines()) == 1
+    stages = read_manifests(run)["piped"]["stages"]
+    assert [t["job_id"] for s in stages for t in s["tasks"]] == [f"{submissions[0]}_0", f"{submissions[0]}_1",
+                                                                  submissions[1]]

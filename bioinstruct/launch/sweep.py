@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from ..runs.config import load_config
+from ..runs.config import at_least, load_config
 from ..errors import ConfigError, StageConflict
 from ..paths import SOURCE_TREE, source_path
 from ..stages.pipeline import KINDS
@@ -29,7 +29,7 @@ from .jobs import done as task_done
 
 # Built-in resources: BASE under every kind, then the kind's own (its Stage.resources; a sweep's
 # `defaults` and each stage's `resources` go on top).
-BASE = Resources(nodes=1, gpus_per_node=0, tasks_per_node=1, cpus_per_task=2, time_min=60,
+BASE = Resources(nodes=1, gpus_per_node=0, tasks_per_node=1, cpus_per_task=2, time_limit_min=60,
                  array_parallelism=32, signal_delay_s=120, max_requeues=20, sbatch={})
 KIND_RESOURCES = {name: Resources(**stage.resources) for name, stage in KINDS.items()}
 
@@ -56,8 +56,14 @@ class Sweep:
     name: str = "sweep"
     run_dir: str = "runs/sweep"
     cluster: Literal["slurm", "local", "debug"] = "slurm"
+    # The most jobs of this sweep in the queue at once (an array task counts one), for a site's
+    # MaxSubmitJobs; launch --resume submits the rest once some have ended. None: no cap.
+    max_jobs: int | None = None
     defaults: dict[str, StageDefaults] = dataclasses.field(default_factory=dict)  # per kind, or "all"
     stages: dict[str, StageSpec] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        at_least(self, 1, "max_jobs")
 
 
 @dataclasses.dataclass
@@ -286,7 +292,7 @@ def make_plan(sweep: Sweep, where: str, selected: list[str] | None = None) -> Pl
 
 def _resource_line(r: Resources) -> str:
     fields = ["partition", "account", "qos", "constraint", "nodes", "tasks_per_node", "gpus_per_node",
-              "cpus_per_task", "mem_gb", "time_min", "array_parallelism", "signal_delay_s", "max_requeues"]
+              "cpus_per_task", "mem_gb", "time_limit_min", "min_time_limit_min", "array_parallelism", "signal_delay_s", "max_requeues"]
     text = " ".join(f"{f}={getattr(r, f):g}" if isinstance(getattr(r, f), float) else f"{f}={getattr(r, f)}"
                     for f in fields if getattr(r, f) is not None)
     return text + "".join(f" --{k}={v}" for k, v in (r.sbatch or {}).items())
@@ -313,8 +319,14 @@ def print_plan(plan: Plan, executor, out: TextIO, source: str) -> None:
                                                            if t.outputs else ""), file=out)
             settings = ([f"--config {t.config}"] if t.config else []) + t.overrides
             print(f"      {config}: {' '.join(settings) or '(defaults)'}", file=out)
-        script = executor.script(plan.job(stage, run, [f"<{a}>" for a in stage.after])) if run else None
+        # Arrays larger than the site's MaxArraySize go as chunks; the script is the first one's.
+        size = min(executor.max_array_size() or len(run), len(run))
+        script = executor.script(plan.job(stage, run[:size], [f"<{a}>" for a in stage.after])) if run else None
         if script:
-            print(f"  sbatch script ({'array of ' + str(len(run)) if len(run) > 1 else 'one job'}):", file=out)
+            chunks = -(-len(run) // size)
+            shape = f"array of {len(run)}" if len(run) > 1 else "one job"
+            if chunks > 1:
+                shape += f", as {chunks} arrays of at most {size} (MaxArraySize); the first"
+            print(f"  sbatch script ({shape}):", file=out)
             for line in script.rstrip("\n").splitlines():
                 print(f"    | {line}".rstrip(), file=out)
