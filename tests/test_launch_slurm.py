@@ -419,3 +419,74 @@ def test_a_launch_piped_into_head_submits_and_records_everything_quietly(local_s
     stages = read_manifests(run)["piped"]["stages"]
     assert [t["job_id"] for s in stages for t in s["tasks"]] == [f"{submissions[0]}_0", f"{submissions[0]}_1",
                                                                   submissions[1]]
+
+
+@pytest.fixture
+def max_array_size_8(local_slurm):
+    """The local Slurm with a site's MaxArraySize=8 (start.sh restarts its daemons on a new
+    config in a few seconds), set back afterwards."""
+    env = {**os.environ, "BIOINSTRUCT_SLURM_DIR": str(local_slurm), "BIOINSTRUCT_SLURM_NODES": "2"}
+    start = str(REPO / "slurm" / "local" / "start.sh")
+    subprocess.run([start], env={**env, "BIOINSTRUCT_SLURM_LIMITS": "MaxArraySize=8"}, check=True,
+                   capture_output=True, timeout=120)
+    yield
+    subprocess.run([start], env=env, check=True, capture_output=True, timeout=120)
+
+
+def test_an_array_over_max_array_size_goes_as_chunks_seen_as_one_stage(
+        max_array_size_8, tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """18 evaluation tasks under MaxArraySize=8: arrays of 8, 8 and 2 that the report waits
+    for. The last one is cancelled before it starts; --resume submits only its tasks and the
+    report, which waits for the chunks still running and the new one."""
+    monkeypatch.chdir(REPO)
+    demo = "{repo}/bioinstruct/data/demo_tasks"
+    sweep = write(tmp_path, "chunks.yaml", f"""
+        name: chunks
+        defaults: {{all: {{resources: {{cpus_per_task: 1, mem_gb: 1, time_limit_min: 10, min_time_limit_min: 5}}}}}}
+        stages:
+          evaluate:
+            kind: evaluate
+            set:
+              model: {tiny_model_dir}
+              out: "{{run_dir}}/evaluate/{{label}}"
+              max_new_tokens: 4
+              task_data: {{pubmedqa: {{root: "{demo}"}}, medmcqa: {{root: "{demo}"}}, mednli: {{root: "{demo}"}}}}
+            grid:
+              task: {{pubmedqa: {{tasks: [pubmedqa]}}, medmcqa: {{tasks: [medmcqa]}}, mednli: {{tasks: [mednli]}}}}
+              limit: [1, 2, 3, 4, 5, 6]
+            resources: {{gpus_per_node: 0}}
+          report:
+            kind: report
+            after: [evaluate]
+        """)
+    run = tmp_path / "run"
+    assert main(["launch", str(sweep), "--dry-run", f"run_dir={run}"]) == 0
+    dry = capsys.readouterr().out
+    assert "(array of 18, as 3 arrays of at most 8 (MaxArraySize); the first)" in dry
+    assert "#SBATCH --array=0-7%8" in dry and "#SBATCH --time-min=5" in dry and "#SBATCH --time=10" in dry
+
+    assert main(["launch", str(sweep), f"run_dir={run}"]) == 0
+    tasks = read_manifests(run)["chunks"]["stages"][0]["tasks"]
+    chunks = list(dict.fromkeys(t["job_id"].split("_")[0] for t in tasks))
+    assert [t["job_id"] for t in tasks] == [f"{c}_{i}" for c, n in zip(chunks, (8, 8, 2)) for i in range(n)]
+    assert f"evaluate: 18 task(s) submitted as jobs {', '.join(chunks)}" in capsys.readouterr().out
+    subprocess.run(["scancel", chunks[2]], check=True)
+    job = subprocess.run(["scontrol", "-o", "show", "job", chunks[0]], capture_output=True, text=True).stdout
+    assert "TimeMin=00:05:00" in job and "TimeLimit=00:10:00" in job, job
+    report = read_manifests(run)["chunks"]["stages"][1]["tasks"][0]["job_id"]
+    deadline = time.time() + 60  # the report can never run now: Slurm cancels it (kill-on-invalid-dep)
+    while SlurmExecutor().live([report, *(t["job_id"] for t in tasks[16:])]):
+        assert time.time() < deadline, "the cancelled chunk or the report is still queued"
+        time.sleep(0.5)
+
+    assert main(["launch", str(run), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "evaluate: 2 task(s) submitted as job " in out and "report: 1 task(s) submitted" in out, out
+    rows = wait_for_sweeps(run, timeout=600)
+    assert [r["state"] for r in rows] == ["done"] * 19, rows
+    resumed = read_manifests(run)["chunks"]["stages"][0]["tasks"]
+    assert [t["job_id"] for t in resumed[:16]] == [t["job_id"] for t in tasks[:16]]
+    assert not {t["job_id"].split("_")[0] for t in resumed[16:]} & set(chunks)  # only those, resubmitted
+    assert main(["status", str(run)]) == 0
+    assert "19 tasks, 19 done" in capsys.readouterr().out
+    assert json.loads((run / "report" / "manifest.json").read_text())["status"] == "complete"
