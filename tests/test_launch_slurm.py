@@ -490,3 +490,54 @@ def test_an_array_over_max_array_size_goes_as_chunks_seen_as_one_stage(
     assert main(["status", str(run)]) == 0
     assert "19 tasks, 19 done" in capsys.readouterr().out
     assert json.loads((run / "report" / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_a_sweep_naming_its_model_by_hub_id_runs_offline_from_a_pinned_snapshot(
+        local_slurm, tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """Every network route dead (proxies at a closed local port), the tiny model pre-filled in a
+    cache laid out as huggingface_hub's: launch pins the id to that snapshot and its file
+    hashes, the job runs offline on the snapshot's folder, and a snapshot replaced under the
+    same id is refused at the next launch, naming the model."""
+    monkeypatch.chdir(REPO)
+    for var in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # discard: nothing listens
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--tiny-org--llama"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    demo = "{repo}/bioinstruct/data/demo_tasks"
+    sweep = write(tmp_path, "offline.yaml", f"""
+        name: offline
+        hub_cache: {tmp_path / 'hub'}
+        defaults: {{all: {{resources: {{cpus_per_task: 1, mem_gb: 1, time_limit_min: 5, gpus_per_node: 0}}}}}}
+        stages:
+          evaluate:
+            kind: evaluate
+            set: {{model: tiny-org/llama, tasks: [mednli], limit: 2, max_new_tokens: 4,
+                   task_data: {{mednli: {{root: "{demo}"}}}}}}
+        """)
+    run = tmp_path / "run"
+    assert main(["launch", str(sweep), f"run_dir={run}"]) == 0
+    rows = wait_for_sweeps(run, timeout=300)
+    assert [r["state"] for r in rows] == ["done"], rows
+    snapshot = str(repo / "snapshots" / commit)
+    results = json.loads((run / "evaluate" / "base" / "mednli" / "results.json").read_text())
+    assert results["model_path"] == snapshot
+    pinned = json.loads((run / "sweeps" / "hub" / "models.json").read_text())["tiny-org/llama"]
+    assert pinned["revision"] == commit and pinned["path"] == snapshot
+    assert {n for n in pinned["files"]} >= {"config.json", "model.safetensors"}
+    script = next((run / "sweeps" / "offline" / "evaluate" / "logs").glob("*_submission.sh")).read_text()
+    assert "export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1" in script
+    logs = "".join(p.read_text() for p in (run / "sweeps" / "offline" / "evaluate" / "logs").glob("*_log.*"))
+    assert not any(word in logs for word in ("huggingface.co", "127.0.0.1:9", "Connection", "Retry")), logs
+
+    # The same id, another snapshot in its place: refused before anything is submitted.
+    config = Path(snapshot) / "config.json"
+    config.write_text(config.read_text().replace("\n", "\n ", 1))
+    capsys.readouterr()
+    assert main(["launch", str(sweep), f"run_dir={run}", "stages.evaluate.set.limit=3"]) == 2
+    err = capsys.readouterr().err
+    assert "model tiny-org/llama: the snapshot at" in err and "config.json changed" in err, err

@@ -89,6 +89,9 @@ class Container:
     binds: list[str] | None = None  # "src[:dst[:opts]]" besides the run directory, always bound
     nv: bool | None = None  # --nv (host GPU driver); None: when the stage asks for GPUs
     python: str | None = None  # inside the image; default python3
+    # A writable host folder bound at /cache, where the images keep every cache (HF_HOME,
+    # Triton, torch extensions); default RUN_DIR/cache, unless `binds` already bind /cache.
+    cache: str | None = None
 
 
 @dataclasses.dataclass
@@ -132,7 +135,7 @@ def python_in_container(job: Job) -> list[str]:
     if not c.image:
         return [sys.executable]
     nv = c.nv if c.nv is not None else bool(job.resources.gpus_per_node)
-    binds = ",".join(dict.fromkeys([*job.binds, *(c.binds or [])]))
+    binds = ",".join(dict.fromkeys([*job.binds, *(c.binds or []), *([f"{c.cache}:/cache"] if c.cache else [])]))
     return ["apptainer", "exec", *(["--nv"] if nv else []), "--bind", binds, c.image, c.python or "python3"]
 
 
@@ -163,7 +166,9 @@ class SlurmExecutor:
             "mem": _mem(r.mem_gb) if r.mem_gb else None, "time": r.time_limit_min,
             "array_parallelism": r.array_parallelism,
             "dependency": "afterok:" + ":".join(job.after) if job.after else None,
-            "setup": [f"source {shlex.quote(str(COMMON_SH))}", f"export BI_MAX_REQUEUES={r.max_requeues}"],
+            # Compute nodes may have no network: models come pinned (launch/hub.py), nothing is fetched.
+            "setup": [f"source {shlex.quote(str(COMMON_SH))}", f"export BI_MAX_REQUEUES={r.max_requeues}",
+                      "export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1"],
             # Python is started by our own srun line, inside bi_run (see python()).
             "use_srun": False,
             "additional_parameters": {

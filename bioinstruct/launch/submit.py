@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -41,6 +42,7 @@ from ..io.rows import atomic_write_json, atomic_write_text, read_json
 from ..runs.rundir import config_hash, utc_now
 from ..stages.pipeline import KINDS
 from .executors import EXECUTORS, log_paths
+from .hub import PinnedModels
 from .jobs import done as task_done
 from .status import manifest_path, print_status, read_manifests
 from .sweep import Plan, Sweep, make_plan, print_plan
@@ -101,6 +103,16 @@ def launch(plan: Plan, executor, *, source: str, out: TextIO) -> dict:
         if stage.container.image and not Path(stage.container.image).exists():
             raise UserError(f"stage '{stage.name}': container image {stage.container.image} not found "
                             f"(build it with containers/build.sh)")
+        cache = stage.container.cache
+        if cache:
+            try:
+                Path(cache).mkdir(parents=True, exist_ok=True)
+            except OSError:
+                pass
+            if not os.access(cache, os.W_OK | os.X_OK):
+                raise UserError(f"stage '{stage.name}': {cache} (bound at /cache, where the image keeps its caches) "
+                                f"is not a writable folder: set container.cache, or bind one with "
+                                f"container.binds [\"/scratch/you/cache:/cache\"]")
     path = manifest_path(plan.run_dir, plan.sweep.name)
     manifest = read_json(path) if path.exists() else {"sweep": plan.sweep.name, "launches": []}
     if manifest.get("cluster", executor.name) == executor.name:
@@ -246,7 +258,10 @@ def main(args: argparse.Namespace) -> int:
     sweep, source = _sweep_source(args)
     executor = EXECUTORS[args.cluster or sweep.cluster]()
     selected = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
-    plan = make_plan(sweep, source, selected)
+    # Hub ids become pinned snapshots here, on the login node; a dry run shows them as named.
+    models = None if args.dry_run else PinnedModels(
+        Path(sweep.run_dir).expanduser().resolve() / "sweeps" / "hub" / "models.json", sweep.hub_cache)
+    plan = make_plan(sweep, source, selected, models)
     if args.dry_run:
         print_plan(plan, executor, sys.stdout, source)
         return 0

@@ -24,6 +24,7 @@ from ..errors import ConfigError, StageConflict
 from ..paths import SOURCE_TREE, source_path
 from ..stages.pipeline import KINDS
 from .executors import Container, Job, Resources
+from .hub import is_hub_id
 from .jobs import done as task_done
 
 
@@ -59,6 +60,9 @@ class Sweep:
     # The most jobs of this sweep in the queue at once (an array task counts one), for a site's
     # MaxSubmitJobs; launch --resume submits the rest once some have ended. None: no cap.
     max_jobs: int | None = None
+    # Where `launch` keeps the snapshots of models named by hub id (launch/hub.py): a folder the
+    # compute nodes also see. None: huggingface_hub's cache ($HF_HUB_CACHE, $HF_HOME/hub).
+    hub_cache: str | None = None
     defaults: dict[str, StageDefaults] = dataclasses.field(default_factory=dict)  # per kind, or "all"
     stages: dict[str, StageSpec] = dataclasses.field(default_factory=dict)
 
@@ -226,8 +230,15 @@ def _order(sweep: Sweep, selected: list[str] | None, where: str) -> list[str]:
     return [n for n in order if not selected or n in selected]
 
 
-def _tasks(name: str, spec: StageSpec, names: dict[str, str], where: str) -> list[Task]:
-    """A stage's tasks: one per grid point, each config resolved and checked for completion."""
+def _dotted(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _tasks(name: str, spec: StageSpec, names: dict[str, str], where: str, models=None) -> list[Task]:
+    """A stage's tasks: one per grid point, each config resolved and checked for completion.
+    ``models`` (hub.PinnedModels) turns hub ids into pinned snapshot folders."""
     kind = KINDS[spec.kind]
     config = _resolve_path(_fill(spec.config, names)) if spec.config else None
     tasks = []
@@ -241,6 +252,11 @@ def _tasks(name: str, spec: StageSpec, names: dict[str, str], where: str) -> lis
         overrides = [_override(k, v) for k, v in settings.items()]
         try:
             cfg = load_config(kind.config, task_config, overrides)
+            pinned = [_override(key, models.snapshot(value)) for key in kind.hub_models
+                      if models and is_hub_id(value := _dotted(cfg, key))]
+            if pinned:
+                overrides += pinned
+                cfg = load_config(kind.config, task_config, overrides)
             label = kind.task_name(cfg) if kind.task_name else label
             outputs = [p.resolve() for p in kind.outputs(cfg)]
             done = all(task_done(kind, cfg, o) for o in outputs)
@@ -250,7 +266,7 @@ def _tasks(name: str, spec: StageSpec, names: dict[str, str], where: str) -> lis
     return tasks
 
 
-def make_plan(sweep: Sweep, where: str, selected: list[str] | None = None) -> Plan:
+def make_plan(sweep: Sweep, where: str, selected: list[str] | None = None, models=None) -> Plan:
     """Every task of every (selected) stage with its resolved config and whether it is done.
     Raises ConfigError (or StageConflict) for anything wrong, before a job exists."""
     run_dir = Path(sweep.run_dir).expanduser().resolve()
@@ -276,7 +292,10 @@ def make_plan(sweep: Sweep, where: str, selected: list[str] | None = None) -> Pl
         if container.image:
             container.image = _resolve_path(_fill(container.image, names))
         container.binds = [os.path.expandvars(_fill(b, names)) for b in container.binds or []]
-        tasks = _tasks(name, spec, names, here)
+        binds_cache = any(b.split(":")[1:2] == ["/cache"] for b in container.binds)
+        container.cache = None if not container.image or binds_cache else \
+            os.path.expandvars(_fill(container.cache or "{run_dir}/cache", names))
+        tasks = _tasks(name, spec, names, here, models)
         for task in tasks:
             for output in task.outputs:
                 if output in writers:

@@ -370,4 +370,5 @@ def _quickstart(q) -> EvaluateConfig:
 STAGE = Stage(
     "evaluate", "score base and tuned models on the paper's nine tasks", __name__,
     config=EvaluateConfig, run=run, outputs=shard_dirs, identity=shard_identity, quickstart=_quickstart,
+    hub_models=("model",),
     resources={"gpus_per_node": 1, "cpus_per_task": 8, "mem_gb": 64, "time_limit_min": 8 * 60, "signal_delay_s": 300})
