@@ -324,6 +324,9 @@ def print_plan(plan: Plan, executor, out: TextIO, source: str) -> None:
     todo = sum(not t.done for s in plan.stages for t in s.tasks)
     print(f"sweep '{plan.sweep.name}' from {source}: {len(plan.stages)} stages, {n} tasks "
           f"({todo} to run, {n - todo} complete); run directory {plan.run_dir}; cluster {executor.name}", file=out)
+    if executor.name == "slurm" and any(s.resources.account is None for s in plan.stages):
+        print("note: no Slurm account set, and most sites require one: defaults.all.resources.account=NAME "
+              "(sacctmgr show associations user=$USER lists yours)", file=out)
     for stage in plan.stages:
         run = [t for t in stage.tasks if not t.done]
         print(f"\nstage {stage.name} (kind {stage.kind}): {len(stage.tasks)} task(s), "
