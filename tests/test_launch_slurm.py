@@ -541,3 +541,26 @@ def test_a_sweep_naming_its_model_by_hub_id_runs_offline_from_a_pinned_snapshot(
     assert main(["launch", str(sweep), f"run_dir={run}", "stages.evaluate.set.limit=3"]) == 2
     err = capsys.readouterr().err
     assert "model tiny-org/llama: the snapshot at" in err and "config.json changed" in err, err
+
+
+def test_a_sweep_job_cap_submits_what_fits_and_resume_the_rest(local_slurm, tmp_path, capsys):
+    """max_jobs=1 (a site's MaxSubmitJobs): one task in the queue at a time; what waits says
+    why, and each --resume submits the next once the queued one has ended."""
+    records = [{"instruction": s["instruction"], "input": s["instances"][0]["input"],
+                "output": s["instances"][0]["output"]} for s in load_seeds(None)]
+    for name, part in (("a", records[:20]), ("b", records[20:40])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    sweep = held_sweep(tmp_path, "capped")
+    run = tmp_path / "run"
+    cap = "not (max_jobs=1 jobs of this sweep queued at once)"
+    launches = [
+        (["launch", str(sweep), "--cluster", "slurm", f"run_dir={run}", "max_jobs=1"],
+         ["filter: 1 task(s) submitted as job ", f"; 1 {cap}", "not run: filter is not all submitted (max_jobs)"]),
+        (["launch", str(run), "--resume"], ["filter: 1 task(s) submitted as job ", f"classify: 0 task(s) submitted; 1 {cap}"]),
+        (["launch", str(run), "--resume"], ["classify: 1 task(s) submitted as job "])]
+    for args, lines in launches:
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        assert all(line in out for line in lines), out
+        states = [r["state"] for r in wait_for_sweeps(run, timeout=120)]
+    assert states == ["done"] * 3
