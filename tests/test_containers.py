@@ -295,7 +295,9 @@ stages:
     assert main(["launch", str(sweep), "--cluster", "slurm", f"run_dir={run}"]) == 0
     task = read_manifests(run)["boxed"]["stages"][0]["tasks"][0]
     script = Path(task["log"]["out"]).parent / f"{task['job_id']}_submission.sh"
-    assert f"apptainer exec --bind {run} {cpu_image} python3 -u -m submitit.core._submit" in script.read_text()
+    # The run directory, and a writable /cache where the image keeps its caches.
+    assert (f"apptainer exec --bind {run},{run}/cache:/cache {cpu_image} python3 -u -m submitit.core._submit"
+            in script.read_text())
 
     responses = run / "generate" / "responses.jsonl"
     deadline = time.time() + 180

@@ -564,3 +564,46 @@ def test_a_sweep_job_cap_submits_what_fits_and_resume_the_rest(local_slurm, tmp_
         assert all(line in out for line in lines), out
         states = [r["state"] for r in wait_for_sweeps(run, timeout=120)]
     assert states == ["done"] * 3
+
+
+def test_training_whose_time_limit_is_lowered_while_it_runs_requeues_and_ends_with_the_uninterrupted_adapter(
+        local_slurm, tmp_path, tiny_model_dir, train_data, monkeypatch):
+    """What --time-min (or an admin) does to a running job: its limit drops to 2 minutes, so
+    Slurm's warning (USR2, 90 s before the end here) comes at its next time check; the job
+    saves, exits 75 and is requeued, and resumes (with its limit set back) to the adapter of
+    an uninterrupted run."""
+    monkeypatch.chdir(REPO)
+    runs = {name: tmp_path / name for name in ("reference", "lowered")}
+    for name, run in runs.items():  # one per node, side by side
+        sweep = train_sweep(tmp_path, name, tiny_model_dir, train_data, steps=96)
+        assert main(["launch", str(sweep), "--cluster", "slurm", f"run_dir={run}",
+                     "stages.train.resources.signal_delay_s=90"]) == 0
+    metrics = runs["lowered"] / "train" / "tiny__train" / "metrics.jsonl"
+    deadline = time.time() + 180
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert time.time() < deadline, "training did not start"
+        time.sleep(0.2)
+    task = read_manifests(runs["lowered"])["lowered"]["stages"][0]["tasks"][0]
+    # 1-2 minutes left, within the warning's 90 s by Slurm's next time check (every 30 s).
+    job = subprocess.run(["scontrol", "-o", "show", "job", task["job_id"]], capture_output=True, text=True).stdout
+    h, m, s = (int(x) for x in job.split(" RunTime=")[1].split()[0].split("-")[-1].split(":"))
+    subprocess.run(["scontrol", "update", f"JobId={task['job_id']}", f"TimeLimit={h * 60 + m + 2}"], check=True)
+    attempts = Path(task["attempts"])
+    deadline = time.time() + 150
+    while '"requeue"' not in attempts.read_text():
+        assert time.time() < deadline, "no requeue after the limit was lowered"
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "update", f"JobId={task['job_id']}", "TimeLimit=10"], check=True)
+
+    rows = {name: wait_for_sweeps(run, timeout=400)[0] for name, run in runs.items()}
+    assert rows["reference"]["state"] == rows["lowered"]["state"] == "done", rows
+    assert rows["reference"]["restarts"] == 0 and rows["lowered"]["restarts"] == 1, rows
+    records = [json.loads(line) for line in attempts.read_text().splitlines()]
+    assert [(a["event"], a.get("outcome")) for a in records] == [
+        ("start", None), ("end", "requeue"), ("start", None), ("end", "complete")]
+    assert records[1]["detail"].startswith("signalled at step ") and "requeueing job" in Path(
+        rows["lowered"]["log"]).read_text()
+    adapters = {name: load_file(run / "train" / "tiny__train" / "adapter" / "adapter_model.safetensors")
+                for name, run in runs.items()}
+    assert adapters["reference"].keys() == adapters["lowered"].keys()
+    assert all(torch.equal(adapters["reference"][k], adapters["lowered"][k]) for k in adapters["reference"])
