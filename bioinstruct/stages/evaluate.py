@@ -309,7 +309,9 @@ def merge(out: str, cfg: EvaluateConfig) -> list[dict]:
         if shard is None:
             continue
         manifest = read_manifest(shard)
-        shard_cfg = dataclasses.replace(cfg, **{k: manifest["config"][k] for k in ("model", "adapter", "judge")},
+        # judge=true here judges shards scored without it: the judge as a CPU step after the GPU's.
+        shard_cfg = dataclasses.replace(cfg, **{k: manifest["config"][k] for k in ("model", "adapter")},
+                                        judge=cfg.judge or manifest["config"]["judge"],
                                         decontamination=manifest["config"].get("decontamination"))
         task = load_task(task_dir.name, manifest["config"]["task_data"].get(task_dir.name))
         results.append(merge_task(task, task_dir, shard_cfg, task_dir.parent.name))
