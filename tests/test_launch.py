@@ -134,6 +134,26 @@ def test_time_limit_and_time_min_keys_and_the_deprecated_name(tmp_path, capsys, 
 
 
 @pytest.mark.unit
+def test_an_image_gets_a_writable_cache_bind_or_the_launch_refuses_before_submitting(tmp_path, capsys):
+    image = tmp_path / "cpu.sif"
+    image.write_text("")
+    text = f"""
+        defaults: {{all: {{container: {{image: {image}}}}}}}
+        stages: {{subsets: {{kind: subsets}}, stats: {{kind: stats, after: [subsets], container: {{binds: ["/s:/cache"]}}}}}}
+        """
+    subsets, stats = plan_of(tmp_path, text).stages
+    assert subsets.container.cache == str(tmp_path / "run" / "cache") and stats.container.cache is None
+    (tmp_path / "file").write_text("")
+    blocked = f"{tmp_path}/file/cache"  # a folder that cannot be made
+    path = write_sweep(tmp_path, text)
+    assert main(["launch", str(path), "--cluster", "slurm", f"run_dir={tmp_path / 'run'}",
+                 f"defaults.all.container.cache={blocked}"]) == 2
+    err = capsys.readouterr().err
+    assert f"stage 'subsets': {blocked} (bound at /cache, where the image keeps its caches) is not a writable " \
+           f"folder" in err and not (tmp_path / "run" / "sweeps").exists(), err
+
+
+@pytest.mark.unit
 def test_commands_piped_into_head_end_quietly():
     command = f"set -o pipefail; {sys.executable} -m bioinstruct launch launch/paper.yaml --dry-run | head -2"
     out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=REPO)
