@@ -16,9 +16,12 @@ blocks), and its own resources and container over the sweep's `defaults` (per ki
 What happens: every task's config is resolved and checked before anything is submitted.
 A task whose output is complete with the same config is skipped; one that a queued or
 running job of this run directory already produces is not submitted twice (dependents wait
-for that job). The rest go to the executor: one job, or one array per stage, with afterok
-dependencies on the stages named in `after`; the local and debug executors run stage after
-stage. Jobs get Slurm's warning (--signal=B:USR2@signal_delay_s), save their state, exit 75
+for that job). The rest go to the executor: one job, or one array per stage (several when the stage
+has more tasks than the site's MaxArraySize; `max_jobs` caps the sweep's jobs in the queue),
+with afterok dependencies on the stages named in `after`; the local and debug executors run
+stage after stage. Each submission is recorded before sbatch runs and once it has answered, so
+`--resume` after a launch cut off anywhere adopts the job sbatch made instead of a second copy.
+Models named by hub id are pinned first (hub.py): jobs get the snapshot's folder, offline. Jobs get Slurm's warning (--signal=B:USR2@signal_delay_s), save their state, exit 75
 and are requeued from the batch script's host side; they resume where they stopped.
 
 Output (RUN_DIR/sweeps/): <sweep>.json (per task: config file, output folder, job id, log
