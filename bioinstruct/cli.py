@@ -76,7 +76,48 @@ def _debug(args: argparse.Namespace) -> bool:
     return args.debug or os.environ.get("BIOINSTRUCT_DEBUG") == "1"
 
 
+class _QuietWhenClosed:
+    """stdout that goes quiet once its reader has gone (`bioinstruct launch ... | head -2`):
+    the command finishes its work and prints nothing more. Ending at the first line that finds
+    the pipe closed would stop a launch between two submissions."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._silence()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._silence()
+
+    def _silence(self) -> None:
+        # What is still buffered, and all that follows, goes to /dev/null (also at exit).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
+    stdout = sys.stdout
+    sys.stdout = _QuietWhenClosed(stdout)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout.flush()  # here, not at exit, where a closed pipe would print a traceback
+        sys.stdout = stdout
+
+
+def _main(argv: list[str] | None) -> int:
     _quiet_deepspeed_on_cpu()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)

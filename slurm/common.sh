@@ -50,12 +50,23 @@ bi_run() {
   return "$rc"
 }
 
+# The job to requeue: exactly this one. An array task is named 123_4, never by its own job id:
+# one array task's id equals the array's (123), which scontrol reads as every task of it.
+bi_job_id() {
+  if [ -n "${SLURM_ARRAY_JOB_ID:-}" ] && [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
+    echo "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
+  else
+    echo "$SLURM_JOB_ID"
+  fi
+}
+
 bi_requeue() {
-  local restarts=${SLURM_RESTART_COUNT:-0}
+  local restarts=${SLURM_RESTART_COUNT:-0} id
+  id=$(bi_job_id)
   if [ "$restarts" -ge "${BI_MAX_REQUEUES:-20}" ]; then
-    echo "bioinstruct: job $SLURM_JOB_ID stopped (exit $1) after $restarts restarts; not requeued (BI_MAX_REQUEUES)" >&2
+    echo "bioinstruct: job $id stopped (exit $1) after $restarts restarts; not requeued (BI_MAX_REQUEUES)" >&2
     return 0
   fi
-  echo "bioinstruct: requeueing job $SLURM_JOB_ID (exit $1, restart $((restarts + 1)))" >&2
-  scontrol requeue "$SLURM_JOB_ID"
+  echo "bioinstruct: requeueing job $id (exit $1, restart $((restarts + 1)))" >&2
+  scontrol requeue "$id"
 }

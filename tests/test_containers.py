@@ -287,7 +287,7 @@ def test_launch_runs_a_stage_in_the_cpu_image_on_slurm_and_requeues_it(apptainer
     sweep = tmp_path / "boxed.yaml"
     sweep.write_text(f"""
 name: boxed
-defaults: {{all: {{resources: {{cpus_per_task: 1, mem_gb: 1, time_min: 10}}, container: {{image: {cpu_image}}}}}}}
+defaults: {{all: {{resources: {{cpus_per_task: 1, mem_gb: 1, time_limit_min: 10}}, container: {{image: {cpu_image}}}}}}}
 stages:
   generate: {{kind: generate, set: {{target: 1500, llm.backend: offline}}}}
 """)
@@ -295,7 +295,9 @@ stages:
     assert main(["launch", str(sweep), "--cluster", "slurm", f"run_dir={run}"]) == 0
     task = read_manifests(run)["boxed"]["stages"][0]["tasks"][0]
     script = Path(task["log"]["out"]).parent / f"{task['job_id']}_submission.sh"
-    assert f"apptainer exec --bind {run} {cpu_image} python3 -u -m submitit.core._submit" in script.read_text()
+    # The run directory, and a writable /cache where the image keeps its caches.
+    assert (f"apptainer exec --bind {run},{run}/cache:/cache {cpu_image} python3 -u -m submitit.core._submit"
+            in script.read_text())
 
     responses = run / "generate" / "responses.jsonl"
     deadline = time.time() + 180

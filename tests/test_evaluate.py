@@ -66,6 +66,19 @@ def test_every_task_kind_for_base_and_adapter_in_one_call(tiny_model_dir, adapte
     assert [r["loglik"] for r in t] != [r["loglik"] for r in b]
 
 
+def test_merge_with_judge_true_judges_shards_scored_without_it(tiny_model_dir, tmp_path):
+    """`evaluate --merge DIR judge=true` (a CPU job, after the GPU's shards) adds the judge's
+    scores to a generation task scored without them; the shards' judge=false does not win."""
+    out = tmp_path / "e"
+    [scored] = run(cfg(tiny_model_dir, None, out, tasks=["conv2note"], limit=2))
+    assert not any(k.startswith("judge") for k in scored["metrics"])
+    [judged] = merge(str(out), EvaluateConfig(judge=True, judge_llm=LLMConfig(backend="offline")))
+    assert {"judge_factuality", "judge_mean"} <= set(judged["metrics"])
+    written = json.loads((out / "base" / "conv2note" / "results.json").read_text())["metrics"]
+    assert written == json.loads(json.dumps(judged["metrics"]))
+    assert {k: v for k, v in written.items() if not k.startswith("judge")} == json.loads(json.dumps(scored["metrics"]))
+
+
 def test_shards_merge_to_the_unsharded_result_by_the_last_shard_and_the_merge_guard(tiny_model_dir, tmp_path):
     whole = run(cfg(tiny_model_dir, None, tmp_path / "whole", tasks=["pubmedqa", "mednli"]))
     sharded = tmp_path / "sharded"

@@ -17,7 +17,7 @@ from bioinstruct.cli import main
 from bioinstruct.runs.config import dump_config, load_config
 from bioinstruct.errors import ConfigError
 from bioinstruct.launch.sweep import BASE, KIND_RESOURCES, Sweep, expand_grid, make_plan, merge
-from bioinstruct.launch.executors import Live, Resources
+from bioinstruct.launch.executors import Live, Resources, SlurmExecutor, _deprecated
 from bioinstruct.stages.pipeline import KINDS
 from bioinstruct.launch.status import read_manifests, task_rows
 from bioinstruct.runs.rundir import config_hash
@@ -44,6 +44,7 @@ def test_dry_run_prints_the_golden_sbatch_scripts(name, capsys, monkeypatch):
     """The exact jobs, arrays, dependencies and scripts of each shipped sweep. After an
     intended change: BIOINSTRUCT_UPDATE_GOLDEN=1 pytest tests/test_launch.py, and read the diff."""
     monkeypatch.chdir(REPO)
+    monkeypatch.setattr(SlurmExecutor, "max_array_size", lambda self: None)  # whatever Slurm is here
     assert main(["launch", f"launch/{name}.yaml", "--dry-run", "--cluster", "slurm", "run_dir=/golden/run"]) == 0
     text = capsys.readouterr().out.replace(sys.executable, "$PYTHON").replace(str(REPO), "$REPO")
     golden = GOLDEN / f"{name}.txt"
@@ -89,8 +90,8 @@ def test_grid_blocks_axes_and_labels():
 def test_resources_layer_kind_defaults_sweep_defaults_and_stage(tmp_path):
     plan = plan_of(tmp_path, """
         defaults:
-          all: {resources: {account: lab, time_min: 30, sbatch: {exclude: n9}}}
-          train: {resources: {partition: gpu, time_min: 600}, container: {image: /images/gpu.sif, binds: [/scratch]}}
+          all: {resources: {account: lab, time_limit_min: 30, sbatch: {exclude: n9}}}
+          train: {resources: {partition: gpu, time_limit_min: 600}, container: {image: /images/gpu.sif, binds: [/scratch]}}
         stages:
           train:
             kind: train
@@ -101,11 +102,62 @@ def test_resources_layer_kind_defaults_sweep_defaults_and_stage(tmp_path):
         """)
     train, subsets = plan.stages
     assert train.resources == merge(BASE, KIND_RESOURCES["train"], Resources(
-        account="lab", partition="gpu", time_min=600, mem_gb=12, sbatch={"exclude": "n9", "qos": "long"}))
+        account="lab", partition="gpu", time_limit_min=600, mem_gb=12, sbatch={"exclude": "n9", "qos": "long"}))
     assert train.resources.gpus_per_node == 1 and train.resources.signal_delay_s == 300
     assert train.container.image == "/images/gpu.sif" and train.container.binds == ["/scratch", "/models"]
-    assert subsets.resources.time_min == 30 and subsets.resources.partition is None
+    assert subsets.resources.time_limit_min == 30 and subsets.resources.partition is None
     assert subsets.container.image is None
+
+
+@pytest.mark.unit
+def test_time_limit_and_time_min_keys_and_the_deprecated_name(tmp_path, capsys, monkeypatch):
+    """time_limit_min is sbatch's --time, min_time_limit_min its --time-min; the old time_min
+    (the limit) still works, with one line however many layers use it."""
+    monkeypatch.setattr(SlurmExecutor, "max_array_size", lambda self: 8)
+    _deprecated.cache_clear()  # once per process: this test's own line
+    plan = plan_of(tmp_path, """
+        defaults: {all: {resources: {time_min: 30}}, filter: {resources: {time_min: 40, min_time_limit_min: 10}}}
+        stages: {filter: {kind: filter, grid: {input: [/d/1.jsonl, /d/2.jsonl, /d/3.jsonl, /d/4.jsonl, /d/5.jsonl,
+                                                       /d/6.jsonl, /d/7.jsonl, /d/8.jsonl, /d/9.jsonl]},
+                          set: {output: "{run_dir}/{label}/kept.jsonl"}}}
+        """)
+    assert capsys.readouterr().err.splitlines() == [
+        "bioinstruct: resources.time_min is deprecated: write resources.time_limit_min (it is the time limit; "
+        "sbatch's --time-min is resources.min_time_limit_min)"]
+    [stage] = plan.stages
+    assert (stage.resources.time_limit_min, stage.resources.min_time_limit_min) == (40, 10)
+    script = SlurmExecutor().script(plan.job(stage, stage.tasks[:8], []))
+    assert "#SBATCH --time=40\n" in script and "#SBATCH --time-min=10\n" in script
+    from bioinstruct.launch.sweep import print_plan
+    print_plan(plan, SlurmExecutor(), sys.stdout, "s")
+    assert "(array of 9, as 2 arrays of at most 8 (MaxArraySize); the first)" in capsys.readouterr().out
+
+
+@pytest.mark.unit
+def test_an_image_gets_a_writable_cache_bind_or_the_launch_refuses_before_submitting(tmp_path, capsys):
+    image = tmp_path / "cpu.sif"
+    image.write_text("")
+    text = f"""
+        defaults: {{all: {{container: {{image: {image}}}}}}}
+        stages: {{subsets: {{kind: subsets}}, stats: {{kind: stats, after: [subsets], container: {{binds: ["/s:/cache"]}}}}}}
+        """
+    subsets, stats = plan_of(tmp_path, text).stages
+    assert subsets.container.cache == str(tmp_path / "run" / "cache") and stats.container.cache is None
+    (tmp_path / "file").write_text("")
+    blocked = f"{tmp_path}/file/cache"  # a folder that cannot be made
+    path = write_sweep(tmp_path, text)
+    assert main(["launch", str(path), "--cluster", "slurm", f"run_dir={tmp_path / 'run'}",
+                 f"defaults.all.container.cache={blocked}"]) == 2
+    err = capsys.readouterr().err
+    assert f"stage 'subsets': {blocked} (bound at /cache, where the image keeps its caches) is not a writable " \
+           f"folder" in err and not (tmp_path / "run" / "sweeps").exists(), err
+
+
+@pytest.mark.unit
+def test_commands_piped_into_head_end_quietly():
+    command = f"set -o pipefail; {sys.executable} -m bioinstruct launch launch/paper.yaml --dry-run | head -2"
+    out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=REPO)
+    assert (out.returncode, out.stderr, len(out.stdout.splitlines())) == (0, "", 2), out
 
 
 @pytest.mark.unit
@@ -271,18 +323,20 @@ def bi_run(tmp_path, mode, *, send=None, env=()):
 
 @pytest.mark.unit
 @pytest.mark.parametrize("mode, send, env, status, requeued", [
-    ("0", None, {}, 0, False),  # finished
-    ("1", None, {}, 1, False),  # failed: not requeued
-    ("75", None, {}, 75, True),  # the program asks to be run again
-    ("catch", signal.SIGUSR2, {}, 75, True),  # Slurm's warning, forwarded; the program saves and exits 75
-    ("sleep", signal.SIGUSR2, {}, 128 + signal.SIGUSR2, True),  # a program that dies of it resumes from files
-    ("catch", signal.SIGTERM, {}, 75, False),  # killed by Slurm or scancel: never requeued from here
-    ("75", None, {"SLURM_RESTART_COUNT": "3", "BI_MAX_REQUEUES": "3"}, 75, False),  # out of requeues
+    ("0", None, {}, 0, None),  # finished
+    ("1", None, {}, 1, None),  # failed: not requeued
+    ("75", None, {}, 75, "42"),  # the program asks to be run again
+    ("catch", signal.SIGUSR2, {}, 75, "42"),  # Slurm's warning, forwarded; the program saves and exits 75
+    ("sleep", signal.SIGUSR2, {}, 128 + signal.SIGUSR2, "42"),  # a program that dies of it resumes from files
+    ("catch", signal.SIGTERM, {}, 75, None),  # killed by Slurm or scancel: never requeued from here
+    ("75", None, {"SLURM_RESTART_COUNT": "3", "BI_MAX_REQUEUES": "3"}, 75, None),  # out of requeues
+    # An array task whose own id is the array's: "42" would requeue every task of array 42.
+    ("75", None, {"SLURM_ARRAY_JOB_ID": "42", "SLURM_ARRAY_TASK_ID": "1"}, 75, "42_1"),
 ])
 def test_bi_run_forwards_the_warning_and_requeues_only_a_clean_stop(tmp_path, mode, send, env, status, requeued):
     code, calls, err = bi_run(tmp_path, mode, send=send, env=env)
     assert code == status, err
-    assert calls == (["requeue 42"] if requeued else [])
+    assert calls == ([f"requeue {requeued}"] if requeued else [])
 
 
 # ---- status -------------------------------------------------------------------------------
@@ -336,7 +390,7 @@ def test_status_combines_the_queue_the_attempts_and_the_output_manifests(tmp_pat
 SMALL = """
     name: small
     cluster: local
-    defaults: {all: {resources: {time_min: 5}}}
+    defaults: {all: {resources: {time_limit_min: 5}}}
     stages:
       generate: {kind: generate, set: {target: 12, llm.backend: offline}}
       filter:

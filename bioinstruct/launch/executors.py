@@ -22,7 +22,12 @@ timeout and preemption from the elapsed time; neither is used.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import getpass
+import io
+import re
 import shlex
 import subprocess
 import sys
@@ -30,6 +35,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..runs.config import at_least
 from ..paths import SOURCE_TREE
 from .jobs import run_task
 from .submitit_env import load_submitit as _submitit
@@ -50,11 +56,30 @@ class Resources:
     tasks_per_node: int | None = None  # ranks per node: one per GPU for training
     cpus_per_task: int | None = None
     mem_gb: float | None = None  # per node
-    time_min: int | None = None
+    time_limit_min: int | None = None  # sbatch --time
+    # sbatch --time-min: Slurm may lower the limit down to this to start the job sooner in a
+    # backfill hole. Cheap here: a job at its limit saves, requeues and resumes exactly.
+    min_time_limit_min: int | None = None
     array_parallelism: int | None = None  # array tasks running at once
     signal_delay_s: int | None = None  # USR2 this long before the time limit (save and requeue)
     max_requeues: int | None = None  # restarts of one job before it is left stopped
     sbatch: dict[str, str] | None = None  # any other sbatch option, e.g. {exclude: node7}
+    time_min: int | None = None  # deprecated: the time limit, now time_limit_min
+
+    def __post_init__(self):
+        at_least(self, 1, "time_limit_min", "min_time_limit_min")
+        if self.time_min is not None:
+            _deprecated("resources.time_min", "resources.time_limit_min (it is the time limit; sbatch's "
+                        "--time-min is resources.min_time_limit_min)")
+            if self.time_limit_min is None:
+                self.time_limit_min = self.time_min
+            self.time_min = None
+
+
+@functools.cache
+def _deprecated(old: str, new: str) -> None:
+    """One line on stderr, once per process, however many layers of a sweep use ``old``."""
+    print(f"bioinstruct: {old} is deprecated: write {new}", file=sys.stderr)
 
 
 @dataclasses.dataclass
@@ -64,6 +89,9 @@ class Container:
     binds: list[str] | None = None  # "src[:dst[:opts]]" besides the run directory, always bound
     nv: bool | None = None  # --nv (host GPU driver); None: when the stage asks for GPUs
     python: str | None = None  # inside the image; default python3
+    # A writable host folder bound at /cache, where the images keep every cache (HF_HOME,
+    # Triton, torch extensions); default RUN_DIR/cache, unless `binds` already bind /cache.
+    cache: str | None = None
 
 
 @dataclasses.dataclass
@@ -83,8 +111,12 @@ class Job:
         return len(self.calls) > 1
 
     def log_paths(self, job_id: str) -> dict[str, str]:
-        """Rank 0's stdout and stderr of one task, as submitit names them (rank r: _r_)."""
-        return {"out": str(self.folder / f"{job_id}_0_log.out"), "err": str(self.folder / f"{job_id}_0_log.err")}
+        return log_paths(self.folder, job_id)
+
+
+def log_paths(folder: Path, job_id: str) -> dict[str, str]:
+    """Rank 0's stdout and stderr of one task, as submitit names them (rank r: _r_)."""
+    return {"out": str(Path(folder) / f"{job_id}_0_log.out"), "err": str(Path(folder) / f"{job_id}_0_log.err")}
 
 
 @dataclasses.dataclass
@@ -103,7 +135,7 @@ def python_in_container(job: Job) -> list[str]:
     if not c.image:
         return [sys.executable]
     nv = c.nv if c.nv is not None else bool(job.resources.gpus_per_node)
-    binds = ",".join(dict.fromkeys([*job.binds, *(c.binds or [])]))
+    binds = ",".join(dict.fromkeys([*job.binds, *(c.binds or []), *([f"{c.cache}:/cache"] if c.cache else [])]))
     return ["apptainer", "exec", *(["--nv"] if nv else []), "--bind", binds, c.image, c.python or "python3"]
 
 
@@ -131,10 +163,12 @@ class SlurmExecutor:
             "job_name": job.name, "partition": r.partition, "account": r.account, "qos": r.qos,
             "constraint": r.constraint, "nodes": r.nodes, "ntasks_per_node": r.tasks_per_node,
             "cpus_per_task": r.cpus_per_task, "gpus_per_node": r.gpus_per_node or None,
-            "mem": _mem(r.mem_gb) if r.mem_gb else None, "time": r.time_min,
+            "mem": _mem(r.mem_gb) if r.mem_gb else None, "time": r.time_limit_min,
             "array_parallelism": r.array_parallelism,
             "dependency": "afterok:" + ":".join(job.after) if job.after else None,
-            "setup": [f"source {shlex.quote(str(COMMON_SH))}", f"export BI_MAX_REQUEUES={r.max_requeues}"],
+            # Compute nodes may have no network: models come pinned (launch/hub.py), nothing is fetched.
+            "setup": [f"source {shlex.quote(str(COMMON_SH))}", f"export BI_MAX_REQUEUES={r.max_requeues}",
+                      "export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1"],
             # Python is started by our own srun line, inside bi_run (see python()).
             "use_srun": False,
             "additional_parameters": {
@@ -145,9 +179,11 @@ class SlurmExecutor:
                 # A dependent of a failed task is cancelled, not left pending forever:
                 # `bioinstruct launch --resume` submits it again.
                 "kill-on-invalid-dep": "yes",
+                "time-min": r.min_time_limit_min,
                 **(r.sbatch or {}),
             },
         }
+        params["additional_parameters"] = {k: v for k, v in params["additional_parameters"].items() if v is not None}
         params = {k: v for k, v in params.items() if v is not None}
         params["wckey"] = None  # submitit's default tags every job "submitit"
         return params
@@ -172,11 +208,39 @@ class SlurmExecutor:
         ex = submitit.SlurmExecutor(folder=job.folder, python=self.python(job))
         ex.update_parameters(**self.parameters(job))
         try:
-            with ex.batch():
+            # submitit prints sbatch's refusal too; it goes into the one line below instead.
+            with contextlib.redirect_stderr(io.StringIO()), ex.batch():
                 jobs = [ex.submit(run_task, *call) for call in job.calls]
         except (FailedJobError, FailedSubmissionError) as e:  # sbatch said no: a partition, an account...
-            raise UserError(f"sbatch refused job {job.name}: {str(e).strip()}") from None
+            raise UserError(f"sbatch refused job {job.name}: {'; '.join(str(e).strip().splitlines())}") from None
         return [j.job_id for j in jobs]
+
+    def max_array_size(self) -> int | None:
+        """The site's MaxArraySize (an array's task indices are below it), None where
+        scontrol cannot tell (no Slurm here: a dry run on a laptop)."""
+        if not hasattr(self, "_max_array_size"):
+            try:
+                out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60)
+                found = re.search(r"^MaxArraySize\s*=\s*(\d+)", out.stdout, re.M) if not out.returncode else None
+            except (FileNotFoundError, subprocess.TimeoutExpired):
+                found = None
+            self._max_array_size = int(found.group(1)) if found else None
+        return self._max_array_size
+
+    def unrecorded(self, folder: Path, known: set[str]) -> dict[str, bool]:
+        """Jobs in the queue that write their logs to ``folder`` and are none of ``known``
+        (array tasks as 123_4): base job id -> whether it is an array. What a launch killed
+        between sbatch and its record left behind."""
+        out = subprocess.run(["squeue", "--noheader", "--array", f"--user={getpass.getuser()}",
+                              "--Format=JobArrayID:|,STDOUT:"], capture_output=True, text=True, timeout=60)
+        if out.returncode:
+            raise UserError(f"squeue failed: {out.stderr.strip()}")
+        found: dict[str, bool] = {}
+        for line in out.stdout.splitlines():
+            job_id, _, stdout = (f.strip() for f in line.partition("|"))
+            if Path(stdout).parent == Path(folder) and job_id not in known:
+                found[job_id.split("_")[0]] = "_" in job_id
+        return found
 
     def live(self, job_ids: list[str]) -> dict[str, Live]:
         """squeue's view of the given jobs (array tasks as 123_4), those it still holds."""
@@ -234,11 +298,17 @@ class LocalExecutor:
     def script(self, job: Job) -> None:
         return None
 
+    def max_array_size(self) -> None:
+        return None
+
+    def unrecorded(self, folder: Path, known: set[str]) -> dict[str, bool]:
+        return {}  # submit waits for its jobs: a killed launch takes them with it
+
     def _executor(self, job: Job):
         submitit = _submitit()
         r = job.resources
         ex = submitit.LocalExecutor(folder=job.folder, python=shlex.join(python_in_container(job)))
-        ex.update_parameters(timeout_min=r.time_min, tasks_per_node=r.nodes * r.tasks_per_node,
+        ex.update_parameters(timeout_min=r.time_limit_min, tasks_per_node=r.nodes * r.tasks_per_node,
                              gpus_per_node=r.gpus_per_node, signal_delay_s=r.signal_delay_s)
         return ex
 

@@ -16,9 +16,12 @@ blocks), and its own resources and container over the sweep's `defaults` (per ki
 What happens: every task's config is resolved and checked before anything is submitted.
 A task whose output is complete with the same config is skipped; one that a queued or
 running job of this run directory already produces is not submitted twice (dependents wait
-for that job). The rest go to the executor: one job, or one array per stage, with afterok
-dependencies on the stages named in `after`; the local and debug executors run stage after
-stage. Jobs get Slurm's warning (--signal=B:USR2@signal_delay_s), save their state, exit 75
+for that job). The rest go to the executor: one job, or one array per stage (several when the stage
+has more tasks than the site's MaxArraySize; `max_jobs` caps the sweep's jobs in the queue),
+with afterok dependencies on the stages named in `after`; the local and debug executors run
+stage after stage. Each submission is recorded before sbatch runs and once it has answered, so
+`--resume` after a launch cut off anywhere adopts the job sbatch made instead of a second copy.
+Models named by hub id are pinned first (hub.py): jobs get the snapshot's folder, offline. Jobs get Slurm's warning (--signal=B:USR2@signal_delay_s), save their state, exit 75
 and are requeued from the batch script's host side; they resume where they stopped.
 
 Output (RUN_DIR/sweeps/): <sweep>.json (per task: config file, output folder, job id, log
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -40,7 +44,8 @@ from ..errors import UserError
 from ..io.rows import atomic_write_json, atomic_write_text, read_json
 from ..runs.rundir import config_hash, utc_now
 from ..stages.pipeline import KINDS
-from .executors import EXECUTORS
+from .executors import EXECUTORS, log_paths
+from .hub import PinnedModels
 from .jobs import done as task_done
 from .status import manifest_path, print_status, read_manifests
 from .sweep import Plan, Sweep, make_plan, print_plan
@@ -68,32 +73,79 @@ def _set_job(entry: dict, job_id: str | None, **fields: Any) -> None:
     entry.update(job_id=job_id, **fields)
 
 
+def _adopt_unrecorded(manifest: dict, executor) -> None:
+    """Tasks whose submission was recorded as begun but not as done (the launch was killed,
+    or its terminal closed, between sbatch and the record): the job sbatch made, if it is in
+    the queue, is theirs, so --resume waits for it instead of submitting a second copy.
+    One submission is in flight at a time, so a stage has at most one such job."""
+    started = [t for s in manifest.get("stages", []) for t in s["tasks"] if "submitting" in t]
+    known = {i for s in manifest.get("stages", []) for t in s["tasks"] for i in [t["job_id"], *t["history"]] if i}
+    for folder in dict.fromkeys(t["submitting"]["folder"] for t in started):
+        found = executor.unrecorded(Path(folder), known)
+        if len(found) > 1:
+            raise UserError(f"jobs {', '.join(found)} write to {folder} but no launch recorded them: cancel "
+                            f"those you do not want (scancel ID), then launch --resume again")
+        for entry in (t for t in started if t["submitting"]["folder"] == folder):
+            for base, array in found.items():
+                job_id = f"{base}_{entry['submitting']['position']}" if array else base
+                _set_job(entry, job_id, log=log_paths(Path(folder), job_id), submitted=entry["submitting"]["time"])
+            del entry["submitting"]
+
+
+def _queued_by(manifest: dict, launch_time: str) -> list[tuple[str, str]]:
+    """(stage, base job id) of what this launch submitted."""
+    return list(dict.fromkeys((s["name"], t["job_id"].split("_")[0]) for s in manifest["stages"]
+                              for t in s["tasks"] if t.get("job_id") and t.get("submitted") == launch_time))
+
+
 def launch(plan: Plan, executor, *, source: str, out: TextIO) -> dict:
-    """Submit what is neither complete nor already being produced; write the sweep manifest
-    after each stage (a launcher killed halfway leaves a manifest of what it submitted)."""
+    """Submit what is neither complete nor already being produced. The sweep manifest records
+    each submission before sbatch runs and again once it has answered, so a launch cut at any
+    point leaves a manifest that --resume completes without a second copy of any job."""
     for stage in plan.stages:
         if stage.container.image and not Path(stage.container.image).exists():
             raise UserError(f"stage '{stage.name}': container image {stage.container.image} not found "
                             f"(build it with containers/build.sh)")
-    producers = _producers(plan.run_dir, executor)
+        cache = stage.container.cache
+        if cache:
+            try:
+                Path(cache).mkdir(parents=True, exist_ok=True)
+            except OSError:
+                pass
+            if not os.access(cache, os.W_OK | os.X_OK):
+                raise UserError(f"stage '{stage.name}': {cache} (bound at /cache, where the image keeps its caches) "
+                                f"is not a writable folder: set container.cache, or bind one with "
+                                f"container.binds [\"/scratch/you/cache:/cache\"]")
     path = manifest_path(plan.run_dir, plan.sweep.name)
     manifest = read_json(path) if path.exists() else {"sweep": plan.sweep.name, "launches": []}
+    if manifest.get("cluster", executor.name) == executor.name:
+        _adopt_unrecorded(manifest, executor)
+        if path.exists():
+            atomic_write_json(path, manifest)
+    producers = _producers(plan.run_dir, executor)
     previous = {(s["name"], tuple(t["outputs"])): t for s in manifest.get("stages", []) for t in s["tasks"]}
     # Stages left out of this launch (--stages) keep their entries, so status still shows them.
     launched = {stage.name for stage in plan.stages}
     manifest.update(run_dir=str(plan.run_dir), cluster=executor.name,
                     stages=[s for s in manifest.get("stages", []) if s["name"] not in launched])
-    manifest["launches"].append({"time": utc_now(), "source": source})
+    now = utc_now()
+    manifest["launches"].append({"time": now, "source": source})
     # The sweep as launched (overrides applied), for `launch RUN_DIR --resume`.
     atomic_write_text(plan.dir.with_suffix(".yaml"),
                       dump_config(dataclasses.replace(plan.sweep, run_dir=str(plan.run_dir), cluster=executor.name)))
+    order = list(plan.sweep.stages)
+    # The per-sweep job cap counts this sweep's jobs still in the queue (an array task is a job).
+    live = {t["job_id"] for t in producers.values()}
+    budget = None if plan.sweep.max_jobs is None else \
+        plan.sweep.max_jobs - sum(t.get("job_id") in live for t in previous.values())
+    max_array = executor.max_array_size()
 
     job_ids: dict[str, list[str]] = {}  # stage -> the jobs its dependents wait for
-    failed: set[str] = set()  # stages with a task that did not complete (blocking executors)
+    failed: dict[str, str] = {}  # stage -> why its dependents cannot be submitted now
     for stage in plan.stages:
         kind = KINDS[stage.kind]
         entries, to_run, waiting_on = [], [], []
-        blocked = [u for u in stage.after if u in failed]
+        blocked = {u: failed[u] for u in stage.after if u in failed}
         for task in stage.tasks:
             config, attempts = plan.task_files(stage, task)
             outputs = [str(o) for o in task.outputs]
@@ -110,32 +162,64 @@ def launch(plan: Plan, executor, *, source: str, out: TextIO) -> dict:
                          submitted=producer["submitted"], at_launch="queued")
                 waiting_on.append(producer["job_id"])
             elif blocked:
-                _set_job(entry, None, log=None, submitted=None,
-                         at_launch=f"not run: {', '.join(blocked)} did not complete")
+                _set_job(entry, None, log=None, submitted=None, at_launch="not run: " + "; ".join(
+                    f"{u} {why}" for u, why in blocked.items()))
             else:
                 header = (f"# bioinstruct launch: sweep {plan.sweep.name}, stage {stage.name}, task {task.index} "
                           f"({task.label}), kind {stage.kind}\n")
                 atomic_write_text(config, header + dump_config(task.cfg))
                 to_run.append((task, entry))
             entries.append(entry)
-        if to_run:
-            job = plan.job(stage, [t for t, _ in to_run], [j for u in stage.after for j in job_ids.get(u, [])])
-            ids = executor.submit(job)
-            now = utc_now()
-            for (task, entry), job_id in zip(to_run, ids):
-                _set_job(entry, job_id, log=job.log_paths(job_id), submitted=now, at_launch="submitted")
-            # An array is one dependency (123 covers 123_0, 123_1, ...).
-            waiting_on += sorted({i.split("_")[0] for i in ids})
-            print(f"{stage.name}: {len(ids)} task(s) submitted"
-                  + ("" if executor.blocking else f" as job {ids[0].split('_')[0]}"), file=out)
-        job_ids[stage.name] = waiting_on
         manifest["stages"].append({"name": stage.name, "kind": stage.kind, "after": stage.after,
                                    "log_dir": str(plan.dir / stage.name / "logs"), "tasks": entries})
-        order = list(plan.sweep.stages)
         manifest["stages"].sort(key=lambda s: order.index(s["name"]) if s["name"] in order else len(order))
+        after = [j for u in stage.after for j in job_ids.get(u, [])]
+        # One array per chunk of at most MaxArraySize tasks (and what the job cap leaves).
+        submitted, bases = [], []
+        while len(submitted) < len(to_run) and (budget is None or budget > 0):
+            size = min(max_array or len(to_run), len(to_run) if budget is None else budget)
+            part = to_run[len(submitted):len(submitted) + size]
+            job = plan.job(stage, [t for t, _ in part], after)
+            for position, (_, entry) in enumerate(part):
+                entry["submitting"] = {"folder": str(job.folder), "position": position, "time": now}
+            atomic_write_json(path, manifest)
+            try:
+                ids = executor.submit(job)
+            except UserError as e:
+                for _, entry in part:
+                    del entry["submitting"]
+                atomic_write_json(path, manifest)
+                queued = _queued_by(manifest, now)
+                raise UserError(f"{e}. " + (
+                    f"Already queued by this launch: {', '.join(f'{s} (job {j})' for s, j in queued)}; cancel "
+                    f"them with `scancel {' '.join(j for _, j in queued)}`, or fix the cause and submit the "
+                    f"rest with `bioinstruct launch {plan.run_dir} --resume`" if queued else "Nothing was queued"
+                )) from None
+            for (_, entry), job_id in zip(part, ids):
+                del entry["submitting"]
+                _set_job(entry, job_id, log=job.log_paths(job_id), submitted=now, at_launch="submitted")
+            atomic_write_json(path, manifest)
+            submitted += part
+            # An array is one dependency (123 covers 123_0, 123_1, ...).
+            bases += dict.fromkeys(i.split("_")[0] for i in ids)
+            if budget is not None:
+                budget -= len(part)
+        for _, entry in to_run[len(submitted):]:
+            entry["at_launch"] = f"not submitted: max_jobs={plan.sweep.max_jobs} reached"
+        waiting_on += bases
+        if to_run:
+            print(f"{stage.name}: {len(submitted)} task(s) submitted"
+                  + ("" if executor.blocking or not bases else
+                     f" as job{'s' * (len(bases) > 1)} {', '.join(bases)}")
+                  + (f"; {len(to_run) - len(submitted)} not (max_jobs={plan.sweep.max_jobs} jobs of this sweep "
+                     f"queued at once): `bioinstruct launch {plan.run_dir} --resume` submits them once some have "
+                     f"ended" if len(submitted) < len(to_run) else ""), file=out)
+        job_ids[stage.name] = waiting_on
         atomic_write_json(path, manifest)
-        if executor.blocking and any(not task_done(kind, t.cfg, o) for t in stage.tasks for o in t.outputs):
-            failed.add(stage.name)
+        if len(submitted) < len(to_run):
+            failed[stage.name] = "is not all submitted (max_jobs)"
+        elif executor.blocking and any(not task_done(kind, t.cfg, o) for t in stage.tasks for o in t.outputs):
+            failed[stage.name] = "did not complete"
     return manifest
 
 
@@ -177,7 +261,10 @@ def main(args: argparse.Namespace) -> int:
     sweep, source = _sweep_source(args)
     executor = EXECUTORS[args.cluster or sweep.cluster]()
     selected = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
-    plan = make_plan(sweep, source, selected)
+    # Hub ids become pinned snapshots here, on the login node; a dry run shows them as named.
+    models = None if args.dry_run else PinnedModels(
+        Path(sweep.run_dir).expanduser().resolve() / "sweeps" / "hub" / "models.json", sweep.hub_cache)
+    plan = make_plan(sweep, source, selected, models)
     if args.dry_run:
         print_plan(plan, executor, sys.stdout, source)
         return 0

@@ -19,17 +19,18 @@ import re
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from ..runs.config import load_config
+from ..runs.config import at_least, load_config
 from ..errors import ConfigError, StageConflict
 from ..paths import SOURCE_TREE, source_path
 from ..stages.pipeline import KINDS
 from .executors import Container, Job, Resources
+from .hub import is_hub_id
 from .jobs import done as task_done
 
 
 # Built-in resources: BASE under every kind, then the kind's own (its Stage.resources; a sweep's
 # `defaults` and each stage's `resources` go on top).
-BASE = Resources(nodes=1, gpus_per_node=0, tasks_per_node=1, cpus_per_task=2, time_min=60,
+BASE = Resources(nodes=1, gpus_per_node=0, tasks_per_node=1, cpus_per_task=2, time_limit_min=60,
                  array_parallelism=32, signal_delay_s=120, max_requeues=20, sbatch={})
 KIND_RESOURCES = {name: Resources(**stage.resources) for name, stage in KINDS.items()}
 
@@ -56,8 +57,17 @@ class Sweep:
     name: str = "sweep"
     run_dir: str = "runs/sweep"
     cluster: Literal["slurm", "local", "debug"] = "slurm"
+    # The most jobs of this sweep in the queue at once (an array task counts one), for a site's
+    # MaxSubmitJobs; launch --resume submits the rest once some have ended. None: no cap.
+    max_jobs: int | None = None
+    # Where `launch` keeps the snapshots of models named by hub id (launch/hub.py): a folder the
+    # compute nodes also see. None: huggingface_hub's cache ($HF_HUB_CACHE, $HF_HOME/hub).
+    hub_cache: str | None = None
     defaults: dict[str, StageDefaults] = dataclasses.field(default_factory=dict)  # per kind, or "all"
     stages: dict[str, StageSpec] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        at_least(self, 1, "max_jobs")
 
 
 @dataclasses.dataclass
@@ -220,8 +230,15 @@ def _order(sweep: Sweep, selected: list[str] | None, where: str) -> list[str]:
     return [n for n in order if not selected or n in selected]
 
 
-def _tasks(name: str, spec: StageSpec, names: dict[str, str], where: str) -> list[Task]:
-    """A stage's tasks: one per grid point, each config resolved and checked for completion."""
+def _dotted(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _tasks(name: str, spec: StageSpec, names: dict[str, str], where: str, models=None) -> list[Task]:
+    """A stage's tasks: one per grid point, each config resolved and checked for completion.
+    ``models`` (hub.PinnedModels) turns hub ids into pinned snapshot folders."""
     kind = KINDS[spec.kind]
     config = _resolve_path(_fill(spec.config, names)) if spec.config else None
     tasks = []
@@ -235,6 +252,11 @@ def _tasks(name: str, spec: StageSpec, names: dict[str, str], where: str) -> lis
         overrides = [_override(k, v) for k, v in settings.items()]
         try:
             cfg = load_config(kind.config, task_config, overrides)
+            pinned = [_override(key, models.snapshot(value)) for key in kind.hub_models
+                      if models and is_hub_id(value := _dotted(cfg, key))]
+            if pinned:
+                overrides += pinned
+                cfg = load_config(kind.config, task_config, overrides)
             label = kind.task_name(cfg) if kind.task_name else label
             outputs = [p.resolve() for p in kind.outputs(cfg)]
             done = all(task_done(kind, cfg, o) for o in outputs)
@@ -244,7 +266,7 @@ def _tasks(name: str, spec: StageSpec, names: dict[str, str], where: str) -> lis
     return tasks
 
 
-def make_plan(sweep: Sweep, where: str, selected: list[str] | None = None) -> Plan:
+def make_plan(sweep: Sweep, where: str, selected: list[str] | None = None, models=None) -> Plan:
     """Every task of every (selected) stage with its resolved config and whether it is done.
     Raises ConfigError (or StageConflict) for anything wrong, before a job exists."""
     run_dir = Path(sweep.run_dir).expanduser().resolve()
@@ -270,7 +292,10 @@ def make_plan(sweep: Sweep, where: str, selected: list[str] | None = None) -> Pl
         if container.image:
             container.image = _resolve_path(_fill(container.image, names))
         container.binds = [os.path.expandvars(_fill(b, names)) for b in container.binds or []]
-        tasks = _tasks(name, spec, names, here)
+        binds_cache = any(b.split(":")[1:2] == ["/cache"] for b in container.binds)
+        container.cache = None if not container.image or binds_cache else \
+            os.path.expandvars(_fill(container.cache or "{run_dir}/cache", names))
+        tasks = _tasks(name, spec, names, here, models)
         for task in tasks:
             for output in task.outputs:
                 if output in writers:
@@ -286,7 +311,7 @@ def make_plan(sweep: Sweep, where: str, selected: list[str] | None = None) -> Pl
 
 def _resource_line(r: Resources) -> str:
     fields = ["partition", "account", "qos", "constraint", "nodes", "tasks_per_node", "gpus_per_node",
-              "cpus_per_task", "mem_gb", "time_min", "array_parallelism", "signal_delay_s", "max_requeues"]
+              "cpus_per_task", "mem_gb", "time_limit_min", "min_time_limit_min", "array_parallelism", "signal_delay_s", "max_requeues"]
     text = " ".join(f"{f}={getattr(r, f):g}" if isinstance(getattr(r, f), float) else f"{f}={getattr(r, f)}"
                     for f in fields if getattr(r, f) is not None)
     return text + "".join(f" --{k}={v}" for k, v in (r.sbatch or {}).items())
@@ -299,6 +324,9 @@ def print_plan(plan: Plan, executor, out: TextIO, source: str) -> None:
     todo = sum(not t.done for s in plan.stages for t in s.tasks)
     print(f"sweep '{plan.sweep.name}' from {source}: {len(plan.stages)} stages, {n} tasks "
           f"({todo} to run, {n - todo} complete); run directory {plan.run_dir}; cluster {executor.name}", file=out)
+    if executor.name == "slurm" and any(s.resources.account is None for s in plan.stages):
+        print("note: no Slurm account set, and most sites require one: defaults.all.resources.account=NAME "
+              "(sacctmgr show associations user=$USER lists yours)", file=out)
     for stage in plan.stages:
         run = [t for t in stage.tasks if not t.done]
         print(f"\nstage {stage.name} (kind {stage.kind}): {len(stage.tasks)} task(s), "
@@ -313,8 +341,14 @@ def print_plan(plan: Plan, executor, out: TextIO, source: str) -> None:
                                                            if t.outputs else ""), file=out)
             settings = ([f"--config {t.config}"] if t.config else []) + t.overrides
             print(f"      {config}: {' '.join(settings) or '(defaults)'}", file=out)
-        script = executor.script(plan.job(stage, run, [f"<{a}>" for a in stage.after])) if run else None
+        # Arrays larger than the site's MaxArraySize go as chunks; the script is the first one's.
+        size = min(executor.max_array_size() or len(run), len(run))
+        script = executor.script(plan.job(stage, run[:size], [f"<{a}>" for a in stage.after])) if run else None
         if script:
-            print(f"  sbatch script ({'array of ' + str(len(run)) if len(run) > 1 else 'one job'}):", file=out)
+            chunks = -(-len(run) // size)
+            shape = f"array of {len(run)}" if len(run) > 1 else "one job"
+            if chunks > 1:
+                shape += f", as {chunks} arrays of at most {size} (MaxArraySize); the first"
+            print(f"  sbatch script ({shape}):", file=out)
             for line in script.rstrip("\n").splitlines():
                 print(f"    | {line}".rstrip(), file=out)

@@ -222,4 +222,4 @@ STAGE = Stage(
     config=ClassifyConfig, run=run, outputs=lambda c: [Path(c.run_dir) / "classify"],
     identity=lambda c, _: identity(c),
     quickstart=lambda q: ClassifyConfig(run_dir=str(q.run_dir), llm=LLMConfig(backend="offline")),
-    resources={"cpus_per_task": 4, "mem_gb": 8, "time_min": 24 * 60})
+    resources={"cpus_per_task": 4, "mem_gb": 8, "time_limit_min": 24 * 60})

@@ -263,4 +263,4 @@ STAGE = Stage(
     "decontaminate", "drop instructions that contain an evaluation item (n-grams, near-duplicates)", __name__,
     config=DecontaminateConfig, run=run, outputs=lambda c: [Path(c.run_dir) / "decontaminate"],
     quickstart=lambda q: DecontaminateConfig(run_dir=str(q.run_dir), task_data=q.settings.demo_task_data()),
-    resources={"cpus_per_task": 2, "mem_gb": 16, "time_min": 2 * 60})  # minutes for 1M instructions
+    resources={"cpus_per_task": 2, "mem_gb": 16, "time_limit_min": 2 * 60})  # minutes for 1M instructions

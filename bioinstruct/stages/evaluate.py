@@ -319,7 +319,9 @@ def merge(out: str, cfg: EvaluateConfig) -> list[dict]:
         if shard is None:
             continue
         manifest = read_manifest(shard)
-        shard_cfg = dataclasses.replace(cfg, **{k: manifest["config"][k] for k in ("model", "adapter", "judge")},
+        # judge=true here judges shards scored without it: the judge as a CPU step after the GPU's.
+        shard_cfg = dataclasses.replace(cfg, **{k: manifest["config"][k] for k in ("model", "adapter")},
+                                        judge=cfg.judge or manifest["config"]["judge"],
                                         decontamination=manifest["config"].get("decontamination"))
         task = load_task(task_dir.name, manifest["config"]["task_data"].get(task_dir.name))
         results.append(merge_task(task, task_dir, shard_cfg, task_dir.parent.name))
@@ -380,4 +382,5 @@ def _quickstart(q) -> EvaluateConfig:
 STAGE = Stage(
     "evaluate", "score base and tuned models on the paper's nine tasks", __name__,
     config=EvaluateConfig, run=run, outputs=shard_dirs, identity=shard_identity, quickstart=_quickstart,
-    resources={"gpus_per_node": 1, "cpus_per_task": 8, "mem_gb": 64, "time_min": 8 * 60, "signal_delay_s": 300})
+    hub_models=("model",),
+    resources={"gpus_per_node": 1, "cpus_per_task": 8, "mem_gb": 64, "time_limit_min": 8 * 60, "signal_delay_s": 300})

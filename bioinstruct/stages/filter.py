@@ -298,4 +298,4 @@ STAGE = Stage(
     "filter", "ROUGE-L near-duplicate and rule filters on any instruction JSONL", __name__,
     config=FilterConfig, run=run, outputs=lambda c: [c.output_path().parent], recorded=lambda c: c.resolved(),
     identity=lambda c, _: identity(c), quickstart=_quickstart,
-    resources={"cpus_per_task": 4, "mem_gb": 16, "time_min": 12 * 60})
+    resources={"cpus_per_task": 4, "mem_gb": 16, "time_limit_min": 12 * 60})

@@ -404,4 +404,4 @@ STAGE = Stage(
     "generate", "grow instructions from seed tasks with GPT-4 (self-instruct), CPU job", __name__,
     config=GenerateConfig, run=run, outputs=lambda c: [Path(c.run_dir) / "generate"],
     identity=lambda c, _: identity(c), quickstart=_quickstart,
-    resources={"cpus_per_task": 4, "mem_gb": 8, "time_min": 48 * 60})  # API-bound: hours of waiting
+    resources={"cpus_per_task": 4, "mem_gb": 8, "time_limit_min": 48 * 60})  # API-bound: hours of waiting

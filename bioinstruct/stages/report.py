@@ -209,4 +209,4 @@ STAGE = Stage(
     "report", "the paper's tables and figures from a run directory", __name__,
     config=ReportConfig, run=run, outputs=lambda c: [c.out_dir()],
     recorded=lambda c: dataclasses.replace(c, out=str(c.out_dir())),
-    quickstart=lambda q: ReportConfig(run_dir=str(q.run_dir)), resources={"mem_gb": 8, "time_min": 60})
+    quickstart=lambda q: ReportConfig(run_dir=str(q.run_dir)), resources={"mem_gb": 8, "time_limit_min": 60})

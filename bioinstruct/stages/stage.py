@@ -37,6 +37,8 @@ class Stage:
     identity: Callable[[Any, Path], tuple[dict, tuple[str, ...]]] | None = None
     # `launch`'s built-in resources for its jobs (bioinstruct.launch.executors.Resources fields).
     resources: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # Config keys naming a model that may be a hub id: `launch` pins it to a snapshot's folder.
+    hub_models: tuple[str, ...] = ()
     # The stage's config in `bioinstruct quickstart` from its QuickstartConfig (whose run_dir
     # is a Path there); None: the quickstart skips the step this time.
     quickstart: Callable[[Any], Any] | None = None

@@ -351,4 +351,4 @@ STAGE = Stage(
     "stats", "the dataset card: sizes, categories, lengths, truncation, similarity", __name__,
     config=StatsConfig, run=run, outputs=lambda c: [Path(c.run_dir) / "stats"],
     identity=lambda c, _: identity(c), quickstart=_quickstart,
-    resources={"mem_gb": 8, "time_min": 60})
+    resources={"mem_gb": 8, "time_limit_min": 60})

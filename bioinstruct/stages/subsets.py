@@ -164,4 +164,4 @@ STAGE = Stage(
     config=SubsetsConfig, run=run, outputs=lambda c: [Path(c.run_dir) / "subsets"],
     identity=lambda c, _: identity(c),
     quickstart=lambda q: SubsetsConfig(run_dir=str(q.run_dir), sizes=q.settings.subset_sizes),
-    resources={"mem_gb": 8, "time_min": 60})
+    resources={"mem_gb": 8, "time_limit_min": 60})

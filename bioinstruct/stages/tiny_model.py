@@ -23,4 +23,4 @@ STAGE = Stage(
     config=TinyModelJob, run=lambda c, force=False: make_tiny_model(c.out, c.model, force=force),
     outputs=lambda c: [Path(c.out)], verb="make-tiny-model", recorded_as="make-tiny-model",
     recorded=lambda c: c.model, quickstart=lambda q: TinyModelJob(out=str(q.folder), model=q.settings.tiny_model),
-    resources={"time_min": 30})
+    resources={"time_limit_min": 30})

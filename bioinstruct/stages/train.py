@@ -459,5 +459,6 @@ STAGE = Stage(
     config=TrainConfig, run=run, outputs=lambda c: [output_dir(c)], distributed=True, preempted=(Preempted,),
     task_name=lambda c: c.stage_name(), identity=lambda c, _: (train_inputs(c), IDENTITY_KEYS + NEUTRAL_KEYS),
     quickstart=_quickstart,
-    resources={"gpus_per_node": 1, "tasks_per_node": 1, "cpus_per_task": 8, "mem_gb": 64, "time_min": 24 * 60,
+    hub_models=("model.path",),
+    resources={"gpus_per_node": 1, "tasks_per_node": 1, "cpus_per_task": 8, "mem_gb": 64, "time_limit_min": 24 * 60,
                "signal_delay_s": 300})  # a 13B ZeRO checkpoint takes minutes to write

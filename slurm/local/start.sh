@@ -4,6 +4,7 @@
 #
 #   slurm/local/start.sh                      # one node named after this host
 #   BIOINSTRUCT_SLURM_NODES=2 slurm/local/start.sh   # two emulated nodes n1, n2 (multi-node jobs)
+#   BIOINSTRUCT_SLURM_LIMITS="MaxArraySize=8" slurm/local/start.sh   # a site's limits (slurm.conf lines)
 #   export SLURM_CONF=/tmp/bioinstruct-slurm/slurm.conf; sinfo; sbatch ...
 #   slurm/local/stop.sh
 #
@@ -20,6 +21,7 @@ D=${BIOINSTRUCT_SLURM_DIR:-/tmp/bioinstruct-slurm}
 NODES=${BIOINSTRUCT_SLURM_NODES:-1}
 GPUS=${BIOINSTRUCT_SLURM_GPUS:-2}          # fake GPUs per node (gres), 0 for none
 CTLD_PORT=${BIOINSTRUCT_SLURM_PORT:-16817}  # not 6817: never collide with a real controller
+LIMITS=${BIOINSTRUCT_SLURM_LIMITS:-}        # slurm.conf settings, space-separated, e.g. MaxArraySize=8
 HERE=$(cd "$(dirname "$0")" && pwd)
 PACKAGES=(slurmctld slurmd slurm-client munge)
 HOSTS_MARK="# bioinstruct local slurm ($D)"
@@ -104,6 +106,10 @@ SlurmdPidFile=$D/run/slurmd-%n.pid
 SlurmctldLogFile=$D/log/slurmctld.log
 SlurmdLogFile=$D/log/slurmd-%n.log
 EOF
+  if [ -n "$LIMITS" ]; then
+    echo "# A site's limits (BIOINSTRUCT_SLURM_LIMITS)" >>"$D/slurm.conf.new"
+    printf '%s\n' $LIMITS >>"$D/slurm.conf.new"
+  fi
   local port=$((CTLD_PORT + 1))
   for name in $(node_names); do
     echo "NodeName=$name NodeAddr=127.0.0.1 Port=$port CPUs=$cpus RealMemory=$mem_mb $gres State=UNKNOWN" \
@@ -200,7 +206,7 @@ main() {
     fi
     sleep 0.3
   done
-  log "ready: $NODES node(s) ($(node_names | paste -sd' ' -)), partitions debug and high (preempts debug)"
+  log "ready: $NODES node(s) ($(node_names | paste -sd' ' -)), partitions debug and high (preempts debug)${LIMITS:+; $LIMITS}"
   echo "export SLURM_CONF=$SLURM_CONF"
 }
 
