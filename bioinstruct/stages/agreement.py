@@ -36,7 +36,7 @@ from typing import Any, Hashable, Iterator, Sequence
 
 import numpy as np
 
-from ..runs.config import add_config_arguments, config_from_args
+from ..runs.config import add_config_arguments, config_from_args, seed_field
 from ..errors import ConfigError, DataError, UserError
 from ..io.rows import atomic_open, atomic_write_json, atomic_write_text, iter_jsonl_numbered
 from ..llm.prompts import PromptTemplate
@@ -61,7 +61,7 @@ class AgreementConfig:
     sample: int | None = None  # records on the annotation sheet
     sample_from: str | None = None  # records to sample them from (--from)
     sheet: str | None = None  # the sheet to write (.csv)
-    seed: int = 0
+    seed: int = seed_field(0)
     prompt_template: str | None = None  # classify prompt for the sheet's README; None: the package's
 
     def __post_init__(self):

@@ -34,7 +34,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..runs.config import add_config_arguments, config_from_args
+from ..runs.config import add_config_arguments, config_from_args, ranged, seed_field
 from ..errors import ConfigError, DataError, StageStopped
 from ..paths import DATA
 from .filter import Criteria, CandidateFilter
@@ -58,8 +58,8 @@ class GenerateConfig:
     prompt_template: str | None = None  # None: the package's template
     num_demos: int = 3  # seed tasks shown per prompt (the paper's 3)
     num_tasks: int = 20  # tasks asked for per prompt, demos included (Alpaca's 20)
-    seed: int = 0  # demo sampling; prompt i is the same on every run
-    stall_after: int = 500  # responses in a row without an accepted candidate stop the run
+    seed: int = seed_field(0)  # demo sampling; prompt i is the same on every run
+    stall_after: int = ranged(500, low=1)  # responses in a row without an accepted candidate stop the run
     llm: LLMConfig = dataclasses.field(
         default_factory=lambda: LLMConfig(backend="openai", temperature=1.0, top_p=1.0, max_tokens=3072))
     filter: Criteria = dataclasses.field(default_factory=Criteria)
