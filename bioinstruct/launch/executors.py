@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..paths import SOURCE_TREE
+from ..runs.config import ranged
 from .jobs import run_task
 from .submitit_env import load_submitit as _submitit
 
@@ -45,15 +46,15 @@ class Resources:
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
-    nodes: int | None = None
-    gpus_per_node: int | None = None
-    tasks_per_node: int | None = None  # ranks per node: one per GPU for training
-    cpus_per_task: int | None = None
-    mem_gb: float | None = None  # per node
-    time_min: int | None = None
-    array_parallelism: int | None = None  # array tasks running at once
-    signal_delay_s: int | None = None  # USR2 this long before the time limit (save and requeue)
-    max_requeues: int | None = None  # restarts of one job before it is left stopped
+    nodes: int | None = ranged(None, low=1)
+    gpus_per_node: int | None = ranged(None, low=0)
+    tasks_per_node: int | None = ranged(None, low=1)  # ranks per node: one per GPU for training
+    cpus_per_task: int | None = ranged(None, low=1)
+    mem_gb: float | None = ranged(None, above=0.0)  # per node
+    time_min: int | None = ranged(None, low=1)
+    array_parallelism: int | None = ranged(None, low=1)  # array tasks running at once
+    signal_delay_s: int | None = ranged(None, low=0)  # USR2 this long before the time limit (save and requeue)
+    max_requeues: int | None = ranged(None, low=0)  # restarts of one job before it is left stopped
     sbatch: dict[str, str] | None = None  # any other sbatch option, e.g. {exclude: node7}
 
 

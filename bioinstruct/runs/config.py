@@ -190,6 +190,8 @@ class _Builder:
             args = typing.get_args(tp)
             if value is None and type(None) in args:
                 return None
+            if len(args) == 2 and type(None) in args:  # Optional: the one type's own message
+                return self.coerce(value, next(a for a in args if a is not type(None)), key)
             for arg in args:
                 if arg is not type(None):
                     try:

@@ -66,7 +66,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from ..runs.config import add_config_arguments, config_from_args
+from ..runs.config import add_config_arguments, config_from_args, ranged
 from ..errors import ConfigError, DataError
 from ..io.rows import atomic_write_json, iter_jsonl_numbered, write_jsonl
 from ..runs.progress import progress
@@ -97,27 +97,21 @@ class DecontaminateConfig:
     task_data: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # per-task loader options
     missing_data: Literal["skip", "error"] = "skip"  # a task whose data is absent
     policy: Literal["drop", "flag", "keep"] = "drop"
-    ngram: int = 13
-    min_ngram: int = 8  # a field of min_ngram..ngram-1 words is one whole n-gram
-    common_ngram_items: int = 5  # an n-gram in more items than this is no item's evidence
-    min_runs: int = 2  # an item is hit by this many separate runs of its n-grams,
-    long_run: int = 20  # or by one run of this many words, or by a whole field (see above)
+    ngram: int = ranged(13, low=1)
+    min_ngram: int = ranged(8, low=1)  # a field of min_ngram..ngram-1 words is one whole n-gram
+    common_ngram_items: int = ranged(5, low=1)  # an n-gram in more items than this is no item's evidence
+    min_runs: int = ranged(2, low=1)  # an item is hit by this many separate runs of its n-grams,
+    long_run: int = ranged(20, low=1)  # or by one run of this many words, or by a whole field (see above)
     near_duplicate: bool = True
-    shingle: int = 3  # words per shingle
-    containment: float = 0.5  # share of an item's distinctive shingles found in a record
-    min_shared: int = 6  # and at least this many of them (all of them, for an item with fewer)
-    min_item_shingles: int = 3  # items with fewer distinctive shingles: n-grams only
-    common_items: int = 25  # a shingle in more items than this is not distinctive
+    shingle: int = ranged(3, low=1)  # words per shingle
+    containment: float = ranged(0.5, above=0.0, high=1.0)  # share of an item's distinctive shingles in a record
+    min_shared: int = ranged(6, low=1)  # and at least this many of them (all of them, for an item with fewer)
+    min_item_shingles: int = ranged(3, low=1)  # items with fewer distinctive shingles: n-grams only
+    common_items: int = ranged(25, low=1)  # a shingle in more items than this is not distinctive
 
     def __post_init__(self):
-        if self.ngram < 1 or not 1 <= self.min_ngram <= self.ngram:
-            raise ValueError("need ngram >= 1 and 1 <= min_ngram <= ngram")
-        if min(self.shingle, self.min_shared, self.min_item_shingles, self.common_items,
-               self.common_ngram_items, self.min_runs, self.long_run) < 1:
-            raise ValueError("shingle, min_shared, min_item_shingles, common_items, common_ngram_items, "
-                             "min_runs and long_run must be >= 1")
-        if not 0.0 < self.containment <= 1.0:
-            raise ValueError(f"containment must be within (0, 1], got {self.containment}")
+        if self.min_ngram > self.ngram:
+            raise ValueError(f"min_ngram={self.min_ngram} exceeds ngram={self.ngram}")
 
 
 # ---- text --------------------------------------------------------------------------------

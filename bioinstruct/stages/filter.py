@@ -82,7 +82,7 @@ class RuleConfig:
 @dataclasses.dataclass
 class Criteria:
     """What decides a candidate; shared by the filter and generate stages."""
-    threshold: float = 0.7  # reject when max ROUGE-L F against the pool is > threshold
+    threshold: float = ranged(0.7, low=0.0, high=1.0)  # reject when max ROUGE-L F against the pool is > threshold
     pool_growth: Literal["seeds+accepted", "seeds"] = "seeds+accepted"
     top_k: int = ranged(10, low=0)  # most similar pool instructions recorded for kept candidates
     # rouge-score's (the reference), or "unicode", which keeps Greek letters and accents.
@@ -93,10 +93,6 @@ class Criteria:
     embedding_model: str | None = None  # a local sentence-transformers dir; None: bioinstruct[embed]'s
     embedding_threshold: float = ranged(0.9, low=-1.0, high=1.0)  # cosine above which a candidate is rejected
     rules: RuleConfig = dataclasses.field(default_factory=RuleConfig)
-
-    def __post_init__(self):
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be within [0, 1], got {self.threshold}")
 
 
 @dataclasses.dataclass

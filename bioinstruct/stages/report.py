@@ -59,7 +59,7 @@ from ..reporting.pages import csv_text, render_html, render_markdown, scores_csv
 from ..reporting.plots import figure_size, plot_figure2, plot_figure3
 from ..reporting.results import Result, load_results, subset_sizes
 from ..reporting.tables import format_table
-from ..runs.rundir import finished, read_manifest, run_stage
+from ..runs.rundir import check_writable, finished, read_manifest, run_stage
 from .stage import Stage
 
 
@@ -160,6 +160,7 @@ def run(cfg: ReportConfig, *, force: bool = False) -> dict:
     if not run_dir.is_dir():
         raise ConfigError(f"run_dir: no such directory: {run_dir}")
     out = cfg.out_dir()
+    check_writable(out, "--out")
     results, skipped = load_results(run_dir, out)
     if not results:  # an empty report would look like a run whose models scored nothing
         why = f" ({len(skipped)} skipped: {skipped[0]['source']}: {skipped[0]['why']})" if skipped else ""
