@@ -3,6 +3,8 @@
 The planted test uses the real MedMCQA dev and PubMedQA test sets in ../shared/data: items
 copied verbatim, reformatted (options reordered; case, whitespace and punctuation changed)
 and lightly reworded, among real instructions (the BioInstruct and Self-Instruct seed tasks).
+The attribution tests use made-up USMLE-style items and cases (MedQA is not public here):
+cases that share one coincidental phrase with an item are kept, copies name their own item.
 """
 
 from __future__ import annotations
