@@ -259,7 +259,7 @@ def test_every_verbatim_and_reformatted_plant_is_dropped_and_no_clean_record(pla
     print(f"\nreworded plants caught: {caught['reworded']}/150 ({100 * rate:.0f}%); "
           f"hits on an item other than the planted one: {len(others)}")
     assert caught["verbatim"] == caught["reformatted"] == 150 and caught["clean"] == 0
-    assert rate >= 0.5  # measured 2026-12: see the README; a drop means the near-duplicate measure regressed
+    assert rate >= 0.7  # measured 2026-12: 106/150, see the README; a drop means a measure regressed
     clean = read_jsonl(run / "decontaminate" / "clean.jsonl")
     assert clean == [r for r, d in zip(records, decisions) if d["decision"] == "kept"]
     summary = json.loads((run / "decontaminate" / "summary.json").read_text())
