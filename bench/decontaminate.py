@@ -14,8 +14,9 @@ of them an evaluation item copied in and 1% a reformatted copy.
 
 In one run it indexes the items, matches every instruction (CPU time and wall time, as the
 stage does it, one process), then compares a sample of --verify instructions against every
-item one pair at a time with Python sets, written independently from the same definitions:
-the two must agree on every (instruction, item, method) and on the overlap counts. The naive
+item one pair at a time with Python sets, written independently from the same definitions
+(the n-gram attribution too: runs, a long run, a whole field, common n-grams left out): the
+two must agree on every (instruction, item, method) and on the overlap counts. The naive
 cost per pair is extrapolated to all pairs.
 """
 
@@ -82,17 +83,55 @@ class Naive:
     def __init__(self, items: list[Item], cfg: DecontaminateConfig):
         self.cfg = cfg
         n, k = cfg.ngram, cfg.shingle
-        self.grams, shingles = [], []
+        grams, shingles, self.fields = [], [], []
         for item in items:
             fields = [words(t) for _, t in item.fields]
             fields = [f for f in fields if f]
-            self.grams.append({tuple(f[i:i + n]) for f in fields for i in range(len(f) - n + 1)}
-                              | {tuple(f) for f in fields if cfg.min_ngram <= len(f) < n})
+            self.fields.append([tuple(f) for f in fields])
+            grams.append({tuple(f[i:i + n]) for f in fields for i in range(len(f) - n + 1)}
+                         | {tuple(f) for f in fields if cfg.min_ngram <= len(f) < n})
             shingles.append({tuple(f[i:i + k]) for f in fields for i in range(len(f) - k + 1)}
                             | {tuple(f) for f in fields if 1 < len(f) < k}
                             | {tuple(f) for f in fields if len(f) == 1 and len(f[0]) >= 3 and not f[0].isdigit()})
         df = collections.Counter(s for sh in shingles for s in sh)
         self.shingles = [{s for s in sh if df[s] <= cfg.common_items} for sh in shingles]
+        df = collections.Counter(g for gr in grams for g in gr)
+        self.grams = [{g for g in gr if df[g] <= cfg.common_ngram_items} for gr in grams]
+
+    def evidence(self, j: int, w: list[str], shingles: int) -> bool:
+        """More of item j in the words w than one phrase: min_runs runs (runs sharing an
+        n-gram being one), a run of long_run words, a whole field holding an n-gram, or
+        min_shared of its ``shingles`` (shared distinctive shingles) beyond the runs."""
+        cfg, grams = self.cfg, self.grams[j]
+        spans = sorted((i, i + len(g), g) for g in grams for i in range(len(w) - len(g) + 1)
+                       if tuple(w[i:i + len(g)]) == g)
+        runs = []  # [start, end, grams]
+        for a, b, g in spans:
+            if runs and a < runs[-1][1]:
+                runs[-1][1], runs[-1][2] = max(runs[-1][1], b), runs[-1][2] | {g}
+            else:
+                runs.append([a, b, {g}])
+        component = list(range(len(runs)))  # runs joined by a shared n-gram, union-find
+        for x in range(len(runs)):
+            for y in range(x):
+                if runs[x][2] & runs[y][2]:
+                    root_x, root_y = x, y
+                    while component[root_x] != root_x:
+                        root_x = component[root_x]
+                    while component[root_y] != root_y:
+                        root_y = component[root_y]
+                    component[root_x] = root_y
+        roots = set()
+        for x in range(len(runs)):
+            while component[x] != x:
+                x = component[x]
+            roots.add(x)
+        whole = any(any(g == f[i:i + len(g)] for g in grams for i in range(len(f) - len(g) + 1))
+                    and any(tuple(w[i:i + len(f)]) == f for i in range(len(w) - len(f) + 1))
+                    for f in self.fields[j])
+        beyond = shingles - sum(max(0, b - a - cfg.shingle + 1) for a, b, _ in runs)
+        return (len(roots) >= cfg.min_runs or max(b - a for a, b, _ in runs) >= cfg.long_run or whole
+                or (cfg.near_duplicate and beyond >= cfg.min_shared))
 
     def match(self, record: dict) -> list[tuple]:
         cfg, w = self.cfg, words(record_text(record))
@@ -100,9 +139,9 @@ class Naive:
         out = []
         for j, (grams, shingles) in enumerate(zip(self.grams, self.shingles)):
             g = len(grams & spans)
-            if g:
-                out.append((j, "ngram", g))
             s, total = len(shingles & spans), len(shingles)
+            if g and self.evidence(j, w, s):
+                out.append((j, "ngram", g))
             need = max(math.ceil(cfg.containment * total - 1e-9), min(cfg.min_shared, total))
             if cfg.near_duplicate and total >= cfg.min_item_shingles and s >= need:
                 out.append((j, "near_duplicate", s))

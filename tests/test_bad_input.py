@@ -83,6 +83,8 @@ BAD_SEEDS = {
     "duplicate-id": ("dup.jsonl", '{"id": "s1", "instruction": "Name a statin.", "instances": [{"input": "", "output": "a"}]}\n'
                      '{"id": "s1", "instruction": "Name a diuretic.", "instances": [{"input": "", "output": "b"}]}\n',
                      "{f}:2: duplicate id 's1'"),
+    "one-object": ("seeds-object.json", '{\n  "id": "s1",\n  "instruction": "Name a statin.",\n  "instances": '
+                   '[{"input": "", "output": "a"}]\n}\n', "{f}:1: expected a list of seed tasks"),
     "bad-seed-category": ("seedcat.jsonl", '{"id": "s1", "instruction": "Name a statin.", "category": "misc", '
                           '"instances": [{"input": "", "output": "a"}]}\n', "{f}:1: category 'misc' is not one of"),
 }
@@ -111,6 +113,19 @@ def ws(tmp_path_factory, tiny_model_dir):
     (ws / "a-file").write_text("not a folder\n")
     (ws / "empty-dir").mkdir()
     (ws / "adapter-no-config").mkdir()
+    zero = ws / "zero-model"  # a model folder whose weights file is empty (a failed copy)
+    zero.mkdir()
+    for f in tiny_model_dir.glob("*.json"):
+        (zero / f.name).write_bytes(f.read_bytes())
+    (zero / "model.safetensors").write_bytes(b"")
+    # a real adapter of a smaller LLaMA (hidden size 32), to be put on the 64-wide tiny model
+    small = ws / "small-model"
+    assert main(["make-tiny-model", str(small), "pretrain_steps=1", "hidden_size=32", "intermediate_size=64"]) == 0
+    assert main(["train", "--config", str(Path(__file__).resolve().parent.parent / "configs/train/tiny/lora.yaml"),
+                 f"run_dir={ws / 'small-run'}", f"model.path={small}", f"data.path={good}",
+                             "deepspeed=null", "optim.max_steps=1"]) == 0
+    adapter = next((ws / "small-run").glob("train/*/adapter"))
+    adapter.rename(ws / "small-adapter")
     return {"ws": ws, "good": good, "bad": bad, "run": run, "model": tiny_model_dir}
 
 
@@ -159,6 +174,17 @@ KEY_CASES = {
     "train lora.r=-1": (TRAIN + ["lora.r=-1"], ["'lora.r=-1'", "key 'lora.r' must be >= 1"]),
     "train lora.r=0": (TRAIN + ["lora.r=0"], ["key 'lora.r' must be >= 1"]),
     "train lora.r=x": (TRAIN + ["lora.r=x"], ["key 'lora.r' expects int"]),
+    "train lora.r=100000": (TRAIN + ["lora.r=100000"], ["key 'lora.r' must be within 1..64 for {model}",
+                                                        "q_proj layers are 64x64"]),
+    "train optim.lr=.nan": (TRAIN + ["optim.lr=.nan"], ["key 'optim.lr' expects a finite number, got nan"]),
+    "train optim.lr=.inf": (TRAIN + ["optim.lr=.inf"], ["key 'optim.lr' expects a finite number, got inf"]),
+    "train optim.max_grad_norm=.nan": (TRAIN + ["optim.max_grad_norm=.nan"], ["key 'optim.max_grad_norm' expects a finite"]),
+    "train seed=-1": (TRAIN + ["seed=-1"], ["key 'seed' must be within 0..4294967295, got -1"]),
+    "train seed=2**32": (TRAIN + ["seed=4294967296"], ["key 'seed' must be within 0..4294967295"]),
+    "train peak_tflops=0": (TRAIN + ["peak_tflops=0"], ["key 'peak_tflops' must be > 0"]),
+    "train model.path zero-byte weights": (TRAIN + ["model.path={ws}/zero-model"],
+                                           ["model.path: {ws}/zero-model/model.safetensors is not a readable safetensors",
+                                            "0 bytes"]),
     "train lora.rank": (TRAIN + ["lora.rank=8"], ["unknown key 'lora.rank'", "'lora.r'"]),
     "train lora.alpha=0": (TRAIN + ["lora.alpha=0"], ["key 'lora.alpha' must be >= 1"]),
     "train lora.dropout=1": (TRAIN + ["lora.dropout=1"], ["key 'lora.dropout' must be within [0, 1)"]),
@@ -225,6 +251,13 @@ KEY_CASES = {
     "evaluate model empty": (EVALUATE[:1] + ["--model", "{ws}/empty-dir"] + EVALUATE[3:], ["has no config.json"]),
     "evaluate adapter missing": (EVALUATE + ["--adapter", "/nowhere/adapter"], ["--adapter: no such directory"]),
     "evaluate adapter no config": (EVALUATE + ["--adapter", "{ws}/adapter-no-config"], ["has no adapter_config.json"]),
+    "evaluate adapter of another size": (EVALUATE + ["--adapter", "{ws}/small-adapter", "allow_base_mismatch=true"],
+                                         ["--adapter: {ws}/small-adapter/adapter_model.safetensors does not fit {model}",
+                                          "q_proj is 64x64 (in x out) there", "lora_A is 8x32"]),
+    "evaluate model zero-byte weights": (EVALUATE[:1] + ["--model", "{ws}/zero-model"] + EVALUATE[3:],
+                                         ["--model: {ws}/zero-model/model.safetensors", "expected the model's weights"]),
+    "evaluate judge temperature": (EVALUATE + ["judge_llm.temperature=-1"],
+                                   ["key 'judge_llm.temperature' must be within [0, 2], got -1"]),
     "evaluate out file": (EVALUATE[:-1] + ["{ws}/a-file"], ["--out: ", "a-file is a file"]),
     "evaluate out under file": (EVALUATE[:-1] + ["{ws}/a-file/evaluate"], ["--out: ", "which is a file"]),
     "evaluate data option": (EVALUATE + ["task_data.pubmedqa.path={ws}/nowhere.json"],
@@ -233,7 +266,7 @@ KEY_CASES = {
                               ["nowhere/pubmedqa/", "not found (task pubmedqa", "To obtain it"]),
     # filter
     "filter threshold=1.5": (["filter", "--in", "{good}", "--out", "{run}/filter/kept.jsonl", "threshold=1.5"],
-                             ["threshold must be within [0, 1]"]),
+                             ["key 'threshold' must be within [0, 1], got 1.5"]),
     "filter --threshold x": (["filter", "--in", "{good}", "--out", "{run}/filter/kept.jsonl", "--threshold", "x"],
                              ["argument --threshold: invalid float value: 'x'"]),
     "filter threshold=x": (["filter", "--in", "{good}", "--out", "{run}/filter/kept.jsonl", "threshold=x"],
@@ -243,9 +276,11 @@ KEY_CASES = {
     "filter words": (["filter", "--in", "{good}", "rules.min_instruction_words=200"], ["min_instruction_words"]),
     "filter no input": (["filter", "--out", "{run}/filter/kept.jsonl"], ["no input"]),
     "filter out file": (["filter", "--in", "{good}", "--out", "{ws}/a-file/kept.jsonl"], ["a-file"]),
+    "filter embedding_model missing": (["filter", "--in", "{good}", "mode=embedding", "embedding_model={ws}/nowhere"],
+                                       ["embedding_model: no such directory: {ws}/nowhere"]),
     "filter blacklist": (["filter", "--in", "{good}", "rules.blacklist=everything"], ["blacklist"]),
     # generate
-    "generate target=0": (["generate", "run_dir={run}", "target=0", "llm.backend=offline"], ["target must be >= 1"]),
+    "generate target=0": (["generate", "run_dir={run}", "target=0", "llm.backend=offline"], ["key 'target' must be >= 1"]),
     "generate num_demos": (["generate", "run_dir={run}", "num_demos=30", "llm.backend=offline"], ["num_demos"]),
     "generate backend": (["generate", "run_dir={run}", "llm.backend=gpt4"], ["key 'llm.backend' must be one of"]),
     "generate concurrency": (["generate", "run_dir={run}", "llm.concurrency=0", "llm.backend=offline"], ["concurrency"]),
@@ -254,18 +289,33 @@ KEY_CASES = {
     "generate no key": (["generate", "run_dir={run}", "llm.backend=openai", "llm.api_key_env=BIOINSTRUCT_NO_SUCH_KEY"],
                         ["BIOINSTRUCT_NO_SUCH_KEY"]),
     "generate run_dir file": (["generate", "run_dir={ws}/a-file", "llm.backend=offline"], ["a-file"]),
+    "generate seed=-1": (["generate", "run_dir={run}", "seed=-1", "llm.backend=offline"],
+                         ["key 'seed' must be within 0..4294967295"]),
+    "generate top_p": (["generate", "run_dir={run}", "llm.top_p=1.5", "llm.backend=offline"],
+                       ["key 'llm.top_p' must be within [0, 1], got 1.5"]),
+    "generate temperature nan": (["generate", "run_dir={run}", "llm.temperature=.nan", "llm.backend=offline"],
+                                 ["key 'llm.temperature' expects a finite number"]),
+    "generate stall_after": (["generate", "run_dir={run}", "stall_after=0", "llm.backend=offline"],
+                             ["key 'stall_after' must be >= 1"]),
+    "generate max_cost": (["generate", "run_dir={run}", "llm.budget.max_cost=-5", "llm.backend=offline"],
+                          ["key 'llm.budget.max_cost' must be >= 0"]),
+    "generate backoff": (["generate", "run_dir={run}", "llm.backoff_max=-1", "llm.backend=offline"],
+                         ["key 'llm.backoff_max' must be >= 0"]),
     "generate temprature": (["generate", "run_dir={run}", "llm.temprature=1"], ["unknown key 'llm.temprature'",
                                                                                 "'llm.temperature'"]),
     # decontaminate
     "decontaminate ngram=0": (["decontaminate", "run_dir={run}", "--in", "{good}", "ngram=0"], ["ngram"]),
     "decontaminate containment": (["decontaminate", "run_dir={run}", "--in", "{good}", "containment=2"],
-                                  ["containment must be within (0, 1]"]),
+                                  ["key 'containment' must be within (0, 1]"]),
     "decontaminate policy": (["decontaminate", "run_dir={run}", "--in", "{good}", "--policy", "remove"],
                              ["argument --policy: invalid choice: 'remove'"]),
     "decontaminate task": (["decontaminate", "run_dir={run}", "--in", "{good}", "tasks=[medmcq]"],
                            ["medmcq", "medmcqa"]),
     "decontaminate missing data": (["decontaminate", "run_dir={run}", "--in", "{good}", "tasks=[pubmedqa]",
                                     "missing_data=error", "task_data.pubmedqa.root={ws}/nowhere"], ["nowhere"]),
+    "decontaminate common_ngram_items=0": (["decontaminate", "run_dir={run}", "--in", "{good}", "common_ngram_items=0"],
+                                           ["common_ngram_items"]),
+    "decontaminate long_run=0": (["decontaminate", "run_dir={run}", "--in", "{good}", "long_run=0"], ["long_run"]),
     "decontaminate shingel": (["decontaminate", "run_dir={run}", "--in", "{good}", "shingel=3"],
                               ["unknown key 'shingel'", "'shingle'"]),
     # classify, subsets, stats, agreement, report, make-tiny-model, status, launch
@@ -273,6 +323,16 @@ KEY_CASES = {
                           ["parse_attempts"]),
     "classify no input": (["classify", "run_dir={ws}/empty-dir", "llm.backend=offline"],
                           ["empty-dir/filter/kept.jsonl: no such file"]),
+    "subsets seed=-1": (["subsets", "run_dir={run}", "--in", "{good}", "seed=-1"], ["key 'seed' must be within 0.."]),
+    "stats seed": (["stats", "--in", "{good}", "run_dir={run}", "seed=99999999999999999999999"],
+                   ["key 'seed' must be within 0..4294967295"]),
+    "agreement --seed -1": (["agreement", "--sample", "2", "--from", "{good}", "--sheet", "{run}/s.csv", "--seed", "-1"],
+                            ["key 'seed' must be within 0.."]),
+    "agreement sheet not utf8": (["agreement", "--labels", "{ws}/bad/late.csv", "{ws}/bad/late.csv"],
+                                 ["{ws}/bad/late.csv:2: not UTF-8"]),
+    "filter top_k": (["filter", "--in", "{good}", "top_k=-1"], ["key 'top_k' must be >= 0"]),
+    "filter embedding_threshold": (["filter", "--in", "{good}", "embedding_threshold=.nan"],
+                                   ["key 'embedding_threshold' expects a finite number"]),
     "subsets sizes": (["subsets", "run_dir={run}", "--in", "{good}", "sizes=[0]"], ["sizes must be positive"]),
     "subsets formats": (["subsets", "run_dir={run}", "--in", "{good}", "formats=[alpaca]"], ["formats must include jsonl"]),
     "subsets format name": (["subsets", "run_dir={run}", "--in", "{good}", "formats=[jsonl,parquet]"], ["formats"]),
@@ -282,11 +342,23 @@ KEY_CASES = {
     "agreement sample=0": (["agreement", "--sample", "0", "--from", "{good}", "--sheet", "{run}/s.csv"], ["sample"]),
     "agreement labels missing": (["agreement", "--labels", "{ws}/nowhere.jsonl", "{ws}/nowhere2.csv"], ["nowhere"]),
     "report no run": (["report", "{ws}/nowhere-run"], ["no such directory"]),
+    "report no results": (["report", "{ws}/empty-dir"], ["{ws}/empty-dir: no results.json", "nothing to report"]),
     "report out file": (["report", "{run}", "--out", "{ws}/a-file"], ["a-file"]),
     "tiny model file": (["make-tiny-model", "{ws}/a-file"], ["a-file"]),
     "tiny model under file": (["make-tiny-model", "{ws}/a-file/model"], ["a-file"]),
     "tiny model key": (["make-tiny-model", "{ws}/m", "pretrain_step=5"], ["unknown key 'pretrain_step'",
                                                                          "'pretrain_steps'"]),
+    "tiny model pretrain_steps=-1": (["make-tiny-model", "{ws}/m", "pretrain_steps=-1"],
+                                     ["key 'pretrain_steps' must be >= 0, got -1"]),
+    "tiny model hidden_size=0": (["make-tiny-model", "{ws}/m", "hidden_size=0"], ["key 'hidden_size' must be >= 1"]),
+    "tiny model heads=0": (["make-tiny-model", "{ws}/m", "num_attention_heads=0"],
+                           ["key 'num_attention_heads' must be >= 1"]),
+    "tiny model seed huge": (["make-tiny-model", "{ws}/m", "seed=99999999999999999999999"],
+                             ["key 'seed' must be within 0..4294967295"]),
+    "tiny model seed=-1": (["make-tiny-model", "{ws}/m", "seed=-1"], ["key 'seed' must be within 0..4294967295"]),
+    "tiny model lr nan": (["make-tiny-model", "{ws}/m", "lr=.nan"], ["key 'lr' expects a finite number"]),
+    "tiny model lr=0": (["make-tiny-model", "{ws}/m", "lr=0"], ["key 'lr' must be > 0"]),
+    "tiny model vocab": (["make-tiny-model", "{ws}/m", "vocab_size=10"], ["key 'vocab_size' must be >= 300"]),
     "tiny model corpus missing": (["make-tiny-model", "{ws}/m", "corpus={ws}/nowhere.txt"], ["nowhere.txt"]),
     "tiny model corpus not utf8": (["make-tiny-model", "{ws}/m", "corpus={ws}/bad/latin1.jsonl"], ["latin1.jsonl"]),
     "status no run": (["status", "{ws}/nowhere-run"], ["nowhere-run"]),
@@ -349,3 +421,63 @@ def test_bad_key_value_or_path(ws, case, capsys, isolated):
 
 def test_the_table_is_large(ws):
     assert len(list(data_cases())) + len(KEY_CASES) >= 200
+
+
+def numeric_keys(cls, prefix=""):
+    """(dotted key, type) of every int and float field of a config, sections included."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from numeric_keys(tp, prefix + f.name + ".")
+        elif {int, float} & ({tp} | set(typing.get_args(tp))):
+            yield prefix + f.name, tp
+
+
+def all_configs():
+    from bioinstruct.launch.sweep import StageDefaults
+    from bioinstruct.stages.pipeline import STAGES
+
+    return {**{name: stage.config for name, stage in STAGES.items()}, "launch resources": StageDefaults}
+
+
+def test_every_numeric_key_has_a_range():
+    """Whatever the stage, a number outside every sensible range (negative beyond any limit,
+    NaN, infinite) is refused by the config loader with the key named, before any work, and
+    a seed is within 0..2**32-1."""
+    from bioinstruct.errors import ConfigError
+    from bioinstruct.runs.config import load_config
+
+    checked = 0
+    for name, cls in all_configs().items():
+        for key, tp in numeric_keys(cls):
+            floats = float in ({tp} | set(__import__("typing").get_args(tp)))
+            for bad in ["-1000000000000000000000000000000"] + ([".nan", ".inf"] if floats else []):
+                with pytest.raises(ConfigError, match=f"key '{key}'"):
+                    load_config(cls, None, [f"{key}={bad}"])
+            if key.rsplit(".", 1)[-1] == "seed":
+                load_config(cls, None, [f"{key}={2 ** 32 - 1}"])
+                with pytest.raises(ConfigError, match=f"key '{key}' must be within 0..4294967295"):
+                    load_config(cls, None, [f"{key}={2 ** 32}"])
+            checked += 1
+    assert checked >= 100
+
+
+def test_report_force_never_replaces_a_report_with_an_empty_one(ws, tmp_path, capsys, isolated):
+    demo = Path(__file__).resolve().parent.parent / "bioinstruct" / "data" / "demo_tasks"
+    run = tmp_path / "run"
+    assert main(["evaluate", "--model", str(ws["model"]), "--tasks", "pubmedqa", "--out", str(run / "evaluate"),
+                 "limit=3", f"task_data.pubmedqa.root={demo}"]) == 0
+    assert main(["report", str(run)]) == 0
+    before = snapshot(run / "report")
+    assert "report.json" in {Path(p).name for p in before}
+    for results in run.rglob("results.json"):  # the results are moved away (another disk, a cleanup)
+        results.rename(results.with_name("results.moved"))
+    capsys.readouterr()
+    assert main(["report", str(run), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run}: no results.json" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert snapshot(run / "report") == before

@@ -3,10 +3,13 @@
 The planted test uses the real MedMCQA dev and PubMedQA test sets in ../shared/data: items
 copied verbatim, reformatted (options reordered; case, whitespace and punctuation changed)
 and lightly reworded, among real instructions (the BioInstruct and Self-Instruct seed tasks).
+The attribution tests use made-up USMLE-style items and cases (MedQA is not public here):
+cases that share one coincidental phrase with an item are kept, copies name their own item.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import random
 import re
@@ -15,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bioinstruct.cli import main
-from bioinstruct.similarity.ngrams import Index, Item, words
+from bioinstruct.similarity.ngrams import Index, Item, record_text, words
 from bioinstruct.stages.decontaminate import DecontaminateConfig, item_of, load_items
 from bioinstruct.io.rows import read_jsonl
 from bioinstruct.tasks import load_examples, load_task
@@ -236,10 +239,27 @@ def test_every_verbatim_and_reformatted_plant_is_dropped_and_no_clean_record(pla
             assert d["record_text"].startswith(record["instruction"]) and hit["item_text"] and hit["overlap"]
             methods = {h["method"] for h in d["hits"]}
             assert d["reason"] == ("ngram_overlap" if "ngram" in methods else "near_duplicate")
+    # another item is named only where the record holds more of it than one phrase
+    items = {f"{i.task}:{i.id}": i for i in load_items(DecontaminateConfig(
+        tasks=["medmcqa", "pubmedqa"], task_data={t: {"root": str(shared_data)} for t in ("medmcqa", "pubmedqa")}))[0]}
+    others = [(record, h) for record, d in zip(records, decisions) for h in d.get("hits", ())
+              if f"{h['task']}:{h['item_id']}" != record.get("plant") and h["method"] == "ngram"]
+    for record, h in others:
+        item = items[f"{h['task']}:{h['item_id']}"]
+        fields = [words(t) for _, t in item.fields]
+        w = words(record_text(record))
+        runs = _runs(w, _grams(fields))
+        whole = any(len(f) >= 8 and f" {' '.join(f)} " in f" {' '.join(w)} " for f in fields)
+        # or (a reworded copy) the item's 3-word shingles beyond the run
+        grams = _grams(fields)
+        inside = {i for s in range(len(w) - 12) if tuple(w[s:s + 13]) in grams for i in range(s, s + 13)}
+        beyond = {tuple(w[i:i + 3]) for i in range(len(w) - 2) if not {i, i + 1, i + 2} <= inside} & _grams(fields, 3)
+        assert whole or len(runs) > 1 or max(runs, default=0) >= 20 or len(beyond) >= 6, (record, h)
     rate = caught["reworded"] / 150
-    print(f"\nreworded plants caught: {caught['reworded']}/150 ({100 * rate:.0f}%)")
+    print(f"\nreworded plants caught: {caught['reworded']}/150 ({100 * rate:.0f}%); "
+          f"hits on an item other than the planted one: {len(others)}")
     assert caught["verbatim"] == caught["reformatted"] == 150 and caught["clean"] == 0
-    assert rate >= 0.5  # measured 2026-12: see the README; a drop means the near-duplicate measure regressed
+    assert rate >= 0.7  # measured 2026-12: 106/150, see the README; a drop means a measure regressed
     clean = read_jsonl(run / "decontaminate" / "clean.jsonl")
     assert clean == [r for r, d in zip(records, decisions) if d["decision"] == "kept"]
     summary = json.loads((run / "decontaminate" / "summary.json").read_text())
@@ -341,3 +361,158 @@ def test_the_card_has_a_contamination_section(planted, shared_data, tmp_path):
     assert f"{summary['contaminated']} of 100 instructions" in section and summary["contaminated"] > 0
     assert f"| medmcqa | 4,183 | {hit['records']} | {hit['items_touched']} |" in section
     assert summary["examples"][0]["item_id"] in section
+
+
+# ---- attribution: one shared phrase is not contamination ------------------------------------
+
+def _vignette(rng: random.Random) -> tuple[str, list[str]]:
+    """A made-up USMLE-style question from common openings, history, vitals and exam lines
+    and lead-ins, and four options. Numbers vary as in real vignettes, so two of them share
+    a vitals or history line now and then."""
+    he, his = rng.choice([("He", "His"), ("She", "Her")])
+    lines = [f"A {rng.randint(18, 85)}-year-old {'man' if he == 'He' else 'woman'} comes to the "
+             f"{rng.choice(['emergency department', 'physician', 'clinic'])} because of "
+             f"{rng.choice(['chest pain', 'shortness of breath', 'fever', 'a cough', 'abdominal pain', 'headaches', 'fatigue', 'joint pain', 'dizziness', 'a rash', 'nausea', 'back pain'])}"
+             f" for {rng.randint(2, 9)} {rng.choice(['days', 'weeks', 'months'])}.",
+             f"{he} has a history of {rng.choice(['hypertension', 'type 2 diabetes mellitus', 'asthma', 'hyperlipidemia', 'gout', 'hypothyroidism', 'depression', 'COPD'])}"
+             f" and {rng.choice(['chronic kidney disease', 'obesity', 'atrial fibrillation', 'osteoarthritis', 'migraine', 'anemia', 'GERD'])}.",
+             f"{he} takes {rng.choice(['metformin', 'lisinopril', 'atorvastatin', 'levothyroxine', 'albuterol', 'sertraline', 'warfarin', 'omeprazole'])} daily.",
+             f"{he} appears {rng.choice(['uncomfortable', 'ill', 'well', 'anxious'])}. {his} temperature is "
+             f"{(t := rng.randint(365, 394) / 10)}°C ({t * 9 / 5 + 32:.1f}°F), pulse is {rng.randint(60, 129)}/min, "
+             f"respirations are {rng.randint(12, 28)}/min, and blood pressure is {rng.randint(95, 170)}/{rng.randint(55, 100)} mm Hg.",
+             f"{he} {rng.choice(['works as a', 'retired last year as a', 'is training to be a'])} "
+             f"{rng.choice(['teacher', 'carpenter', 'nurse', 'truck driver', 'farmer', 'lawyer', 'cook', 'mechanic', 'pilot'])}"
+             f" and {rng.choice(['drinks two beers daily', 'has smoked for 20 years', 'runs most mornings', 'recently traveled to Mexico', 'keeps two cats', 'does not drink alcohol'])}.",
+             f"Laboratory studies show a hemoglobin of {rng.randint(80, 160) / 10} g/dL, a leukocyte count of "
+             f"{rng.randint(30, 190) * 100}/mm3, and a platelet count of {rng.randint(90, 450) * 1000}/mm3.",
+             f"Physical examination shows {rng.choice(['crackles at both lung bases', 'a holosystolic murmur', 'tenderness in the right upper quadrant', 'jugular venous distention', 'a palpable spleen', 'pitting edema of the ankles', 'scleral icterus', 'decreased breath sounds on the left'])}.",
+             rng.choice(["Which of the following is the most likely diagnosis?",
+                         "Which of the following is the most likely cause of this patient's symptoms?",
+                         "Which of the following is the most appropriate next step in management?",
+                         "Which of the following is the most likely underlying mechanism of this patient's condition?",
+                         "Which of the following is the most appropriate pharmacotherapy?"])]
+    options = rng.sample(["Pulmonary embolism", "Acute cholecystitis", "Aortic stenosis", "Pneumonia", "Heart failure",
+                          "Hemolytic anemia", "Pericarditis", "Pyelonephritis", "Sarcoidosis", "Hepatitis A infection"], 4)
+    return " ".join(lines), options
+
+
+def _grams(fields: list[list[str]], n: int = 13) -> set:
+    return {tuple(f[i:i + n]) for f in fields for i in range(len(f) - n + 1)}
+
+
+def _runs(w: list[str], grams: set, n: int = 13) -> list[int]:
+    """Lengths of the stretches of w covered by an item's 13-grams ``grams`` (a plain
+    rereading of the rule, one pair at a time)."""
+    covered = [False] * len(w)
+    for i in range(len(w) - n + 1):
+        if tuple(w[i:i + n]) in grams:
+            covered[i:i + n] = [True] * n
+    runs, length = [], 0
+    for c in covered + [False]:
+        if c:
+            length += 1
+        elif length:
+            runs, length = runs + [length], 0
+    return runs
+
+
+@pytest.fixture(scope="module")
+def usmle(tmp_path_factory):
+    """400 made-up MedQA items (medqa/test.jsonl) and 150 made-up cases built from the same
+    parts, each sharing a 13-15-word run with at least one item and no more than one such run
+    with any item, besides lead-ins and openings common to many items."""
+    rng = random.Random(26)
+    root = tmp_path_factory.mktemp("usmle")
+    items = [_vignette(rng) for _ in range(400)]
+    (root / "medqa").mkdir()
+    (root / "medqa" / "test.jsonl").write_text("".join(
+        json.dumps({"question": q, "options": dict(zip("ABCD", o)), "answer_idx": "A", "answer": o[0]}) + "\n"
+        for q, o in items))
+    grams = [_grams([words(q)] + [words(x) for x in o]) for q, o in items]
+    df = collections.Counter(g for item in grams for g in item)
+    # n-grams of many items (lead-ins, openings) are no item's evidence
+    grams = [{g for g in item if df[g] <= DecontaminateConfig.common_ngram_items} for item in grams]
+    holders = collections.defaultdict(set)
+    for k, item in enumerate(grams):
+        for g in item:
+            holders[g].add(k)
+    cases = []
+    while len(cases) < 150:
+        q, o = _vignette(rng)
+        w = words(q)
+        runs = [_runs(w, grams[k]) for k in set().union(*(holders.get(g, ()) for g in _grams([w])))]
+        if any(len(r) > 1 or max(r) > 15 for r in runs) or not runs:
+            continue
+        cases.append({"instruction": "Write a teaching case in the style of a board exam question.",
+                      "input": "", "output": q + "\n" + "\n".join(f"{'ABCD'[i]}. {x}" for i, x in enumerate(o)),
+                      "shares": len(runs)})
+    return root, items, cases, grams
+
+
+@pytest.mark.integration
+def test_made_up_cases_sharing_one_phrase_with_an_item_are_kept(usmle, tmp_path, capsys):
+    root, items, cases, grams = usmle
+    records = cases + [{"instruction": "Answer the following exam question.",
+                        "input": q + "\n" + "\n".join(f"{'ABCD'[i]}. {x}" for i, x in enumerate(o)), "output": o[0]}
+                       for q, o in items[:40]] + [{"instruction": "What is the answer?", "input": q, "output": ""}
+                                                  for q, _ in items[40:60]]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    args = ["decontaminate", "--in", str(tmp_path / "in.jsonl"), f"run_dir={tmp_path}", "tasks=[medqa]",
+            f"task_data.medqa.root={root}"]
+    assert main(args) == 0
+    decisions = read_jsonl(tmp_path / "decontaminate" / "decisions.jsonl")
+    summary = json.loads((tmp_path / "decontaminate" / "summary.json").read_text())
+    # every made-up case is kept, and each is counted as sharing a phrase only
+    assert [d["decision"] for d in decisions[:150]] == ["kept"] * 150
+    assert all(d["phrases"] == c["shares"] for d, c in zip(decisions, cases))
+    assert summary["phrase_only"] >= 150 and summary["contaminated"] == 60
+    # copies (question and options, or the question alone) name their own item by n-grams, and
+    # another only where they hold more of it than one phrase (or are its near-duplicate)
+    ids = [f"medqa-{k:05d}" for k in range(len(items))]
+    for k, (record, d) in enumerate(zip(records[150:], decisions[150:])):
+        w = words(record_text(record))
+        assert d["decision"] == "dropped" and ids[k] in [h["item_id"] for h in d["hits"] if h["method"] == "ngram"]
+        for h in d["hits"]:
+            runs = _runs(w, grams[ids.index(h["item_id"])])
+            assert h["item_id"] == ids[k] or h["method"] == "near_duplicate" or len(runs) > 1 or max(runs) >= 20, h
+    touched = {h["item_id"] for d in decisions for h in d.get("hits", ())}
+    assert summary["tasks"]["medqa"]["items_touched"] == len(touched)
+    from bioinstruct.stages.decontaminate import touched_items
+    assert touched_items(str(tmp_path / "decontaminate" / "decisions.jsonl")) == {"medqa": touched}
+    # the same records under the older rule (any shared 13-gram): every case would be dropped
+    assert main(args + ["min_runs=1", "common_ngram_items=100000", "--force"]) == 0
+    older = read_jsonl(tmp_path / "decontaminate" / "decisions.jsonl")
+    assert [d["decision"] for d in older[:150]] == ["dropped"] * 150
+
+
+@pytest.mark.integration
+def test_the_card_counts_phrases_apart(usmle, tmp_path):
+    from bioinstruct.stages import stats
+
+    root, items, cases, _ = usmle
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in cases[:30]))
+    assert main(["decontaminate", "--in", str(tmp_path / "in.jsonl"), f"run_dir={tmp_path}", "tasks=[medqa]",
+                 f"task_data.medqa.root={root}"]) == 0
+    stats.run(stats.StatsConfig(input=str(tmp_path / "decontaminate" / "clean.jsonl"), run_dir=str(tmp_path),
+                                spacy_model=None, similarity_sample=10))
+    section = (tmp_path / "stats" / "card.md").read_text().split("## Contamination with evaluation items")[1]
+    assert "0 of 30 instructions" in section and "30 more shared only one phrase" in section
+    assert "| medqa | 400 | 0 | 0 |" in section
+
+
+@pytest.mark.integration
+def test_a_copy_names_another_item_only_beyond_one_phrase(usmle):
+    """Copies of one item joined to two phrases of another (two runs), or to one long run of
+    it: that other item is named too; joined to one phrase of it: not."""
+    _, items, _, grams = usmle
+    idx = Index([Item("medqa", str(k), [("question", q)] + [("option", x) for x in o]) for k, (q, o) in enumerate(items)],
+                DecontaminateConfig(tasks=[], near_duplicate=False))
+    other = words(items[1][0])
+    phrase = " ".join(other[30:44])
+    two = phrase + " and then " + " ".join(other[60:74])
+    long = " ".join(other[30:54])
+    assert [[len(r) for r in [_runs(words(t), grams[1])]] for t in (phrase, two, long)] == [[1], [2], [1]]
+    named = [sorted(h["item"] for h in hits) for hits in idx.match(
+        [rec("Copy.", items[0][0] + "\n" + extra) for extra in (phrase, two, long)])]
+    assert named == [[0], [0, 1], [0, 1]]
+    assert len(_runs(words(two), grams[1])) == 2

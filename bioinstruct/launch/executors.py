@@ -35,8 +35,8 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from ..runs.config import at_least
 from ..paths import SOURCE_TREE
+from ..runs.config import ranged
 from .jobs import run_task
 from .submitit_env import load_submitit as _submitit
 
@@ -51,23 +51,22 @@ class Resources:
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
-    nodes: int | None = None
-    gpus_per_node: int | None = None
-    tasks_per_node: int | None = None  # ranks per node: one per GPU for training
-    cpus_per_task: int | None = None
-    mem_gb: float | None = None  # per node
-    time_limit_min: int | None = None  # sbatch --time
+    nodes: int | None = ranged(None, low=1)
+    gpus_per_node: int | None = ranged(None, low=0)
+    tasks_per_node: int | None = ranged(None, low=1)  # ranks per node: one per GPU for training
+    cpus_per_task: int | None = ranged(None, low=1)
+    mem_gb: float | None = ranged(None, above=0.0)  # per node
+    time_limit_min: int | None = ranged(None, low=1)  # sbatch --time
     # sbatch --time-min: Slurm may lower the limit down to this to start the job sooner in a
     # backfill hole. Cheap here: a job at its limit saves, requeues and resumes exactly.
-    min_time_limit_min: int | None = None
-    array_parallelism: int | None = None  # array tasks running at once
-    signal_delay_s: int | None = None  # USR2 this long before the time limit (save and requeue)
-    max_requeues: int | None = None  # restarts of one job before it is left stopped
+    min_time_limit_min: int | None = ranged(None, low=1)
+    array_parallelism: int | None = ranged(None, low=1)  # array tasks running at once
+    signal_delay_s: int | None = ranged(None, low=0)  # USR2 this long before the time limit (save and requeue)
+    max_requeues: int | None = ranged(None, low=0)  # restarts of one job before it is left stopped
     sbatch: dict[str, str] | None = None  # any other sbatch option, e.g. {exclude: node7}
-    time_min: int | None = None  # deprecated: the time limit, now time_limit_min
+    time_min: int | None = ranged(None, low=1)  # deprecated: the time limit, now time_limit_min
 
     def __post_init__(self):
-        at_least(self, 1, "time_limit_min", "min_time_limit_min")
         if self.time_min is not None:
             _deprecated("resources.time_min", "resources.time_limit_min (it is the time limit; sbatch's "
                         "--time-min is resources.min_time_limit_min)")

@@ -8,6 +8,7 @@ import os
 from typing import Any, Literal
 
 from ..errors import ConfigError
+from ..runs.config import ranged
 
 # USD per 1M tokens (list prices); extend or override in the config for your model.
 DEFAULT_PRICES = {
@@ -29,9 +30,9 @@ DEFAULT_MAX_COST = 100.0
 @dataclasses.dataclass
 class Budget:
     """Limits for one stage's calls, counted over all runs of it (None: no limit)."""
-    max_requests: int | None = None
-    max_tokens: int | None = None
-    max_cost: float | None = DEFAULT_MAX_COST  # USD, from the price table
+    max_requests: int | None = ranged(None, low=0)
+    max_tokens: int | None = ranged(None, low=0)
+    max_cost: float | None = ranged(DEFAULT_MAX_COST, low=0.0)  # USD, from the price table
 
 
 # LLMConfig keys that decide how requests are sent and paid for, not what comes back: a stage
@@ -47,34 +48,27 @@ class LLMConfig:
     model: str = "gpt-4"
     base_url: str | None = None  # None: the client's default (OPENAI_BASE_URL or api.openai.com)
     api_key_env: str = "OPENAI_API_KEY"  # the *name* of the variable; the key never enters a config
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 3072
-    timeout: float | None = None  # seconds per attempt; None: 30 s + max_tokens at 20 tokens/s
-    max_attempts: int = 6  # per request and run; then failures.jsonl, retried next run
-    backoff_base: float = 1.0  # seconds; doubles per attempt, full jitter, capped below
-    backoff_max: float = 60.0
-    max_consecutive_failures: int = 20  # an endpoint that fails this many requests in a row stops the run
-    concurrency: int = 16
-    requests_per_minute: int = 500
-    tokens_per_minute: int = 150_000
-    batch_size: int = 500  # requests per Batch API job
-    batch_poll_seconds: float = 30.0
+    temperature: float = ranged(1.0, low=0.0, high=2.0)  # the OpenAI API's range
+    top_p: float = ranged(1.0, low=0.0, high=1.0)
+    max_tokens: int = ranged(3072, low=1)
+    timeout: float | None = ranged(None, above=0.0)  # seconds per attempt; None: 30 s + max_tokens at 20 tokens/s
+    max_attempts: int = ranged(6, low=1)  # per request and run; then failures.jsonl, retried next run
+    backoff_base: float = ranged(1.0, low=0.0)  # seconds; doubles per attempt, full jitter, capped below
+    backoff_max: float = ranged(60.0, low=0.0)
+    max_consecutive_failures: int = ranged(20, low=1)  # an endpoint that fails this many requests in a row stops the run
+    concurrency: int = ranged(16, low=1)
+    requests_per_minute: int = ranged(500, low=1)
+    tokens_per_minute: int = ranged(150_000, low=1)
+    batch_size: int = ranged(500, low=1)  # requests per Batch API job
+    batch_poll_seconds: float = ranged(30.0, above=0.0)
     # How long a job waits for a submitted batch before it ends (manifest status `waiting`)
     # and leaves the collecting to the next run: 0 looks once. Batches take minutes to 24 h.
-    batch_wait_seconds: float = 0.0
-    batch_discount: float = 0.5  # the Batch API's price factor
+    batch_wait_seconds: float = ranged(0.0, low=0.0)
+    batch_discount: float = ranged(0.5, above=0.0, high=1.0)  # the Batch API's price factor
     prices: dict[str, dict[str, float]] = dataclasses.field(default_factory=lambda: dict(DEFAULT_PRICES))
     budget: Budget = dataclasses.field(default_factory=Budget)
 
     def __post_init__(self):
-        for name in ("concurrency", "requests_per_minute", "tokens_per_minute", "max_attempts", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.batch_wait_seconds < 0:
-            raise ValueError("batch_wait_seconds must be >= 0 (0: look once, then end the job)")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ValueError("timeout must be > 0 (or null: 30 s + max_tokens at 20 tokens/s)")
         for model, price in self.prices.items():
             if set(price) != {"prompt", "completion"}:
                 raise ValueError(f"prices.{model} needs exactly 'prompt' and 'completion' (USD per 1M tokens)")

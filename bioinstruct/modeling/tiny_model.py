@@ -20,7 +20,7 @@ import dataclasses
 import math
 from pathlib import Path
 
-from ..runs.config import add_config_arguments, config_from_args
+from ..runs.config import add_config_arguments, config_from_args, ranged, seed_field
 from ..errors import ConfigError
 from ..io.rows import atomic_write_json, read_text
 from ..paths import DATA
@@ -33,27 +33,25 @@ SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>",
 
 @dataclasses.dataclass
 class TinyModelConfig:
-    seed: int = 0
+    seed: int = seed_field(0)
     corpus: str | None = None  # a UTF-8 text file, one document per line; None: the packaged one
-    vocab_size: int = 1024
-    hidden_size: int = 64
-    intermediate_size: int = 176
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 4
-    max_position_embeddings: int = 1024
-    pretrain_steps: int = 300
-    batch_size: int = 16
-    seq_len: int = 64
-    lr: float = 3e-3
+    vocab_size: int = ranged(1024, low=300)  # 256 byte symbols + specials + merges
+    hidden_size: int = ranged(64, low=1)
+    intermediate_size: int = ranged(176, low=1)
+    num_hidden_layers: int = ranged(2, low=1)
+    num_attention_heads: int = ranged(4, low=1)
+    num_key_value_heads: int = ranged(4, low=1)
+    max_position_embeddings: int = ranged(1024, low=1)
+    pretrain_steps: int = ranged(300, low=0)  # 0: the random initialisation, untrained
+    batch_size: int = ranged(16, low=1)
+    seq_len: int = ranged(64, low=1)
+    lr: float = ranged(3e-3, above=0)
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:
             raise ValueError("hidden_size must be divisible by num_attention_heads")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError("num_attention_heads must be divisible by num_key_value_heads")
-        if self.vocab_size < 300:
-            raise ValueError("vocab_size must be at least 300 (256 byte symbols + specials + merges)")
 
 
 def corpus_lines(cfg: TinyModelConfig) -> list[str]:

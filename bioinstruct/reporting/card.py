@@ -92,7 +92,9 @@ def render_card(stats: dict) -> str:
         out += [f"From `{con['path']}` (bioinstruct decontaminate, policy {con['policy']}): {con['contaminated']:,} "
                 f"of {con['records']:,} instructions held an item of an evaluation set "
                 f"({', '.join(f'{r} {n:,}' for r, n in con['reasons'].items()) or 'none'}); "
-                f"{con['clean']:,} went on.", "",
+                f"{con['clean']:,} went on."
+                + (f" {con['phrase_only']:,} more shared only one phrase with an item (a coincidence, not a copy) "
+                   "and were kept." if con.get("phrase_only") else ""), "",
                 markdown_table(["task", "items checked", "instructions hit", "items touched"],
                           [(t, f"{v['items']:,}" if not v.get("missing") else f"no data ({v['missing']})",
                             f"{v['records']:,}", f"{v['items_touched']:,}") for t, v in con["tasks"].items()]), ""]

@@ -6,7 +6,12 @@
 Values in overrides are parsed as YAML scalars (``16`` is an int, ``[a, b]`` a list,
 ``null`` is None). Every key is checked against the dataclass: an unknown key or a
 value of the wrong type raises :class:`ConfigError` naming the source (file:line or
-the override), the dotted key and, for unknown keys, the closest valid one.
+the override), the dotted key and, for unknown keys, the closest valid one. A float is
+finite (``.nan`` and ``.inf`` are refused), and a field declared with :func:`ranged` (or
+:func:`seed_field`) is within its range, checked before the config exists, so before any work:
+
+    lr: float = ranged(3e-3, above=0)          # "key 'lr' must be > 0, got -1.0"
+    seed: int = seed_field(0)                  # 0..2**32-1, what numpy and torch take
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import sys
 import types
 import typing
@@ -54,6 +60,45 @@ def at_least(section: Any, minimum: float, *names: str) -> None:
         value = getattr(section, name)
         if value is not None and value < minimum:
             raise FieldError(name, f"must be >= {minimum}, got {value}")
+
+
+SEED_MAX = 2 ** 32 - 1  # numpy's seeds; torch's and random's take more, so one range for all
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A numeric key's valid values: >= low (> above), <= high."""
+    low: float | None = None
+    above: float | None = None
+    high: float | None = None
+
+    def problem(self, value: float) -> str | None:
+        if ((self.low is not None and value < self.low) or (self.above is not None and value <= self.above)
+                or (self.high is not None and value > self.high)):
+            return f"must be {self}, got {value}"
+        return None
+
+    def __str__(self) -> str:
+        low, above, high = (v if v is None or isinstance(v, int) else f"{v:g}" for v in (self.low, self.above, self.high))
+        if low is not None and high is not None:
+            text = f"within {low}..{high}" if isinstance(self.low, int) else f"within [{low}, {high}]"
+        elif above is not None and high is not None:
+            text = f"within ({above}, {high}]"
+        elif above is not None:
+            text = f"> {above}"
+        else:
+            text = f">= {low}"
+        return text
+
+
+def ranged(default: Any = dataclasses.MISSING, *, low: float | None = None, above: float | None = None,
+           high: float | None = None) -> Any:
+    """A dataclass field whose value the config loader checks against a :class:`Range`."""
+    return dataclasses.field(default=default, metadata={"range": Range(low, above, high)})
+
+
+def seed_field(default: int = 0) -> Any:
+    return ranged(default, low=0, high=SEED_MAX)
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -112,6 +157,10 @@ class _Builder:
                 suggestion = f" (closest valid key: '{hint}')" if hint else ""
                 raise ConfigError(f"{self.sources[key]}: unknown key '{key}'{suggestion}")
             kwargs[name] = self.coerce(value, hints[name], key, kwargs.get(name))
+            bounds = next(f.metadata.get("range") for f in dataclasses.fields(cls) if f.name == name)
+            problem = bounds.problem(kwargs[name]) if bounds and kwargs[name] is not None else None
+            if problem:
+                raise ConfigError(f"{self.sources[key]}: key '{key}' {problem}")
         for f in dataclasses.fields(cls):
             no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             if no_default and f.name not in kwargs:
@@ -141,6 +190,8 @@ class _Builder:
             args = typing.get_args(tp)
             if value is None and type(None) in args:
                 return None
+            if len(args) == 2 and type(None) in args:  # Optional: the one type's own message
+                return self.coerce(value, next(a for a in args if a is not type(None)), key)
             for arg in args:
                 if arg is not type(None):
                     try:
@@ -177,6 +228,8 @@ class _Builder:
             fail()
         if tp is float:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if not math.isfinite(value):
+                    raise ConfigError(f"{self.sources[key]}: key '{key}' expects a finite number, got {value!r}")
                 return float(value)
             fail()
         if tp is str:

@@ -62,7 +62,7 @@ def check_model_dir(root: Path) -> None:
     modules (if it lists any) are all supported: sentence-transformers would take a missing
     directory for a model hub name."""
     if not root.is_dir():
-        raise ConfigError(f"embedding model directory {root} does not exist")
+        raise ConfigError(f"embedding_model: no such directory: {root} (a local sentence-transformers model folder)")
     listing = root / "modules.json"
     if not listing.is_file():
         return  # a plain Hugging Face encoder: sentence-transformers adds mean pooling

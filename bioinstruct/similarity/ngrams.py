@@ -91,13 +91,14 @@ class Index:
     def __init__(self, items: list[Item], cfg):
         self.items, self.cfg = items, cfg
         self.vocab = _Vocab()
-        fields, owner = [], []
+        fields, owner, names = [], [], []
         for i, item in enumerate(items):
-            for _, text in item.fields:
+            for name, text in item.fields:
                 tokens = words(text)
                 if tokens:
                     fields.append(self.vocab.add(tokens))
                     owner.append(i)
+                    names.append(name)
         self.words = np.array([""] + list(self.vocab.ids), dtype=object)
         owner = np.asarray(owner, dtype=np.int64)
         sizes = np.fromiter((len(f) for f in fields), dtype=np.int64, count=len(fields))
@@ -109,8 +110,17 @@ class Index:
         grams = [self._field_windows(wins, n, starts, owner, sizes, whole=False)]
         grams += [self._field_windows(wins, L, starts, owner, sizes, whole=True) for L in range(cfg.min_ngram, n)]
         self.gram_lengths = sorted({n} | {L for L in range(cfg.min_ngram, n) if (sizes == L).any()})
-        self.grams = _pairs(grams)  # (hash, item, start, length), unique (hash, item), by hash
+        gh, gitem, gstart, glen = _pairs(grams)  # unique (hash, item), by hash
+        # an n-gram of many items (a lead-in) tells none of them apart
+        df = np.unique(gh, return_counts=True)[1]
+        keep = np.repeat(df, df) <= cfg.common_ngram_items
+        self.grams = gh[keep], gitem[keep], gstart[keep], glen[keep]
         self.item_grams = np.bincount(self.grams[1], minlength=len(items))
+        # whole fields that can decide: those with a distinctive n-gram
+        # (every field with an n-gram has min_ngram words or more)
+        self.whole: dict[int, list[tuple[str, int, int]]] = {}  # item -> [(field name, start, size)]
+        for f in np.unique(_owner(starts, self.grams[2])).tolist():
+            self.whole.setdefault(int(owner[f]), []).append((names[f], int(starts[f]), int(sizes[f])))
 
         # shingles: every k-window, and a whole field shorter than k.
         sh = [self._field_windows(wins, k, starts, owner, sizes, whole=False)]
@@ -143,8 +153,9 @@ class Index:
         keep = (sizes[field] == L) & (starts[field] == start) if whole else np.ones(len(h), bool)
         return h[keep], owner[field[keep]], start[keep], np.full(int(keep.sum()), L, np.int64)
 
-    def match(self, records: list[dict]) -> list[list[dict]]:
-        """The hits of each record: [{task, item, method, overlap}], by item order."""
+    def match(self, records: list[dict], *, phrases: bool = False) -> list[list[dict]]:
+        """The hits of each record: [{item, method, overlap}], by item order. ``phrases``:
+        also the n-gram matches that are not evidence (overlap.attributed false)."""
         cfg = self.cfg
         tokens = [self.vocab.look(words(record_text(r))) for r in records]
         flat, starts = _stream(tokens)
@@ -167,19 +178,20 @@ class Index:
                     # the hash says "probably"; the words say yes
                     if glen[j] != L or not np.array_equal(self.flat[s:s + L], flat[pos:pos + L]):
                         continue
-                    entry = found.setdefault((rec, int(gitem[j])), {"grams": set(), "example": None})
-                    entry["grams"].add(hv)
+                    entry = found.setdefault((rec, int(gitem[j])), {"spans": [], "example": None})
+                    entry["spans"].append((pos - int(starts[rec]), L, hv))
                     if entry["example"] is None:
                         entry["example"] = " ".join(self.words[self.flat[s:s + L].astype(np.int64)])
         hits: list[list[dict]] = [[] for _ in records]
+        near, shared = self._near(wins, starts) if cfg.near_duplicate else ([], {})
+        texts: dict[int, str] = {}
         for (rec, item), entry in found.items():
-            total = int(self.item_grams[item])
-            hits[rec].append({"item": item, "method": "ngram",
-                              "overlap": {"ngrams": len(entry["grams"]), "item_ngrams": total,
-                                          "share": round(len(entry["grams"]) / total, 4),
-                                          "example": entry["example"]}})
+            overlap = self.attribute(item, entry["spans"], tokens[rec], texts, rec, shared.get((rec, item), 0))
+            overlap["example"] = entry["example"]
+            if phrases or overlap["attributed"]:
+                hits[rec].append({"item": item, "method": "ngram", "overlap": overlap})
         if cfg.near_duplicate:
-            for rec, item, shared in self._near(wins, starts):
+            for rec, item, shared in near:
                 total = int(self.item_shingles[item])
                 hits[rec].append({"item": item, "method": "near_duplicate",
                                   "overlap": {"shingles": shared, "item_shingles": total,
@@ -188,11 +200,53 @@ class Index:
             row.sort(key=lambda x: (x["item"], x["method"] != "ngram"))
         return hits
 
-    def _near(self, wins, starts) -> list[tuple[int, int, int]]:
-        """(record, item, shared distinctive shingles) with containment >= cfg.containment."""
+    def attribute(self, item: int, spans: list[tuple[int, int, int]], tokens: list[int],
+                  texts: dict[int, str], rec: int, shared: int) -> dict:
+        """The n-gram evidence of one item in one record, from its matched n-grams
+        (record position, length, hash) and the distinctive shingles they share
+        (``shared``): runs, the longest, a whole field, the shingles beyond the runs, and
+        whether it decides (module docstring)."""
+        cfg = self.cfg
+        runs: list[list] = []  # [start, end, hashes]
+        for pos, L, hv in sorted(spans):
+            if runs and pos < runs[-1][1]:
+                runs[-1][1] = max(runs[-1][1], pos + L)
+                runs[-1][2].add(hv)
+            else:
+                runs.append([pos, pos + L, {hv}])
+        passages: list[set] = []  # runs sharing an n-gram are one passage of the item
+        for *_, hs in runs:
+            joined = [p for p in passages if p & hs]
+            for p in joined:
+                passages.remove(p)
+                hs = hs | p
+            passages.append(hs)
+        longest = max(end - start for start, end, _ in runs)
+        whole = None
+        for name, start, size in self.whole.get(item, ()):
+            if rec not in texts:
+                texts[rec] = _ids_text(tokens)
+            if _ids_text(self.flat[start:start + size].tolist()) in texts[rec]:
+                whole = name
+                break
+        total = int(self.item_grams[item])
+        grams = len({h for *_, hs in runs for h in hs})
+        # at most this many of the shared shingles lie inside the runs
+        beyond = shared - sum(max(0, end - start - cfg.shingle + 1) for start, end, _ in runs)
+        out = {"ngrams": grams, "item_ngrams": total, "share": round(grams / total, 4),
+               "runs": len(passages), "longest_run": longest, "whole_field": whole,
+               "attributed": bool(len(passages) >= cfg.min_runs or longest >= cfg.long_run or whole
+                                  or (cfg.near_duplicate and beyond >= cfg.min_shared))}
+        if cfg.near_duplicate:
+            out["shingles_beyond_runs"] = max(beyond, 0)
+        return out
+
+    def _near(self, wins, starts) -> tuple[list[tuple[int, int, int]], dict[tuple[int, int], int]]:
+        """(record, item, shared distinctive shingles) with containment >= cfg.containment;
+        and the shared count of every (record, item) with at least min_shared."""
         sh, sitem = self.shingles
         if not len(sh):
-            return []
+            return [], {}
         keys = self.shingle_keys
         found = []
         for L in range(1, self.cfg.shingle + 1):
@@ -212,7 +266,9 @@ class Index:
         key, shared = np.unique(key, return_counts=True)
         rec, item = key // len(self.items), key % len(self.items)
         ok = (shared >= self.need[item]) & (self.item_shingles[item] >= self.cfg.min_item_shingles)
-        return list(zip(rec[ok].tolist(), item[ok].tolist(), shared[ok].tolist()))
+        some = shared >= self.cfg.min_shared
+        return (list(zip(rec[ok].tolist(), item[ok].tolist(), shared[ok].tolist())),
+                dict(zip(zip(rec[some].tolist(), item[some].tolist()), shared[some].tolist())))
 
 
 class _Keys:
@@ -229,6 +285,12 @@ class _Keys:
             return np.full(len(h), -1, np.int64)
         pos = np.minimum(np.searchsorted(self.keys, h), len(self.keys) - 1)
         return np.where(self.keys[pos] == h, pos, -1)
+
+
+def _ids_text(ids) -> str:
+    """Word ids as " 4 17 9 ": one sequence holds another as a substring exactly when it
+    holds its words in a row."""
+    return " " + " ".join(map(str, ids)) + " "
 
 
 def _pairs(parts) -> tuple[np.ndarray, ...]:

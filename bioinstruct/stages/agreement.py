@@ -36,9 +36,9 @@ from typing import Any, Hashable, Iterator, Sequence
 
 import numpy as np
 
-from ..runs.config import add_config_arguments, config_from_args
+from ..runs.config import add_config_arguments, config_from_args, ranged, seed_field
 from ..errors import ConfigError, DataError, UserError
-from ..io.rows import atomic_open, atomic_write_json, atomic_write_text, iter_jsonl_numbered
+from ..io.rows import atomic_open, atomic_write_json, atomic_write_text, iter_jsonl_numbered, read_text
 from ..llm.prompts import PromptTemplate
 from ..io.records import CATEGORIES, LABELS, UNKNOWN, read_records, record_id
 from ..reporting.tables import format_table
@@ -58,15 +58,11 @@ class AgreementConfig:
     out: str | None = None  # the report as JSON
     id_key: str = "id"
     label_key: str = "category"
-    sample: int | None = None  # records on the annotation sheet
+    sample: int | None = ranged(None, low=1)  # records on the annotation sheet
     sample_from: str | None = None  # records to sample them from (--from)
     sheet: str | None = None  # the sheet to write (.csv)
-    seed: int = 0
+    seed: int = seed_field(0)
     prompt_template: str | None = None  # classify prompt for the sheet's README; None: the package's
-
-    def __post_init__(self):
-        if self.sample is not None and self.sample < 1:
-            raise ValueError(f"sample must be >= 1, got {self.sample}")
 
 
 # ---- Krippendorff's alpha -----------------------------------------------------------------
@@ -144,11 +140,9 @@ def _label(value: Any, where: str, label_key: str) -> str | None:
 def _csv_records(path: Path, label_key: str) -> Iterator[tuple[str, int, dict]]:
     """``(where, line, record)`` for each row of a sheet; ``line`` is where the row starts
     in the file (a quoted field may span lines), ``where`` adds the spreadsheet row."""
-    try:
-        # utf-8-sig: with or without the BOM we write, the first column is "id", not "\ufeffid".
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 (byte {e.start}); save it as 'CSV UTF-8'") from None
+    # with or without the BOM we write, the first column is "id", not "\ufeffid"; a byte that
+    # is not UTF-8 is named with its line
+    text = read_text(path)
     first = text.split("\n", 1)[0]
     try:  # Excel saves ';'-separated CSV in locales with a decimal comma
         delimiter = csv.Sniffer().sniff(first, delimiters=",;\t").delimiter

@@ -31,7 +31,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from ..runs.config import add_config_arguments, config_from_args
+from ..runs.config import add_config_arguments, config_from_args, ranged
 from ..errors import StageStopped
 from ..runs.identity import path_identity
 from ..io.rows import atomic_write_json, write_jsonl
@@ -52,13 +52,9 @@ class ClassifyConfig:
     run_dir: str = "runs/default"
     input: str | None = None  # default: run_dir/decontaminate/clean.jsonl, else run_dir/filter/kept.jsonl
     prompt_template: str | None = None
-    parse_attempts: int = 2  # answers asked per instruction before it is labelled unknown
+    parse_attempts: int = ranged(2, low=1)  # answers asked per instruction before it is labelled unknown
     llm: LLMConfig = dataclasses.field(
         default_factory=lambda: LLMConfig(backend="openai", temperature=0.0, top_p=1.0, max_tokens=5))
-
-    def __post_init__(self):
-        if self.parse_attempts < 1:
-            raise ValueError("parse_attempts must be >= 1")
 
 
 _SYNONYMS = {"qa": "qa", "question answering": "qa", "question-answering": "qa", "ie": "ie",

@@ -13,19 +13,36 @@ Output (run_dir/decontaminate/), manifest.json and config.yaml:
                    policy=flag: every record, a touching one with a "contamination" list;
                    policy=keep: every record as it was (report only)
   decisions.jsonl  one line per record: index, id, decision (kept, dropped, flagged), reason
-                   (null, ngram_overlap, near_duplicate) and each hit: task, item id, method,
-                   overlap, the record's and the item's text
-  summary.json     counts per decision and per task, items touched per task, examples
+                   (null, ngram_overlap, near_duplicate), each hit: task, item id, method,
+                   overlap (n-grams: runs, longest_run, whole_field), the record's and the
+                   item's text; and phrases, how many items it shares one phrase with only
+  summary.json     counts per decision and per task, items touched per task, phrase_only
+                   (records kept that share a phrase with some item), examples
 classify reads clean.jsonl once this stage is complete in the run directory, so subsets are
 built from the clean set.
 
 Two measures, on text normalised to lowercase words (NFKC; punctuation and whitespace are
 separators, so case, spacing and punctuation changes do not matter):
-  ngram_overlap   a word n-gram (ngram=13, as GPT-3's and lm-evaluation-harness's
+  ngram_overlap   the record (instruction+input+output) holds more of the item than one phrase:
+                  word n-grams (ngram=13, as GPT-3's and lm-evaluation-harness's
                   decontamination) of an item field (question, each option, context line,
-                  reference) occurs in the record's instruction+input+output; a field shorter
-                  than ngram words but of at least min_ngram words counts as one whole n-gram.
-                  Fields are taken one by one, so reordered options still match.
+                  reference), or a whole field shorter than ngram words but of at least
+                  min_ngram, are found in the record and join into runs (overlapping n-grams
+                  are one run), and the record holds at least min_runs=2 separate runs, or one
+                  run of long_run=20 words or more, or a whole field of min_ngram words or more
+                  (a question, a long option, a context line). One run alone is a phrase that
+                  unrelated texts share ("he appears uncomfortable. His temperature is 37.3°C
+                  (99.1°F), pulse"): kept, and counted in decisions.jsonl (phrases) and
+                  summary.json (phrase_only). An n-gram of more than common_ngram_items=5 items
+                  (a lead-in: "which of the following is the most likely cause of this
+                  patient's") is no item's evidence. Fields are taken one by one, so reordered
+                  options still match. Thresholds measured on real items by
+                  bench/decontaminate_thresholds.py (MedMCQA dev + PubMedQA test): no 13-gram is
+                  in more than 2 items (a duplicated question), and every other item that a
+                  copy of one item shares a run with but no whole field is the same question
+                  reworded, at 13-17 words (8 pairs) or 21-41 (16); a coincidental phrase
+                  between unrelated vignettes is 13-15 words. min_runs=1 and a large
+                  common_ngram_items give the older rule (any one shared n-gram).
   near_duplicate  at least `containment` of the item's distinctive word shingles (shingle-word
                   windows of each field; a shorter field is one shingle) occur in the record:
                   survives light rewording, which breaks long n-grams. Not distinctive, so left
@@ -35,6 +52,8 @@ separators, so case, spacing and punctuation changes do not matter):
                   too, or all of them when the item has fewer; items with fewer than
                   min_item_shingles are checked by n-grams only. Computed exactly through an
                   inverted index of the shingles, not estimated.
+An item is touched (summary.json's items_touched, the card, evaluate's untouched items) only
+by these hits, never by a phrase alone.
 """
 
 from __future__ import annotations
@@ -47,7 +66,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from ..runs.config import add_config_arguments, config_from_args
+from ..runs.config import add_config_arguments, config_from_args, ranged
 from ..errors import ConfigError, DataError
 from ..io.rows import atomic_write_json, iter_jsonl_numbered, write_jsonl
 from ..runs.progress import progress
@@ -78,22 +97,21 @@ class DecontaminateConfig:
     task_data: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # per-task loader options
     missing_data: Literal["skip", "error"] = "skip"  # a task whose data is absent
     policy: Literal["drop", "flag", "keep"] = "drop"
-    ngram: int = 13
-    min_ngram: int = 8  # a field of min_ngram..ngram-1 words is one whole n-gram
+    ngram: int = ranged(13, low=1)
+    min_ngram: int = ranged(8, low=1)  # a field of min_ngram..ngram-1 words is one whole n-gram
+    common_ngram_items: int = ranged(5, low=1)  # an n-gram in more items than this is no item's evidence
+    min_runs: int = ranged(2, low=1)  # an item is hit by this many separate runs of its n-grams,
+    long_run: int = ranged(20, low=1)  # or by one run of this many words, or by a whole field (see above)
     near_duplicate: bool = True
-    shingle: int = 3  # words per shingle
-    containment: float = 0.5  # share of an item's distinctive shingles found in a record
-    min_shared: int = 6  # and at least this many of them (all of them, for an item with fewer)
-    min_item_shingles: int = 3  # items with fewer distinctive shingles: n-grams only
-    common_items: int = 25  # a shingle in more items than this is not distinctive
+    shingle: int = ranged(3, low=1)  # words per shingle
+    containment: float = ranged(0.5, above=0.0, high=1.0)  # share of an item's distinctive shingles in a record
+    min_shared: int = ranged(6, low=1)  # and at least this many of them (all of them, for an item with fewer)
+    min_item_shingles: int = ranged(3, low=1)  # items with fewer distinctive shingles: n-grams only
+    common_items: int = ranged(25, low=1)  # a shingle in more items than this is not distinctive
 
     def __post_init__(self):
-        if self.ngram < 1 or not 1 <= self.min_ngram <= self.ngram:
-            raise ValueError("need ngram >= 1 and 1 <= min_ngram <= ngram")
-        if min(self.shingle, self.min_shared, self.min_item_shingles, self.common_items) < 1:
-            raise ValueError("shingle, min_shared, min_item_shingles and common_items must be >= 1")
-        if not 0.0 < self.containment <= 1.0:
-            raise ValueError(f"containment must be within (0, 1], got {self.containment}")
+        if self.min_ngram > self.ngram:
+            raise ValueError(f"min_ngram={self.min_ngram} exceeds ngram={self.ngram}")
 
 
 # ---- text --------------------------------------------------------------------------------
@@ -175,13 +193,17 @@ def decide(records: list[dict], index: Index, policy: str) -> list[dict]:
     bar = progress(total=len(records), desc="decontaminate", unit="rec")
     for start in range(0, len(records), CHUNK):
         chunk = records[start:start + CHUNK]
-        for i, (record, found) in enumerate(zip(chunk, index.match(chunk)), start):
+        for i, (record, found) in enumerate(zip(chunk, index.match(chunk, phrases=True)), start):
+            counted = [h for h in found if h["overlap"].pop("attributed", True)]
             hits = [{"task": index.items[h["item"]].task, "item_id": index.items[h["item"]].id,
                      "method": h["method"], "overlap": h["overlap"],
-                     "item_text": index.items[h["item"]].text()} for h in found]
+                     "item_text": index.items[h["item"]].text()} for h in counted]
             row = {"index": i, "id": record_id(record), "instruction": record["instruction"],
                    "decision": DECISION[policy] if hits else "kept",
                    "reason": _reason(hits)}
+            phrases = len({h["item"] for h in found} - {h["item"] for h in counted})
+            if phrases:  # items it shares one phrase with, and no more: not a hit
+                row["phrases"] = phrases
             if hits:
                 row.update(record_text=record_text(record), hits=hits)
             decisions.append(row)
@@ -204,6 +226,7 @@ def summarize(decisions: list[dict], tasks: dict[str, Any], index: Index, cfg: D
     return {"records": len(decisions), "policy": cfg.policy,
             "decisions": {k: counts[k] for k in ("kept", "dropped", "flagged") if counts[k]},
             "contaminated": sum(1 for d in decisions if d["reason"]),
+            "phrase_only": sum(1 for d in decisions if d.get("phrases") and not d["reason"]),
             "reasons": dict(sorted(reasons.items())), "tasks": per_task,
             "items": len(index.items), "near_duplicate_items": index.near_items if cfg.near_duplicate else 0,
             "examples": examples}

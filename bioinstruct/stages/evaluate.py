@@ -215,7 +215,7 @@ def run(cfg: EvaluateConfig, *, force: bool = False) -> list[dict]:
         raise ConfigError("no model: give --model DIR (and --adapter DIR for a tuned model)")
     check_model(cfg.model, "--model")  # every path is checked before the model loads
     if cfg.adapter:
-        check_adapter(cfg.adapter, "--adapter")
+        check_adapter(cfg.adapter, "--adapter", cfg.model)
     check_writable(str(cfg.out_dir()), "--out")
     i, n = shard_of(cfg.shard)
     tasks = [load_task(name, cfg.task_data.get(name)) for name in cfg.tasks]

@@ -30,7 +30,7 @@ import string
 from pathlib import Path
 from typing import Iterable, Literal
 
-from ..runs.config import add_config_arguments, config_from_args
+from ..runs.config import add_config_arguments, config_from_args, ranged
 from ..errors import ConfigError
 from ..runs.identity import path_identity
 from ..io.rows import atomic_write_json, write_jsonl
@@ -63,8 +63,8 @@ class RuleConfig:
     extra_blacklist: list[str] = dataclasses.field(default_factory=list)
     # Whitespace-split word counts of the instruction. Alpaca drops <= 3 and > 150 words;
     # these bounds keep exactly what Alpaca keeps.
-    min_instruction_words: int = 4
-    max_instruction_words: int = 150
+    min_instruction_words: int = ranged(4, low=0)
+    max_instruction_words: int = ranged(150, low=1)
     # Self-Instruct's instance filters and Alpaca's prefix filters.
     reject_empty_output: bool = True
     reject_output_equals_input: bool = True
@@ -82,21 +82,17 @@ class RuleConfig:
 @dataclasses.dataclass
 class Criteria:
     """What decides a candidate; shared by the filter and generate stages."""
-    threshold: float = 0.7  # reject when max ROUGE-L F against the pool is > threshold
+    threshold: float = ranged(0.7, low=0.0, high=1.0)  # reject when max ROUGE-L F against the pool is > threshold
     pool_growth: Literal["seeds+accepted", "seeds"] = "seeds+accepted"
-    top_k: int = 10  # most similar pool instructions recorded for kept candidates
+    top_k: int = ranged(10, low=0)  # most similar pool instructions recorded for kept candidates
     # rouge-score's (the reference), or "unicode", which keeps Greek letters and accents.
     tokenizer: Literal["rouge-score", "unicode"] = "rouge-score"
     # "embedding": reject by cosine similarity of sentence embeddings instead of ROUGE-L,
     # for semantic near-duplicates (paraphrases share few words). Not the paper's method.
     mode: Literal["rouge", "embedding"] = "rouge"
     embedding_model: str | None = None  # a local sentence-transformers dir; None: bioinstruct[embed]'s
-    embedding_threshold: float = 0.9  # cosine above which a candidate is rejected
+    embedding_threshold: float = ranged(0.9, low=-1.0, high=1.0)  # cosine above which a candidate is rejected
     rules: RuleConfig = dataclasses.field(default_factory=RuleConfig)
-
-    def __post_init__(self):
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be within [0, 1], got {self.threshold}")
 
 
 @dataclasses.dataclass

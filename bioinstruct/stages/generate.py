@@ -29,17 +29,18 @@ import argparse
 import dataclasses
 import hashlib
 import itertools
+import json
 import random
 import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..runs.config import add_config_arguments, config_from_args
+from ..runs.config import add_config_arguments, config_from_args, ranged, seed_field
 from ..errors import ConfigError, DataError, StageStopped
 from ..paths import DATA
 from .filter import Criteria, CandidateFilter
 from ..runs.identity import path_identity
-from ..io.rows import JsonlAppender, iter_rows, write_jsonl
+from ..io.rows import JsonlAppender, iter_rows, read_text, write_jsonl
 from ..llm import TRANSPORT_KEYS, Engine, Ledger, LLMConfig, Request, preflight
 from ..llm.prompts import PromptTemplate
 from ..runs.progress import progress
@@ -53,22 +54,20 @@ DEFAULT_SEEDS = DATA / "seed_tasks.jsonl"
 @dataclasses.dataclass
 class GenerateConfig:
     run_dir: str = "runs/default"
-    target: int = 25005  # accepted instructions to reach (the paper's count)
+    target: int = ranged(25005, low=1)  # accepted instructions to reach (the paper's count)
     seed_tasks: str | None = None  # None: the package's 80 biomedical seeds
     prompt_template: str | None = None  # None: the package's template
-    num_demos: int = 3  # seed tasks shown per prompt (the paper's 3)
-    num_tasks: int = 20  # tasks asked for per prompt, demos included (Alpaca's 20)
-    seed: int = 0  # demo sampling; prompt i is the same on every run
-    stall_after: int = 500  # responses in a row without an accepted candidate stop the run
+    num_demos: int = ranged(3, low=1)  # seed tasks shown per prompt (the paper's 3)
+    num_tasks: int = ranged(20, low=2)  # tasks asked for per prompt, demos included (Alpaca's 20)
+    seed: int = seed_field(0)  # demo sampling; prompt i is the same on every run
+    stall_after: int = ranged(500, low=1)  # responses in a row without an accepted candidate stop the run
     llm: LLMConfig = dataclasses.field(
         default_factory=lambda: LLMConfig(backend="openai", temperature=1.0, top_p=1.0, max_tokens=3072))
     filter: Criteria = dataclasses.field(default_factory=Criteria)
 
     def __post_init__(self):
-        if self.target < 1:
-            raise ValueError("target must be >= 1")
-        if not 1 <= self.num_demos < self.num_tasks:
-            raise ValueError("need 1 <= num_demos < num_tasks")
+        if self.num_demos >= self.num_tasks:
+            raise ValueError(f"num_demos={self.num_demos} must be below num_tasks={self.num_tasks}")
 
 
 # ---- seeds and prompt ------------------------------------------------------------------
@@ -82,6 +81,14 @@ def load_seeds(path: str | Path | None) -> list[dict]:
     path = Path(path) if path else DEFAULT_SEEDS
     if not path.exists():
         raise DataError(f"{path}: seed file not found")
+    if path.is_file() and (text := read_text(path)).lstrip().startswith("{") and "\n" in text.strip():
+        try:  # one object over several lines is no JSON Lines file: say what a seed file holds
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None
+        if isinstance(whole, dict):
+            raise DataError(f"{path}:1: expected a list of seed tasks (a JSON array, or JSON Lines: one task "
+                            f"per line), got one JSON object with keys {', '.join(map(repr, list(whole)[:5]))}")
     seeds, ids = [], set()
     for where, seed in iter_rows(path):
         if not isinstance(seed, dict):

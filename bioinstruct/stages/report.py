@@ -37,7 +37,8 @@ else similarity). The "tuned" model of the tables is <family>__<tuned_subset>. A
 gain is (tuned - base) / base; an average is over the tasks a model has (the cell says
 "k/N" when some are missing) and the gain of averages over the tasks both models have.
 Missing numbers are shown as "–", never as zero. The report is rewritten when its inputs
-change; with the same inputs and config there is nothing to do.
+change; with the same inputs and config there is nothing to do. A run directory with no
+results.json is refused (exit 2), so --force never replaces a report with an empty one.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..runs.config import add_config_arguments, config_from_args
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..io.rows import atomic_write_json, atomic_write_text
 from ..reporting.cells import LIMITED, MISSING
 from ..reporting.comparisons import Report
@@ -58,7 +59,7 @@ from ..reporting.pages import csv_text, render_html, render_markdown, scores_csv
 from ..reporting.plots import figure_size, plot_figure2, plot_figure3
 from ..reporting.results import Result, load_results, subset_sizes
 from ..reporting.tables import format_table
-from ..runs.rundir import finished, read_manifest, run_stage
+from ..runs.rundir import check_writable, finished, read_manifest, run_stage
 from .stage import Stage
 
 
@@ -109,8 +110,6 @@ def build(cfg: ReportConfig, results: list[Result], skipped: list[dict], sizes: 
         notes.append(f"{LIMITED} marks numbers from runs limited to the first N examples of a task (evaluate "
                      f"limit=N), not the full test set: " + ", ".join(limited))
     notes += [f"Skipped {s['source']}: {s['why']}" for s in skipped]
-    if not results:
-        notes.append(f"No results.json under {cfg.run_dir}: run bioinstruct evaluate first.")
     if not sizes:
         notes.append("No subsets manifest: sizes of size-N subsets are read from their names, and the all-tasks "
                      "model is left out of Figure 3.")
@@ -161,7 +160,12 @@ def run(cfg: ReportConfig, *, force: bool = False) -> dict:
     if not run_dir.is_dir():
         raise ConfigError(f"run_dir: no such directory: {run_dir}")
     out = cfg.out_dir()
+    check_writable(out, "--out")
     results, skipped = load_results(run_dir, out)
+    if not results:  # an empty report would look like a run whose models scored nothing
+        why = f" ({len(skipped)} skipped: {skipped[0]['source']}: {skipped[0]['why']})" if skipped else ""
+        raise DataError(f"{run_dir}: no results.json of bioinstruct evaluate under it{why}; nothing to report "
+                        "(run bioinstruct evaluate first)")
     default = Path(cfg.run_dir) / "subsets" / "manifest.json"  # the subsets stage's, when there is one
     sizes, manifest_path = subset_sizes(Path(cfg.subsets_manifest) if cfg.subsets_manifest else default,
                                         required=bool(cfg.subsets_manifest))

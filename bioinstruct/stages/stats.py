@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..runs.config import add_config_arguments, config_from_args
+from ..runs.config import add_config_arguments, config_from_args, ranged, seed_field
 from ..errors import ConfigError
 from .filter import Criteria
 from ..runs.identity import path_identity
@@ -66,15 +66,13 @@ class StatsConfig:
     run_dir: str = "runs/default"  # the card goes to RUN_DIR/stats/
     tokenizer: str | None = None  # HF tokenizer directory or hub id; None: no token lengths
     max_lengths: list[int] = dataclasses.field(default_factory=lambda: [256, 512, 1024, 2048])
-    similarity_sample: int = 2000  # instructions scored for nearest-neighbour similarity
-    seed: int = 0  # of that sample
+    similarity_sample: int = ranged(2000, low=1)  # instructions scored for nearest-neighbour similarity
+    seed: int = seed_field(0)  # of that sample
     spacy_model: str | None = "en_core_web_sm"  # Figure 1B's parser; None: skip the figure
 
     def __post_init__(self):
         if not self.max_lengths or min(self.max_lengths) < 1:
             raise ValueError("max_lengths must be a non-empty list of positive token counts")
-        if self.similarity_sample < 1:
-            raise ValueError("similarity_sample must be >= 1")
 
 
 # ---- numbers ---------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import random
 from pathlib import Path
 from typing import Literal
 
-from ..runs.config import add_config_arguments, config_from_args
+from ..runs.config import add_config_arguments, config_from_args, seed_field
 from ..errors import ConfigError, DataError
 from ..runs.identity import path_identity
 from ..io.rows import atomic_write_json, read_jsonl, write_jsonl
@@ -48,7 +48,7 @@ from .stage import Stage
 class SubsetsConfig:
     run_dir: str = "runs/default"
     input: str | None = None  # default: run_dir/classify/labelled.jsonl
-    seed: int = 0
+    seed: int = seed_field(0)
     sizes: list[int] = dataclasses.field(default_factory=lambda: [1000, 2500, 5000, 10000])
     single: bool = True
     pairs: bool = True

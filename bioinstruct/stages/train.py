@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from ..runs.config import FieldError, add_config_arguments, at_least, config_from_args, load_config
+from ..runs.config import FieldError, add_config_arguments, at_least, config_from_args, load_config, ranged, seed_field
 from ..errors import ConfigError, StageStopped
 from ..paths import SOURCE_TREE, source_path
 from ..runs.identity import model_fingerprint, path_identity
@@ -137,7 +137,7 @@ class CheckpointConfig:
 @dataclasses.dataclass
 class TrainConfig:
     run_dir: str = "runs/default"
-    seed: int = 42
+    seed: int = seed_field(42)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     lora: LoraSettings = dataclasses.field(default_factory=LoraSettings)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -146,7 +146,7 @@ class TrainConfig:
     deepspeed: str | None = "configs/deepspeed/zero2.json"
     merge: bool = False  # also write the merged model (base + adapter) in the base dtype
     logging_steps: int = 10
-    peak_tflops: float | None = None  # per device, for MFU; None: from the GPU's name
+    peak_tflops: float | None = ranged(None, above=0.0)  # per device, for MFU; None: from the GPU's name
 
     def __post_init__(self):
         at_least(self, 1, "logging_steps")
@@ -202,7 +202,9 @@ def check_checkpoint(cfg: TrainConfig, inputs: dict, stage_dir: Path) -> None:
 def check_target_modules(cfg: TrainConfig) -> None:
     """Every name in lora.target_modules is a layer of the model, found on a weightless copy
     built from config.json (a second, even for 13B): peft adapts the names that match and
-    skips the others without a word, so one typo gave an adapter with fewer layers."""
+    skips the others without a word, so one typo gave an adapter with fewer layers. And
+    lora.r is within the adapted layers' dimensions (a rank above them trains, but is no
+    low-rank adapter and only costs memory)."""
     import difflib
 
     from accelerate import init_empty_weights
@@ -218,6 +220,12 @@ def check_target_modules(cfg: TrainConfig) -> None:
             hint = f" (closest: '{close[0]}')" if close else ""
             raise ConfigError(f"lora.target_modules: '{target}' is no layer of {cfg.model.path}{hint}; "
                               f"its layers: {', '.join(layers)}")
+    shapes = {name.rsplit(".", 1)[-1]: (m.in_features, m.out_features) for name, m in model.named_modules()
+              if hasattr(m, "in_features") and any(name == t or name.endswith("." + t) for t in cfg.lora.target_modules)}
+    smallest = min(shapes.items(), key=lambda kv: min(kv[1]))
+    if cfg.lora.r > min(smallest[1]):
+        raise ConfigError(f"key 'lora.r' must be within 1..{min(smallest[1])} for {cfg.model.path} "
+                          f"(its {smallest[0]} layers are {smallest[1][0]}x{smallest[1][1]}), got {cfg.lora.r}")
 
 
 def load_tokenizer(path: str):
