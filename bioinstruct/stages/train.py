@@ -421,11 +421,17 @@ def main(args: argparse.Namespace) -> int:
 
 
 TINY_TRAIN = SOURCE_TREE / "configs" / "train" / "tiny" / "lora.yaml"
+SMOLLM2_TRAIN = SOURCE_TREE / "configs" / "train" / "smollm2" / "135m_lora.yaml"
 
 
-def _quickstart(q) -> TrainConfig:
+def _quickstart(q) -> TrainConfig | list[TrainConfig]:
     # LoRA on the tiny model over subset 'all'; the quickstart starts its ranks as srun would.
-    return load_config(TrainConfig, TINY_TRAIN, [f"run_dir={q.run_dir}", f"model.path={q.outputs['tiny-model']}"])
+    # The real-model quickstart trains SmolLM2 on each size-N subset and on all (Figure 3's points).
+    if not q.settings.real:
+        return load_config(TrainConfig, TINY_TRAIN, [f"run_dir={q.run_dir}", f"model.path={q.model}"])
+    return [load_config(TrainConfig, SMOLLM2_TRAIN, [f"run_dir={q.run_dir}", f"model.path={q.model}",
+                                                     f"data.subset={subset}"])
+            for subset in [f"size-{n}" for n in q.settings.sizes()] + ["all"]]
 
 
 STAGE = Stage(
