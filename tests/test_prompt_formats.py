@@ -126,9 +126,9 @@ def test_a_tuned_model_answers_in_the_format_it_was_trained_with(smollm2_dir, sh
                 f"task_data.medmcqa.root={shared_data}"]
     assert main(evaluate) == 0
     table = capsys.readouterr().out
-    results = json.loads((tmp_path / "eval" / "smollm2" / "medmcqa" / "results.json").read_text())
+    results = json.loads((tmp_path / "eval" / "smollm2__train" / "medmcqa" / "results.json").read_text())
     rows = [json.loads(line) for line in
-            (tmp_path / "eval" / "smollm2" / "medmcqa" / "shard-1-of-1" / "predictions.jsonl").read_text().splitlines()]
+            (tmp_path / "eval" / "smollm2__train" / "medmcqa" / "shard-1-of-1" / "predictions.jsonl").read_text().splitlines()]
     unparseable = results["metrics"]["unparseable_rate"]
     assert unparseable["n"] == len(rows) == 4 and "generative_acc" in results["metrics"]
     assert unparseable["value"] == sum(r["gen_pred"] is None for r in rows) / 4

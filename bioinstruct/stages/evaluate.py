@@ -28,8 +28,9 @@ Scoring: multiple choice by log-likelihood of each choice after lm-evaluation-ha
 prompt (acc, acc_norm; macro-F1 for PubMedQA) for every model, and, for the adapter model,
 also generatively with the prompt it was trained with (greedy; letter / option extraction;
 the unparseable rate is reported): prompt.format=auto takes the adapter's recorded format
-(alpaca or chat; alpaca without an adapter), and a different one set by hand is refused. Generation tasks: ROUGE-1/2/L, cosine
-similarity of sentence embeddings, and the LLM judge's rubric scores when judge=true.
+(alpaca or chat; alpaca without an adapter), and a different one set by hand is refused.
+Generation tasks: ROUGE-1/2/L, cosine similarity of sentence embeddings, and the LLM judge's
+rubric scores when judge=true.
 Extraction tasks: micro precision / recall / F1 of normalised items.
 """
 
