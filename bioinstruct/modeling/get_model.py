@@ -145,9 +145,11 @@ def convert(gguf: Path, out: Path) -> dict:
     # keep packed GGUF layers, which cannot be saved.
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
                                                   quantization_config=GgufConfig(dequantize=True))
-    # The config without its quantization entry (the weights are plain float32 now; a loader
-    # must not look for a GGUF), and a model built from it given the dequantized weights:
-    # save_pretrained refuses a model that carries a GGUF quantizer.
+    # The config without a quantization entry (the weights are plain float32 now; a loader must
+    # not look for a GGUF): transformers 5.24 writes one into the config when it makes the
+    # GgufConfig itself, not when given one as here, so the filter guards other releases.
+    # Then a model built from it, given the dequantized weights: save_pretrained refuses a
+    # model that carries a GGUF quantizer.
     config = type(loaded.config).from_dict({k: v for k, v in loaded.config.to_dict().items()
                                             if k != "quantization_config"})
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
