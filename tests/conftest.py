@@ -65,6 +65,20 @@ def smollm2_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def short_instructions(shared_data, tmp_path_factory) -> Path:
+    """Real short instruction records for the real model's training tests (a 135M model trains
+    at tens of tokens/s on a loaded core): the first instance of each of the 175 Self-Instruct
+    seed tasks in ../shared/data, as a JSONL of {instruction, input, output}."""
+    import json
+
+    seeds = [json.loads(line) for line in (shared_data / "self_instruct" / "seed_tasks.jsonl").read_text().splitlines()]
+    path = tmp_path_factory.mktemp("instructions") / "train.jsonl"
+    path.write_text("".join(json.dumps({"instruction": s["instruction"], "input": s["instances"][0]["input"],
+                                        "output": s["instances"][0]["output"]}) + "\n" for s in seeds))
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _cpu_env(monkeypatch):
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")

@@ -30,6 +30,7 @@ import dataclasses
 import difflib
 import importlib.metadata
 import importlib.util
+import sys
 import tempfile
 import time
 import zipfile
@@ -144,9 +145,11 @@ def convert(gguf: Path, out: Path) -> dict:
     # keep packed GGUF layers, which cannot be saved.
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
                                                   quantization_config=GgufConfig(dequantize=True))
-    # The config without its quantization entry (the weights are plain float32 now; a loader
-    # must not look for a GGUF), and a model built from it given the dequantized weights:
-    # save_pretrained refuses a model that carries a GGUF quantizer.
+    # The config without a quantization entry (the weights are plain float32 now; a loader must
+    # not look for a GGUF): transformers 5.24 writes one into the config when it makes the
+    # GgufConfig itself, not when given one as here, so the filter guards other releases.
+    # Then a model built from it, given the dequantized weights: save_pretrained refuses a
+    # model that carries a GGUF quantizer.
     config = type(loaded.config).from_dict({k: v for k, v in loaded.config.to_dict().items()
                                             if k != "quantization_config"})
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -166,7 +169,7 @@ def get_model(out: str | Path, cfg: GetModelConfig | None = None, *, force: bool
     ignore = ("source",)  # where the file came from: its identity (package, version, sha256) counts
     # A complete folder made from this very file needs no file now: the identity is pinned.
     if done := check_resumable(out, "get-model", cfg, force=force, inputs=spec.identity(), ignore=ignore):
-        print(f"[get-model] already complete in {out}; nothing to do")
+        print(f"[get-model] already complete in {out}; nothing to do", file=sys.stderr)
         return done
     source = check_source(cfg)
     with tempfile.TemporaryDirectory(prefix="bioinstruct-gguf-") as tmp:

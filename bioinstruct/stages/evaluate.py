@@ -26,9 +26,11 @@ the adapter's name):
                                    instruction touched, and how many were left out
 Scoring: multiple choice by log-likelihood of each choice after lm-evaluation-harness's
 prompt (acc, acc_norm; macro-F1 for PubMedQA) for every model, and, for the adapter model,
-also generatively with the Alpaca prompt it was trained with (greedy; letter / option
-extraction; the unparseable rate is reported). Generation tasks: ROUGE-1/2/L, cosine
-similarity of sentence embeddings, and the LLM judge's rubric scores when judge=true.
+also generatively with the prompt it was trained with (greedy; letter / option extraction;
+the unparseable rate is reported): prompt.format=auto takes the adapter's recorded format
+(alpaca or chat; alpaca without an adapter), and a different one set by hand is refused.
+Generation tasks: ROUGE-1/2/L, cosine similarity of sentence embeddings, and the LLM judge's
+rubric scores when judge=true.
 Extraction tasks: micro precision / recall / F1 of normalised items.
 """
 
@@ -47,6 +49,7 @@ from ..io.rows import atomic_write_json, read_jsonl
 from ..llm import LLMConfig
 from ..modeling.models import check_adapter, check_model
 from ..modeling.predictions import score_shard
+from ..prompts import EvalPromptConfig, resolve_format
 from ..runs.rundir import check_resumable, check_writable, is_complete, read_manifest, run_stage
 from ..reporting.tables import format_table
 from ..tasks import task_names, unknown_task
@@ -56,7 +59,7 @@ from .stage import Stage
 # the task's data hashes and options) or that do not change a shard's predictions (where the
 # output lives, which other tasks and models the same call scores), never as strings.
 IDENTITY_KEYS = ("model", "adapter", "run_dir", "out", "shard", "tasks", "task_data", "name", "compare_base",
-                 "allow_base_mismatch")
+                 "allow_base_mismatch", "prompt")
 
 
 @dataclasses.dataclass
@@ -76,6 +79,7 @@ class EvaluateConfig:
     limit: int | None = None  # the first N examples of each task (quick looks)
     batch_size: int = 32
     max_new_tokens: int = 256
+    prompt: EvalPromptConfig = dataclasses.field(default_factory=EvalPromptConfig)  # generation's prompt format
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     similarity_model: str | None = None  # sentence-embedding dir; None: bioinstruct[embed]'s MiniLM
     judge: bool = False
@@ -206,6 +210,7 @@ def run(cfg: EvaluateConfig, *, force: bool = False) -> list[dict]:
     check_model(cfg.model, "--model")  # every path is checked before the model loads
     if cfg.adapter:
         check_adapter(cfg.adapter, "--adapter")
+    resolve_format(cfg.prompt.format, cfg.adapter)  # a format other than the adapter's is refused here
     check_writable(str(cfg.out_dir()), "--out")
     i, n = shard_of(cfg.shard)
     tasks = [load_task(name, cfg.task_data.get(name)) for name in cfg.tasks]
@@ -254,9 +259,11 @@ def run(cfg: EvaluateConfig, *, force: bool = False) -> list[dict]:
 
 def shard_inputs(cfg: EvaluateConfig, adapter_on: bool, task) -> dict:
     """What a shard's predictions are made from, by content (its manifest's "inputs")."""
+    fmt = resolve_format(cfg.prompt.format, cfg.adapter)
     return {"model": model_fingerprint(cfg.model), "adapter": adapter_identity(cfg.adapter) if adapter_on else None,
             "task": task_identity(task), "limit": cfg.limit, "shards": shard_of(cfg.shard)[1],
-            **({"allow_base_mismatch": True} if adapter_on and cfg.allow_base_mismatch else {})}
+            **({"allow_base_mismatch": True} if adapter_on and cfg.allow_base_mismatch else {}),
+            **({"prompt_format": fmt} if fmt != "alpaca" else {})}  # alpaca: as recorded before formats
 
 
 def shard_identity(cfg: EvaluateConfig, shard_dir: Path) -> tuple[dict, tuple[str, ...]]:

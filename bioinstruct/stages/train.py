@@ -6,11 +6,15 @@
     bioinstruct train --config configs/train/tiny/lora.yaml run_dir=runs/quickstart --nproc 2   # CPU
 
 Input: a base model (model.path: a local directory, or a hub id when online; LLaMA weights
-are gated, point at your copy), training records from run_dir/subsets/<data.subset>/data.jsonl
+are gated, point at your copy; `bioinstruct get-model smollm2-135m DIR` makes a real small
+one), training records from run_dir/subsets/<data.subset>/data.jsonl
 (or data.path=FILE), a DeepSpeed config file (deepspeed=configs/deepspeed/zero2.json; null
 for none) whose "auto" values are filled from this config, so the two never disagree.
+Prompt format (prompt.format): alpaca, the paper's (default), or chat, the tokenizer's own chat
+template (for an instruct model); the loss covers the response only in both.
 Output (run_dir/train/<model.name>__<data.subset>/):
-  adapter/        the LoRA adapter (save_pretrained; load with peft.PeftModel)
+  adapter/        the LoRA adapter (save_pretrained; load with peft.PeftModel), its tokenizer,
+                  and prompt.json: the prompt format, which evaluate prompts it with
   merged/         the merged model, when merge=true
   checkpoints/    checkpoint-N/ with optimizer, scheduler, RNG of every rank and the data
                   position; a COMPLETE file marks a whole one (keep-last-N)
@@ -50,6 +54,7 @@ from ..modeling.trainer_callbacks import (RUN_CONFIG, catch_signals, complete_ch
 from ..modeling.models import check_model
 from ..modeling.packing import pack, packed_trainer
 from ..io.records import read_records
+from ..prompts import PromptConfig, record_format
 from ..runs.rundir import check_resumable, check_writable, differences, is_complete, run_stage
 from .stage import Stage
 
@@ -137,6 +142,7 @@ class TrainConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     lora: LoraSettings = dataclasses.field(default_factory=LoraSettings)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    prompt: PromptConfig = dataclasses.field(default_factory=PromptConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     deepspeed: str | None = "configs/deepspeed/zero2.json"
@@ -255,7 +261,7 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict], inputs: dict |
         skip_shm_comm_build()
 
     tokenizer = load_tokenizer(cfg.model.path)
-    examples, dropped = tokenize(records, tokenizer, cfg.data)
+    examples, dropped = tokenize(records, tokenizer, cfg.data, cfg.prompt.format)
     if not examples:
         raise ConfigError(f"data.max_length={cfg.data.max_length}: no example keeps any of its response")
     rows = pack(examples, cfg.data.max_length) if cfg.data.packing else examples
@@ -322,6 +328,7 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict], inputs: dict |
     trainer.save_model(str(stage_dir / "adapter"))
     if rank == 0:
         tokenizer.save_pretrained(stage_dir / "adapter")
+        record_format(stage_dir / "adapter", cfg.prompt.format)
         if cfg.merge:
             merge(cfg.model.path, stage_dir / "adapter", stage_dir / "merged", dtype)
     return {"examples": len(examples), "rows": len(rows), "dropped_prompt_too_long": dropped,
