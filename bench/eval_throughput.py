@@ -1,17 +1,20 @@
 """Evaluation throughput: `bioinstruct evaluate`'s own code path against lm-evaluation-harness's
 HF backend and against the model's forward pass alone, side by side in one run.
 
-    python bench/eval_throughput.py --quick                  # CI: 48 questions per task, 2 rounds, seconds
-    python bench/eval_throughput.py                          # MedQA-, MedMCQA-, PubMedQA-shaped, 300 each
+    python bench/eval_throughput.py                          # SmolLM2-135M, MedQA-, MedMCQA-, PubMedQA-shaped, 300 each
+    python bench/eval_throughput.py --quick                  # CI: tiny model, 48 questions per task, 2 rounds, seconds
     python bench/eval_throughput.py --tasks pubmedqa --questions 500 --rounds 5
     python bench/eval_throughput.py --model /models/llama2-7b --batch-size 32 --threads 16
     python bench/eval_throughput.py --gpu-7b --with-lm-eval  # LLaMA-7B shapes, random bf16 weights, on cuda
     python bench/eval_throughput.py --gpu-7b --arch tiny     # the --gpu-7b code path on CPU (gpu_check --dry-run)
 
-Shapes. The default model is a tiny LLaMA built here whose tokenizer, like LLaMA's, has the
-answers " A".." D", " yes", " no", " maybe" as single tokens (its corpus gets "Answer: X"
-lines; the packaged tiny model splits " D" in two, which made lm-eval run a forward per choice
-and flattered us). Questions: MedMCQA dev and PubMedQA test from ../shared/data (--data),
+Model. Default: SmolLM2-135M-Instruct, the real model (a 49,152-token BPE whose " A".." D",
+" yes", " no", " maybe" are single tokens; tied LM head), from models/smollm2-135m
+(`bioinstruct get-model smollm2-135m models/smollm2-135m`) or $BIOINSTRUCT_SMOLLM2; without it
+(and always with --quick) a tiny LLaMA built here, with a printed note. That tiny model's
+tokenizer, like LLaMA's, has the answers as single tokens (its corpus gets "Answer: X" lines;
+the packaged tiny model splits " D" in two, which made lm-eval run a forward per choice and
+flattered us). Questions: MedMCQA dev and PubMedQA test from ../shared/data (--data),
 MedQA-layout prompts from the packaged demo questions with their options rotated (every prompt
 distinct); a task whose data is absent is skipped with a note.
 
@@ -27,8 +30,9 @@ Rows, per task, all on the same model and questions, interleaved over --rounds a
                          beforehand: no tokenizing, no log-softmax, no writing
 CPU seconds (the process's, all threads) are the figure; wall seconds on a loaded 2-core machine
 mean little. Predictions (acc and acc_norm argmax) are compared with lm-eval's. Goals: identical
-predictions, >= 2x lm-eval and >= 90 % of the forward-only limit in CPU time; exit status 1 when
-a prediction differs. Then generative answers (Alpaca prompts, greedy, KV cache, stop strings):
+predictions and >= 95 % of the forward-only limit in CPU time, every task; the ratio to lm-eval
+is printed (what lm-eval's own overhead costs on this model). Exit status 1 when a prediction
+differs. Then generative answers (Alpaca prompts, greedy, KV cache, stop strings):
 generated tokens/s at --batch-size and one prompt at a time.
 
 --gpu-7b: a LLaMA-7B architecture (hidden 4096, MLP 11008, 32 layers, 32 heads, vocab 32000)
@@ -60,6 +64,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from figures import record  # noqa: E402
+from real_model import note_fallback, smollm2_dir  # noqa: E402
 
 from bioinstruct.modeling.predictions import predict, score_shard  # noqa: E402
 from bioinstruct.stages.evaluate import EvaluateConfig  # noqa: E402
@@ -72,7 +77,7 @@ from bioinstruct.tasks.reader import LETTERS  # noqa: E402
 
 SHARED_DATA = REPO.parent / "shared" / "data"
 DEMO = DATA / "demo_tasks"
-GOAL_VS_LM_EVAL, GOAL_OF_LIMIT = 2.0, 0.90
+GOAL_OF_LIMIT = 0.95
 LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                 num_key_value_heads=32, vocab_size=32000)
 LLAMA_TINY = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
@@ -228,8 +233,8 @@ def compare_task(args, lm, hflm, task, examples, source, scratch: Path) -> tuple
     warm = examples[:args.batch_size]
     for fn in scorers.values():
         fn(warm)
+    forward_only(lm, warm)()  # warm-up on the first batch, as the scorers above
     limit = forward_only(lm, examples)
-    limit()
     best = {name: (float("inf"), float("inf")) for name in [*scorers, "forward only (limit)"]}
     preds = {}
     for _ in range(args.rounds):
@@ -247,7 +252,7 @@ def compare_task(args, lm, hflm, task, examples, source, scratch: Path) -> tuple
         rows.append([task.name, name, n, f"{wall:.2f}", f"{cpu:.2f}", f"{n / cpu:,.0f}",
                      f"{theirs / cpu:.2f}x", f"{floor / cpu:.0%}",
                      f"{pred}/{norm} ({dll:.0e})" if name == "lm-eval HFLM" else ""])
-    met = not (pred or norm) and theirs / ours >= GOAL_VS_LM_EVAL and floor / ours >= GOAL_OF_LIMIT
+    met = not (pred or norm) and floor / ours >= GOAL_OF_LIMIT
     return rows, met
 
 
@@ -289,8 +294,11 @@ def compare(args, model_dir: str) -> int:
             first = first or loaded[1]
     print(format_table(["task", "scorer", "questions", "wall s", "CPU s", "questions/CPU s",
                         "vs lm-eval (CPU)", "of limit (CPU)", "pred/pred_norm diffs (max |Δll|)"], rows))
-    print(f"goals (identical predictions, >= {GOAL_VS_LM_EVAL:.0f}x lm-eval, >= {GOAL_OF_LIMIT:.0%} of the "
-          f"forward-only limit, CPU time, every task): {'MET' if met else 'NOT MET'}")
+    for task_rows in (rows[k:k + 3] for k in range(0, len(rows), 3)):
+        print(f"{task_rows[0][0]}: bioinstruct evaluate at {task_rows[0][7]} of the forward-only limit, "
+              f"{task_rows[0][6]} lm-eval's rate (CPU time)")
+    print(f"goals (identical predictions, >= {GOAL_OF_LIMIT:.0%} of the forward-only limit, CPU time, "
+          f"every task): {'MET' if met else 'NOT MET'}")
     if first and args.gen_prompts:
         print(format_table(["batch", "prompts", "generated tokens", "wall s", "CPU s", "tokens/CPU s"],
                            generation_rows(args, lm, first)))
@@ -445,7 +453,8 @@ def gpu_generation(args, lm, examples: list[dict], device: str) -> list[list]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", metavar="DIR", help="a causal LM directory (default: a LLaMA-shaped tiny one)")
+    parser.add_argument("--model", metavar="DIR", help="a causal LM directory (default: SmolLM2-135M from "
+                        "models/smollm2-135m or $BIOINSTRUCT_SMOLLM2, else a LLaMA-shaped tiny one)")
     parser.add_argument("--tasks", default="medqa,medmcqa,pubmedqa", help="comma-separated: medqa, medmcqa, pubmedqa")
     parser.add_argument("--data", metavar="DIR", default=str(SHARED_DATA),
                         help="data root (medmcqa/dev.json, pubmedqa/...); default ../shared/data")
@@ -456,7 +465,8 @@ def main() -> int:
     parser.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--gen-prompts", type=int, default=32, help="prompts for the generation table (0: none)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--quick", action="store_true", help="48 questions per task, 2 rounds, 8 prompts (CI)")
+    parser.add_argument("--quick", action="store_true",
+                        help="the tiny model (unless --model), 48 questions per task, 2 rounds, 8 prompts (CI)")
     parser.add_argument("--gpu-7b", action="store_true", help="LLaMA-7B shapes, random bf16 weights, on cuda")
     parser.add_argument("--arch", choices=["7b", "tiny"], default="7b", help="--gpu-7b's architecture")
     parser.add_argument("--gpu-batch-sizes", default="16,32,64")
@@ -471,8 +481,11 @@ def main() -> int:
         if args.quick:
             args.gpu_batch_sizes, args.gen_batch_sizes, args.max_new_tokens = "4,8", "4,8", 8
         return gpu_7b(args)
-    if args.model:
-        return compare(args, args.model)
+    model = args.model or (None if args.quick else smollm2_dir())
+    if model:
+        return compare(args, str(model))
+    if not args.quick:
+        note_fallback("running on a LLaMA-shaped tiny model with random weights")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         model = llama_shaped_tiny(Path(tmp))

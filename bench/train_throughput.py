@@ -1,5 +1,6 @@
 """Training throughput and MFU of the LoRA recipe (bioinstruct/stages/train.py) on one device.
 
+    python bench/train_throughput.py                                  # SmolLM2-135M on CPU (no GPU), real weights
     python bench/train_throughput.py --quick                          # tiny LLaMA on CPU, seconds (CI)
     python bench/train_throughput.py --model 7b                       # mb 4/8/16 x grad-ckpt off/on, sdpa
     python bench/train_throughput.py --model 13b --micro-batch 4,8 --grad-ckpt on
@@ -7,7 +8,12 @@
     python bench/train_throughput.py --model 7b --seq-len 1024 --steps 20 --warmup 5
     python bench/train_throughput.py --model 7b --data runs/v1/subsets/all/data.jsonl --tokenizer LLAMA_DIR
 
-Builds a LLaMA architecture with random weights (nothing is downloaded): 7b = LLaMA-2-7B
+smollm2 (the default without a GPU, when models/smollm2-135m or $BIOINSTRUCT_SMOLLM2 holds
+`bioinstruct get-model smollm2-135m`'s folder; --model DIR for another) trains the real model:
+SmolLM2-135M-Instruct's weights in fp32, 30 layers, hidden 576, tied embeddings, on CPU with
+--threads threads (default 1), micro-batch 1,4 at seq-len 256, and its own tokenizer for the
+packing table. Without it, no GPU and no --model runs --quick, with a printed note.
+Otherwise builds a LLaMA architecture with random weights (nothing is downloaded): 7b = LLaMA-2-7B
 (hidden 4096, MLP 11008, 32 layers, 32 heads), 13b = LLaMA-2-13B (5120, 13824, 40, 40), both
 vocab 32000, RMSNorm eps 1e-5, 4096 positions; tiny = a ~5M-parameter LLaMA for CPU. On a
 GPU the model is constructed directly in bf16 on the device. It is wrapped with peft LoRA
@@ -20,7 +26,9 @@ The device's peak is measured with a large matmul (bf16 8192^3 on GPU, best of s
 fp32 on CPU), and MFU = 4 N tokens/s / peak, N = every parameter of the base model, the
 FLOP model of train.py's metrics.jsonl. The first table: one row per configuration
 (micro-batch x gradient checkpointing x attention); one that runs out of memory reads OOM.
-Peak memory is torch.cuda.max_memory_allocated on GPU, the process's peak RSS on CPU.
+Peak memory is torch.cuda.max_memory_allocated on GPU, the process's peak RSS on CPU. On CPU
+both the steps and the peak matmul are timed in the process's CPU seconds (tokens per CPU
+second; with --threads 1 that is one core's), since a shared machine's wall clock means little.
 With no GPU and no --model the script runs --quick.
 
 A second table compares data.packing off and on (bioinstruct/modeling/packing.py) on the same real
@@ -54,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from figures import record  # noqa: E402
+from real_model import note_fallback, smollm2_dir  # noqa: E402
 
 from bioinstruct.modeling.packing import model_inputs, pack  # noqa: E402
 from bioinstruct.io.records import read_records  # noqa: E402
@@ -102,10 +111,10 @@ def measure_peak(gpu: bool, trials: int = 5) -> float:
             end.synchronize()
             seconds = start.elapsed_time(end) / 1000
         else:
-            t0 = time.perf_counter()
+            t0 = time.process_time()  # CPU seconds, as the training steps are timed on CPU
             for _ in range(reps):
                 a @ b
-            seconds = time.perf_counter() - t0
+            seconds = time.process_time() - t0
         best = max(best, 2 * n**3 * reps / seconds)
     del a, b
     return best
@@ -138,15 +147,32 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
+def shown(name: str) -> str:
+    return f"LLaMA-{name}" if name in MODELS else Path(name).name
+
+
+def vocab_size(name: str) -> int:
+    if name in MODELS:
+        return llama_config(name, "sdpa").vocab_size
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(name).vocab_size
+
+
 def build(name: str, attn: str, gpu: bool, grad_ckpt: bool):
-    """The base model (random weights) wrapped in LoRA as bioinstruct/stages/train.py does it.
-    Returns the peft model and N, the base model's parameter count."""
+    """The base model (random weights for a MODELS shape, else the folder's real weights)
+    wrapped in LoRA as bioinstruct/stages/train.py does it. Returns the peft model and N,
+    the base model's parameter count (tied embeddings once)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     dtype = torch.bfloat16 if gpu else torch.float32
     with torch.device("cuda" if gpu else "cpu"):
-        model = AutoModelForCausalLM.from_config(llama_config(name, attn), dtype=dtype, attn_implementation=attn)
+        if name in MODELS:
+            model = AutoModelForCausalLM.from_config(llama_config(name, attn), dtype=dtype, attn_implementation=attn)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation=attn)
+            model.config.use_cache = False
     n_params = sum(p.numel() for p in model.parameters())
     if grad_ckpt:
         model.gradient_checkpointing_enable()
@@ -196,7 +222,7 @@ def run_config(name: str, attn: str, gpu: bool, grad_ckpt: bool, batches: list[d
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
     else:
-        t0 = time.perf_counter()
+        t0 = time.process_time()  # CPU seconds: a loaded machine's wall clock means little
     for i in range(steps):
         loss = step(warmup + i)
     if gpu:
@@ -205,7 +231,7 @@ def run_config(name: str, attn: str, gpu: bool, grad_ckpt: bool, batches: list[d
         seconds = start.elapsed_time(end) / 1000
         peak_mem = torch.cuda.max_memory_allocated()
     else:
-        seconds = time.perf_counter() - t0
+        seconds = time.process_time() - t0
         peak_mem = _peak_rss_bytes()
     loss = loss.item()
     if loss != loss:
@@ -270,7 +296,7 @@ def attempt(gpu: bool, label: str, run) -> tuple[dict | None, str | None]:
 def packing_table(args, model_name: str, attn: str, ckpt: bool, gpu: bool, micro_batches: list[int]) -> str:
     """Packing off vs on, side by side on the same examples, at each micro-batch."""
     examples, pad_id = data_examples(args.data, args.tokenizer, args.data_len)
-    vocab = llama_config(model_name, attn).vocab_size
+    vocab = vocab_size(model_name)
     epoch_tokens = sum(len(e["input_ids"]) for e in examples)
     rows = []
     for mb in micro_batches:
@@ -287,14 +313,15 @@ def packing_table(args, model_name: str, attn: str, ckpt: bool, gpu: bool, micro
                 continue
             rows.append(row + [f"{result['tokens_per_s']:,.0f}", f"{result['step_s'] * 1000:,.0f} ms",
                                f"{epoch_tokens / result['tokens_per_s']:,.1f} s"])
-            record("train_throughput", f"LLaMA-{model_name}, {label}, packing {'on' if packing else 'off'}",
+            record("train_throughput", f"{shown(model_name)}, {label}, packing {'on' if packing else 'off'}",
                    "real tokens/s", f"{result['tokens_per_s']:,.0f}")
             print(f"  {label} packing={'on' if packing else 'off'}: {result['tokens_per_s']:,.0f} real tokens/s",
                   file=sys.stderr, flush=True)
     source = args.data or "the package's seed tasks"
     return (f"packing: {len(examples)} examples ({epoch_tokens:,} tokens) of {source}, data-len {args.data_len}, "
             f"tokenizer {args.tokenizer or 'tiny byte-level BPE'}\n"
-            + format_table(["config", "packing", "rows", "examples/row", "padding", "real tokens/s", "step time",
+            + format_table(["config", "packing", "rows", "examples/row", "padding",
+                            "real tokens/s" if gpu else "real tokens/CPU s", "step time",
                             "epoch (est.)"], rows))
 
 
@@ -312,7 +339,9 @@ def _csv(text: str, cast=str) -> list:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=sorted(MODELS), help="default: 7b on a GPU, --quick without one")
+    parser.add_argument("--model", help=f"{', '.join(sorted(MODELS))} (random weights), smollm2 or a model "
+                        "directory (real weights); default: 7b on a GPU, smollm2 without one (else --quick)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads on CPU (one: steadiest figures)")
     parser.add_argument("--micro-batch", default="4,8,16", help="comma-separated micro-batch sizes")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (the paper's max_length)")
     parser.add_argument("--grad-ckpt", choices=["off", "on", "both"], default="both",
@@ -330,14 +359,35 @@ def main() -> None:
 
     gpu = torch.cuda.is_available()
     if args.model is None and not gpu and not args.quick:
-        print("no GPU and no --model: running --quick (the tiny model on CPU)", file=sys.stderr)
-        args.quick = True
+        real = smollm2_dir()
+        if real is None:
+            note_fallback("no GPU and no --model: running --quick (the tiny model on CPU)")
+            args.quick = True
+        else:
+            args.model = "smollm2"
+            explicit = {a.split("=")[0] for a in sys.argv[1:]}
+            # A real 135M model on one CPU thread: ~100 tokens/s, so seconds-long steps.
+            for flag, value in (("--micro-batch", "1,4"), ("--seq-len", 256), ("--steps", 3), ("--warmup", 1),
+                                ("--grad-ckpt", "off"), ("--data-len", 256)):
+                if flag not in explicit:
+                    setattr(args, flag[2:].replace("-", "_"), value)
+    if args.model == "smollm2":
+        real = smollm2_dir()
+        if real is None:
+            parser.error("--model smollm2: no get-model folder at models/smollm2-135m or $BIOINSTRUCT_SMOLLM2")
+        args.model = str(real)
+    if args.model and args.model not in MODELS and not Path(args.model, "config.json").is_file():
+        parser.error(f"--model {args.model}: neither {', '.join(sorted(MODELS))}, smollm2 nor a model directory")
+    if args.model and args.model not in MODELS:
+        args.tokenizer = args.tokenizer or args.model  # the packing table with the model's own tokenizer
     if args.quick:
         gpu = False
         args.model, args.micro_batch, args.seq_len, args.steps, args.warmup = "tiny", "1,2", 128, 3, 1
         torch.set_num_threads(1)  # a smoke test: on a busy CI box, spinning OpenMP threads cost 10x
+    elif not gpu:
+        torch.set_num_threads(args.threads)
     model_name = args.model or "7b"
-    if not gpu and model_name != "tiny":
+    if not gpu and model_name in ("7b", "13b"):
         print(f"warning: --model {model_name} on CPU in fp32 (no GPU): expect minutes per step", file=sys.stderr)
 
     attns = _csv(args.attn)
@@ -365,7 +415,7 @@ def main() -> None:
                     continue
                 if not gpu:
                     per_config_rss = _reset_peak_rss() and per_config_rss
-                batches = synthetic_batches(llama_config(model_name, attn).vocab_size, mb, args.seq_len)
+                batches = synthetic_batches(vocab_size(model_name), mb, args.seq_len)
                 result, failure = attempt(gpu, label, lambda: run_config(model_name, attn, gpu, ckpt, batches,
                                                                          args.steps, args.warmup))
                 if failure:
@@ -376,7 +426,7 @@ def main() -> None:
                 rows.append([label, f"{result['tokens_per_s']:,.0f}", f"{result['step_s'] * 1000:,.0f} ms",
                              f"{result['peak_mem'] / 2**30:.2f} GiB", f"{100 * flops / measured:.1f}%",
                              f"{100 * flops / sheet:.1f}%" if sheet else "n/a"])
-                setting = f"LLaMA-{model_name}, {label}, seq {args.seq_len}"
+                setting = f"{shown(model_name)}, {label}, seq {args.seq_len}"
                 record("train_throughput", setting, "tokens/s", f"{result['tokens_per_s']:,.0f}")
                 record("train_throughput", setting, "MFU (measured peak)", f"{100 * flops / measured:.1f}%")
                 record("train_throughput", setting, "peak memory", f"{result['peak_mem'] / 2**30:.2f} GiB")
@@ -384,7 +434,7 @@ def main() -> None:
                       file=sys.stderr, flush=True)
 
     memory = "peak memory" if gpu else "peak RSS"
-    print(format_table(["config", f"tokens/s/{'GPU' if gpu else 'CPU'}", "step time", memory,
+    print(format_table(["config", 'tokens/s/GPU' if gpu else 'tokens/CPU s', "step time", memory,
                         "MFU (measured peak)", "MFU (datasheet)"], rows))
     if n_params:
         print(f"4·N FLOPs per token for LoRA: forward 2N + backward through activations 2N; "

@@ -1,6 +1,6 @@
-"""Print what this machine offers for each stage: Python packages, torch and CUDA, GPUs,
-the DeepSpeed accelerator, Slurm commands, Apptainer, caches, and whether an OpenAI key is
-set (its value is never read out).
+"""Print what this machine offers for each stage: Python packages, the real models get-model
+can make here, torch and CUDA, GPUs, the DeepSpeed accelerator, Slurm commands, Apptainer,
+caches, and whether an OpenAI key is set (its value is never read out).
 
     bioinstruct doctor
     bioinstruct doctor --key-env AZURE_OPENAI_API_KEY
@@ -18,6 +18,7 @@ import sys
 import subprocess
 from pathlib import Path
 
+from .modeling.get_model import MODELS, availability
 from .runs.environment import PACKAGES, version
 from .reporting.tables import format_table
 
@@ -83,6 +84,7 @@ def _cache_row() -> tuple[str, str]:
 
 def rows(key_env: str) -> list[tuple[str, str]]:
     out = [(f"package {name}", version(name) or "not installed") for name in PACKAGES]
+    out += [(f"model {name}", availability(name)) for name in MODELS]
     out += _torch_rows()
     out.append(_deepspeed_row())
     for cmd in ("sbatch", "squeue", "scontrol", "sacct"):

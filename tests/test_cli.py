@@ -8,7 +8,7 @@ from bioinstruct.cli import VERBS, main
 pytestmark = pytest.mark.unit
 
 ISSUE_VERBS = ["generate", "filter", "decontaminate", "classify", "agreement", "stats", "subsets", "train", "evaluate",
-               "report", "launch", "status", "quickstart", "doctor", "make-tiny-model"]
+               "report", "launch", "status", "quickstart", "doctor", "make-tiny-model", "get-model"]
 
 
 def run_cli(*args, env=None):

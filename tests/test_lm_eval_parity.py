@@ -1,4 +1,6 @@
-"""bioinstruct's scorer against lm-evaluation-harness's own HF backend, question by question.
+"""bioinstruct's scorer against lm-evaluation-harness's own HF backend, question by question,
+on the tiny model (integration tier) and on SmolLM2-135M-Instruct (realmodel tier: a real
+49k-token BPE tokenizer and a tied LM head, on real questions drawn so that every label occurs).
 
 lm-eval 0.4.13 runs its own task YAMLs (medqa_4options, medmcqa, pubmedqa; ``include``d by a
 local YAML that points them at a local JSON Lines copy of the same questions) with
@@ -28,7 +30,6 @@ from bioinstruct.modeling.predictions import predict
 from bioinstruct.stages.evaluate import EvaluateConfig
 from bioinstruct.tasks import load_examples, load_task
 
-pytestmark = pytest.mark.integration
 
 try:
     import lm_eval
@@ -44,23 +45,38 @@ LETTERS = ["A", "B", "C", "D"]
 BATCH = 16
 
 
-@pytest.fixture(scope="module")
-def models(tiny_model_dir):
-    """(bioinstruct's LM, lm-eval's HFLM) on the same tiny model, CPU, float32."""
+def both(model_dir: Path):
+    """(bioinstruct's LM, lm-eval's HFLM) on the same model, CPU, float32."""
     from bioinstruct.modeling.scoring import LM
 
-    ours = LM(str(tiny_model_dir), device="cpu", dtype="float32", batch_size=BATCH)
-    theirs = HFLM(pretrained=str(tiny_model_dir), device="cpu", dtype="float32", batch_size=BATCH,
-                  add_bos_token=False)
+    ours = LM(str(model_dir), device="cpu", dtype="float32", batch_size=BATCH)
+    theirs = HFLM(pretrained=str(model_dir), device="cpu", dtype="float32", batch_size=BATCH, add_bos_token=False)
     return ours, theirs
 
 
 @pytest.fixture(scope="module")
+def models(tiny_model_dir):
+    return both(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def smollm2_models(smollm2_dir):
+    return both(smollm2_dir)
+
+
+@pytest.fixture(scope="module")
 def run_lm_eval(models, tmp_path_factory):
+    return runner(models[1], tmp_path_factory.mktemp("lm_eval_parity"))
+
+
+@pytest.fixture(scope="module")
+def smollm2_lm_eval(smollm2_models, tmp_path_factory):
+    return runner(smollm2_models[1], tmp_path_factory.mktemp("lm_eval_parity_smollm2"))
+
+
+def runner(hflm, work: Path):
     """``fn(name, task_dir/yaml, docs, extra_yaml="") -> samples`` (lm-eval's logged samples,
     in doc order) for lm-eval's task YAML run on a local JSON Lines copy of ``docs``."""
-    work = tmp_path_factory.mktemp("lm_eval_parity")
-    hflm = models[1]
 
     def run(name: str, yaml_path: str, docs: list[dict], extra_yaml: str = "") -> list[dict]:
         data = work / f"{name}.jsonl"
@@ -85,8 +101,12 @@ def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()][:limit]
 
 
-def ours(models, task_name: str, limit: int | None = None, **data) -> tuple[list[dict], list[dict]]:
-    examples = load_examples(load_task(task_name, data))[:limit]
+def ours(models, task_name: str, picked: list[int] | None = None, root: Path | None = None,
+         **data) -> tuple[list[dict], list[dict]]:
+    """bioinstruct's rows for the task's questions at ``picked`` (all: None)."""
+    data = {**data, **({"root": str(root)} if root else {})}
+    examples = load_examples(load_task(task_name, data))
+    examples = [examples[i] for i in picked] if picked is not None else examples
     rows = predict(models[0], load_task(task_name, data), examples, tuned=False, cfg=EvaluateConfig())
     return examples, rows
 
@@ -113,6 +133,7 @@ def compare(samples: list[dict], examples: list[dict], rows: list[dict], choices
             "acc_norm": float(np.mean([s["acc_norm"] for s in samples]))}
 
 
+@pytest.mark.integration
 def test_medqa_demo_both_layouts(models, run_lm_eval):
     hf_docs = read_jsonl(DEMO / "medqa" / "test_hf.jsonl")
     examples, rows = ours(models, "medqa", root=str(DEMO), path="medqa/test_hf.jsonl")
@@ -125,26 +146,55 @@ def test_medqa_demo_both_layouts(models, run_lm_eval):
     compare(run_lm_eval("bi_parity_medqa_orig", "medqa/medqa.yaml", as_hf), examples, rows, LETTERS)
 
 
-def test_medmcqa_real_dev(models, run_lm_eval, shared_data):
-    n = 60
-    docs = [{**r, "cop": r["cop"] - 1} for r in read_jsonl(shared_data / "medmcqa" / "dev.json", n)]  # lm-eval reads the 0-based HF copy
-    examples, rows = ours(models, "medmcqa", limit=n, root=str(shared_data))
-    compare(run_lm_eval("bi_parity_medmcqa", "medmcqa/medmcqa.yaml", docs), examples, rows, LETTERS)
+def drawn(shared_data: Path, task: str, per_label: int | None, n: int | None = None) -> list[int]:
+    """Indices of the task's questions, in file order: the first ``n``, or the first
+    ``per_label`` of each gold label (every label occurs)."""
+    if per_label is None:
+        return list(range(n))
+    golds = [ex["gold"] for ex in load_examples(load_task(task, {"root": str(shared_data)}))]
+    return sorted(i for label in set(golds) for i in [j for j, g in enumerate(golds) if g == label][:per_label])
 
 
-def test_pubmedqa_real_test(models, run_lm_eval, shared_data):
-    n = 40
-    items = json.loads((shared_data / "pubmedqa" / "test_set.json").read_text(encoding="utf-8"))
+def medmcqa_parity(models, run_lm_eval, shared_data: Path, picked: list[int], name: str) -> dict:
+    raw = read_jsonl(shared_data / "medmcqa" / "dev.json", picked[-1] + 1)
+    docs = [{**raw[i], "cop": raw[i]["cop"] - 1} for i in picked]  # lm-eval reads the 0-based HF copy
+    return compare(run_lm_eval(name, "medmcqa/medmcqa.yaml", docs), *ours(models, "medmcqa", picked, shared_data),
+                   LETTERS)
+
+
+def pubmedqa_parity(models, run_lm_eval, shared_data: Path, picked: list[int], name: str) -> dict:
+    items = list(json.loads((shared_data / "pubmedqa" / "test_set.json").read_text(encoding="utf-8")).items())
     truth = json.loads((shared_data / "pubmedqa" / "test_ground_truth.json").read_text(encoding="utf-8"))
     docs = [{"QUESTION": v["QUESTION"], "CONTEXTS": v["CONTEXTS"], "final_decision": truth[k]}
-            for k, v in list(items.items())[:n]]
-    examples, rows = ours(models, "pubmedqa", limit=n, root=str(shared_data))
+            for k, v in (items[i] for i in picked)]
     # lm-eval's pubmedqa lists only acc: ask for acc_norm too, to compare pred_norm.
     extra = "metric_list:\n  - metric: acc\n    aggregation: mean\n  - metric: acc_norm\n    aggregation: mean\n"
-    compare(run_lm_eval("bi_parity_pubmedqa", "pubmedqa/pubmedqa.yaml", docs, extra), examples, rows,
-            ["yes", "no", "maybe"])
+    return compare(run_lm_eval(name, "pubmedqa/pubmedqa.yaml", docs, extra),
+                   *ours(models, "pubmedqa", picked, shared_data), ["yes", "no", "maybe"])
 
 
+@pytest.mark.integration
+def test_medmcqa_real_dev(models, run_lm_eval, shared_data):
+    medmcqa_parity(models, run_lm_eval, shared_data, drawn(shared_data, "medmcqa", None, 60), "bi_parity_medmcqa")
+
+
+@pytest.mark.integration
+def test_pubmedqa_real_test(models, run_lm_eval, shared_data):
+    pubmedqa_parity(models, run_lm_eval, shared_data, drawn(shared_data, "pubmedqa", None, 40), "bi_parity_pubmedqa")
+
+
+@pytest.mark.realmodel
+def test_smollm2_medmcqa_and_pubmedqa_every_label(smollm2_models, smollm2_lm_eval, shared_data):
+    """SmolLM2-135M, question for question: 3 MedMCQA dev questions of each answer letter and 2
+    PubMedQA test questions of each of yes / no / maybe (long abstracts: the costly part)."""
+    for task, per_label, parity in (("medmcqa", 3, medmcqa_parity), ("pubmedqa", 2, pubmedqa_parity)):
+        picked = drawn(shared_data, task, per_label)
+        scores = parity(smollm2_models, smollm2_lm_eval, shared_data, picked, f"bi_parity_smollm2_{task}")
+        print(f"SmolLM2-135M {task}: {len(picked)} questions, lm-eval acc {scores['acc']:.3f} "
+              f"acc_norm {scores['acc_norm']:.3f}; bioinstruct the same, question for question")
+
+
+@pytest.mark.integration
 def test_lm_eval_default_prepends_bos(tiny_model_dir, models):
     """lm-eval 0.4.13's default HFLM (add_bos_token unset) encodes the context with the
     tokenizer's BOS; bioinstruct (and HFLM(add_bos_token=False)) do not, so parity needs the

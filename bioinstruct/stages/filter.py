@@ -284,8 +284,11 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quickstart(q) -> FilterConfig:
-    # The standalone filter over the generated instructions, pool = the seeds.
+def _quickstart(q) -> FilterConfig | None:
+    # The standalone filter over the generated instructions, pool = the seeds (the real-model
+    # quickstart generates none).
+    if q.settings.real:
+        return None
     return FilterConfig.with_criteria(q.settings.generate.filter, run_dir=str(q.run_dir), pool=q.settings.seed_tasks(),
                                       input=str(q.outputs["generate"] / "instructions.jsonl"))
 

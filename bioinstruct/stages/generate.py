@@ -403,8 +403,9 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quickstart(q) -> GenerateConfig:
-    return dataclasses.replace(q.settings.generate, run_dir=str(q.run_dir))
+def _quickstart(q) -> GenerateConfig | None:
+    # The real-model quickstart trains on real instructions (bioinstruct/demo.py): none to generate.
+    return None if q.settings.real else dataclasses.replace(q.settings.generate, run_dir=str(q.run_dir))
 
 
 STAGE = Stage(

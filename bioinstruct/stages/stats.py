@@ -342,7 +342,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _quickstart(q) -> StatsConfig:
     return StatsConfig(input=str(q.outputs["classify"] / "labelled.jsonl"), run_dir=str(q.run_dir),
-                       tokenizer=str(q.outputs["tiny-model"]), max_lengths=[128, 256, 512])
+                       tokenizer=str(q.model), max_lengths=[128, 256, 512])
 
 
 STAGE = Stage(

@@ -163,5 +163,5 @@ STAGE = Stage(
     "subsets", "write the training subsets for the ablations (categories, data sizes)", __name__,
     config=SubsetsConfig, run=run, outputs=lambda c: [Path(c.run_dir) / "subsets"],
     identity=lambda c, _: identity(c),
-    quickstart=lambda q: SubsetsConfig(run_dir=str(q.run_dir), sizes=q.settings.subset_sizes),
+    quickstart=lambda q: SubsetsConfig(run_dir=str(q.run_dir), sizes=q.settings.sizes()),
     resources={"mem_gb": 8, "time_limit_min": 60})

@@ -22,5 +22,5 @@ STAGE = Stage(
     "tiny-model", "build the tiny LLaMA used by tests and the quickstart", "bioinstruct.modeling.tiny_model",
     config=TinyModelJob, run=lambda c, force=False: make_tiny_model(c.out, c.model, force=force),
     outputs=lambda c: [Path(c.out)], verb="make-tiny-model", recorded_as="make-tiny-model",
-    recorded=lambda c: c.model, quickstart=lambda q: TinyModelJob(out=str(q.folder), model=q.settings.tiny_model),
+    recorded=lambda c: c.model, quickstart=lambda q: None if q.settings.real else TinyModelJob(out=str(q.folder), model=q.settings.tiny_model),
     resources={"time_limit_min": 30})

@@ -6,11 +6,15 @@
     bioinstruct train --config configs/train/tiny/lora.yaml run_dir=runs/quickstart --nproc 2   # CPU
 
 Input: a base model (model.path: a local directory, or a hub id when online; LLaMA weights
-are gated, point at your copy), training records from run_dir/subsets/<data.subset>/data.jsonl
+are gated, point at your copy; `bioinstruct get-model smollm2-135m DIR` makes a real small
+one), training records from run_dir/subsets/<data.subset>/data.jsonl
 (or data.path=FILE), a DeepSpeed config file (deepspeed=configs/deepspeed/zero2.json; null
 for none) whose "auto" values are filled from this config, so the two never disagree.
+Prompt format (prompt.format): alpaca, the paper's (default), or chat, the tokenizer's own chat
+template (for an instruct model); the loss covers the response only in both.
 Output (run_dir/train/<model.name>__<data.subset>/):
-  adapter/        the LoRA adapter (save_pretrained; load with peft.PeftModel)
+  adapter/        the LoRA adapter (save_pretrained; load with peft.PeftModel), its tokenizer,
+                  and prompt.json: the prompt format, which evaluate prompts it with
   merged/         the merged model, when merge=true
   checkpoints/    checkpoint-N/ with optimizer, scheduler, RNG of every rank and the data
                   position; a COMPLETE file marks a whole one (keep-last-N)
@@ -52,6 +56,7 @@ from ..modeling.memory import OutOfMemory, is_out_of_memory, one_line
 from ..modeling.precision import resolve_dtype
 from ..modeling.packing import pack, packed_trainer
 from ..io.records import read_records
+from ..prompts import PromptConfig, record_format
 from ..runs.rundir import check_resumable, check_writable, differences, is_complete, run_stage
 from .stage import Stage
 
@@ -141,6 +146,7 @@ class TrainConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     lora: LoraSettings = dataclasses.field(default_factory=LoraSettings)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    prompt: PromptConfig = dataclasses.field(default_factory=PromptConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     deepspeed: str | None = "configs/deepspeed/zero2.json"
@@ -266,7 +272,7 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict], inputs: dict |
         skip_shm_comm_build()
 
     tokenizer = load_tokenizer(cfg.model.path)
-    examples, dropped = tokenize(records, tokenizer, cfg.data)
+    examples, dropped = tokenize(records, tokenizer, cfg.data, cfg.prompt.format)
     if not examples:
         raise ConfigError(f"data.max_length={cfg.data.max_length}: no example keeps any of its response")
     rows = pack(examples, cfg.data.max_length) if cfg.data.packing else examples
@@ -337,6 +343,7 @@ def train(cfg: TrainConfig, stage_dir: Path, records: list[dict], inputs: dict |
     trainer.save_model(str(stage_dir / "adapter"))
     if rank == 0:
         tokenizer.save_pretrained(stage_dir / "adapter")
+        record_format(stage_dir / "adapter", cfg.prompt.format)
         if cfg.merge:
             merge(cfg.model.path, stage_dir / "adapter", stage_dir / "merged", dtype)
     return {"examples": len(examples), "rows": len(rows), "dropped_prompt_too_long": dropped,
@@ -455,11 +462,17 @@ def main(args: argparse.Namespace) -> int:
 
 
 TINY_TRAIN = SOURCE_TREE / "configs" / "train" / "tiny" / "lora.yaml"
+SMOLLM2_TRAIN = SOURCE_TREE / "configs" / "train" / "smollm2" / "135m_lora.yaml"
 
 
-def _quickstart(q) -> TrainConfig:
+def _quickstart(q) -> TrainConfig | list[TrainConfig]:
     # LoRA on the tiny model over subset 'all'; the quickstart starts its ranks as srun would.
-    return load_config(TrainConfig, TINY_TRAIN, [f"run_dir={q.run_dir}", f"model.path={q.outputs['tiny-model']}"])
+    # The real-model quickstart trains SmolLM2 on each size-N subset and on all (Figure 3's points).
+    if not q.settings.real:
+        return load_config(TrainConfig, TINY_TRAIN, [f"run_dir={q.run_dir}", f"model.path={q.model}"])
+    return [load_config(TrainConfig, SMOLLM2_TRAIN, [f"run_dir={q.run_dir}", f"model.path={q.model}",
+                                                     f"data.subset={subset}"])
+            for subset in [f"size-{n}" for n in q.settings.sizes()] + ["all"]]
 
 
 STAGE = Stage(
