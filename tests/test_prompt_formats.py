@@ -133,9 +133,10 @@ def test_a_tuned_model_answers_in_the_format_it_was_trained_with(smollm2_dir, sh
     assert unparseable["n"] == len(rows) == 4 and "generative_acc" in results["metrics"]
     assert unparseable["value"] == sum(r["gen_pred"] is None for r in rows) / 4
     assert "unparseable_rate" in table and "generative_acc" in table
-    print(f"SmolLM2 + LoRA ({fmt}), 4 MedMCQA questions: generative acc "
-          f"{results['metrics']['generative_acc']['value']:.2f}, unparseable {unparseable['value']:.2f}; "
-          f"answers {[r['generated'] for r in rows]}")
+    with capsys.disabled():  # the figures, in the test log
+        print(f"\nSmolLM2 + LoRA ({fmt}), 4 MedMCQA questions: generative acc "
+              f"{results['metrics']['generative_acc']['value']:.2f}, unparseable {unparseable['value']:.2f}; "
+              f"answers {[r['generated'] for r in rows]}")
 
     examples = load_examples(load_task("medmcqa", {"root": str(shared_data)}))[:4]
     by_id = {r["id"]: r["generated"] for r in rows}
