@@ -41,8 +41,8 @@ def test_train_and_evaluate_resolve_by_compute_capability_and_deepspeed_agrees(g
     precision, ds, amp = mixed_precision(TrainConfig(deepspeed="configs/deepspeed/zero2.json"), world_size=1)
     assert precision.dtype == dtype and amp == {"bf16": dtype == "bfloat16", "fp16": dtype == "float16"}
     assert (ds["bf16"]["enabled"], ds["fp16"]["enabled"]) == (amp["bf16"], amp["fp16"])
-    if dtype == "float16":  # DeepSpeed's dynamic loss scale (loss_scale 0), from the shipped config
-        assert ds["fp16"]["loss_scale"] == 0 and ds["fp16"]["initial_scale_power"] == 16
+    if dtype == "float16":  # loss_scale 0, DeepSpeed's default: the dynamic loss scale fp16 needs
+        assert ds["fp16"].get("loss_scale", 0) == 0
     # evaluate: LM loads the weights in the dtype resolved for its device (cuda here)
     loaded = {}
 

@@ -8,7 +8,6 @@ from ..io.rows import read_json
 from ..paths import source_path
 
 
-
 def gradient_accumulation(cfg, world_size: int) -> int:
     per_step = cfg.micro_batch * world_size
     if cfg.effective_batch % per_step:
