@@ -48,7 +48,7 @@ from .executors import EXECUTORS, log_paths
 from .hub import PinnedModels
 from .jobs import done as task_done
 from .status import manifest_path, print_status, read_manifests
-from .sweep import Plan, Sweep, make_plan, print_plan
+from .sweep import Plan, Sweep, make_plan, no_account, print_plan
 
 __doc__ = __doc__.replace("(KINDS)", f"({', '.join(KINDS)})")  # the registry's, in pipeline order
 
@@ -270,5 +270,9 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if args.resume and not manifest_path(plan.run_dir, sweep.name).exists():
         raise UserError(f"--resume: sweep '{sweep.name}' was never launched in {plan.run_dir}")
+    enforced = executor.enforced_accounts()
+    if enforced and any(s.resources.account is None for s in plan.stages):
+        print(f"bioinstruct launch: warning: {no_account(f'this site enforces them (AccountingStorageEnforce={enforced})')}",
+              file=sys.stderr)
     launch(plan, executor, source=source, out=sys.stdout)
     return print_status(plan.run_dir, executor, sweep.name, sys.stdout)

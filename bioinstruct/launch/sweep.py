@@ -351,6 +351,12 @@ def _resource_line(r: Resources) -> str:
     return text + "".join(f" --{k}={v}" for k, v in (r.sbatch or {}).items())
 
 
+def no_account(why: str) -> str:
+    """The line that says a sweep names no Slurm account, and why that matters here."""
+    return (f"no Slurm account set, and {why}: defaults.all.resources.account=NAME "
+            f"(sacctmgr show associations user=$USER lists yours)")
+
+
 def print_plan(plan: Plan, executor, out: TextIO, source: str) -> None:
     """The dry run: stages, tasks, dependencies and, for Slurm, the exact sbatch scripts.
     Upstream job ids are unknown before submission: dependencies name the stage in <...>."""
@@ -359,8 +365,7 @@ def print_plan(plan: Plan, executor, out: TextIO, source: str) -> None:
     print(f"sweep '{plan.sweep.name}' from {source}: {len(plan.stages)} stages, {n} tasks "
           f"({todo} to run, {n - todo} complete); run directory {plan.run_dir}; cluster {executor.name}", file=out)
     if executor.name == "slurm" and any(s.resources.account is None for s in plan.stages):
-        print("note: no Slurm account set, and most sites require one: defaults.all.resources.account=NAME "
-              "(sacctmgr show associations user=$USER lists yours)", file=out)
+        print(f"note: {no_account('most sites require one')}", file=out)
     for stage in plan.stages:
         run = [t for t in stage.tasks if not t.done]
         print(f"\nstage {stage.name} (kind {stage.kind}): {len(stage.tasks)} task(s), "
