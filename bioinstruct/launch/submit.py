@@ -272,7 +272,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--resume: sweep '{sweep.name}' was never launched in {plan.run_dir}")
     enforced = executor.enforced_accounts()
     if enforced and any(s.resources.account is None for s in plan.stages):
-        print(f"bioinstruct launch: warning: {no_account(f'this site enforces them (AccountingStorageEnforce={enforced})')}",
-              file=sys.stderr)
+        why = f"this site enforces them (AccountingStorageEnforce={enforced})"
+        print(f"bioinstruct launch: warning: {no_account(why)}", file=sys.stderr)
     launch(plan, executor, source=source, out=sys.stdout)
     return print_status(plan.run_dir, executor, sweep.name, sys.stdout)

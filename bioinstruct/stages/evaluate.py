@@ -62,6 +62,10 @@ from .stage import Stage
 # output lives, which other tasks and models the same call scores), never as strings.
 IDENTITY_KEYS = ("model", "adapter", "run_dir", "out", "shard", "tasks", "task_data", "name", "compare_base",
                  "allow_base_mismatch")
+# Keys that change results.json but not a shard's predictions: a shard scored without the judge
+# is complete for a config with it (the merge judges), never a conflict. The merge step's own
+# folder compares them.
+SHARD_KEYS = IDENTITY_KEYS + ("judge", "judge_llm", "merge")
 
 
 @dataclasses.dataclass
@@ -248,7 +252,7 @@ def run(cfg: EvaluateConfig, *, force: bool = False) -> list[dict]:
                                   f"use another --out, or the shard count it was started with")
             inputs[label, task.name] = shard_inputs(cfg, adapter_on, task)
             check_resumable(task_dir / f"shard-{i}-of-{n}", "evaluate", cfg, force=force,
-                            inputs=inputs[label, task.name], ignore=IDENTITY_KEYS)
+                            inputs=inputs[label, task.name], ignore=SHARD_KEYS)
     from ..modeling.scoring import LM
 
     lm = LM(cfg.model, cfg.adapter, dtype=cfg.dtype, batch_size=cfg.batch_size)
@@ -262,7 +266,7 @@ def run(cfg: EvaluateConfig, *, force: bool = False) -> list[dict]:
             with (lm.base() if not adapter_on else _nothing()):
                 run_stage(task_dir / f"shard-{i}-of-{n}", "evaluate", cfg,
                           lambda d: score_shard(lm, task, mine, adapter_on, cfg, d), force=force,
-                          inputs=inputs[label, task.name], ignore=IDENTITY_KEYS)
+                          inputs=inputs[label, task.name], ignore=SHARD_KEYS)
             if all(is_complete(task_dir / f"shard-{j}-of-{n}") for j in range(1, n + 1)):
                 results.append(merge_task(task, task_dir, cfg, label))
     return results
@@ -301,12 +305,14 @@ def shard_inputs(cfg: EvaluateConfig, adapter_on: bool, task) -> dict:
 
 def shard_identity(cfg: EvaluateConfig, shard_dir: Path) -> tuple[dict, tuple[str, ...]]:
     """(inputs, keys compared through them) of the shard folder ``OUT/<model>/<task>/shard-I-of-N``
-    of this config: what `bioinstruct launch` asks before counting a shard as done."""
+    of this config (or its merge step's OUT/<model>/<task>/merge): what `bioinstruct launch` asks
+    before counting a shard as done."""
     from ..tasks import load_task
 
     name = shard_dir.parent.name
     adapter_on = dict(cfg.models()).get(shard_dir.parent.parent.name, False)
-    return shard_inputs(cfg, adapter_on, load_task(name, cfg.task_data.get(name))), IDENTITY_KEYS
+    keys = IDENTITY_KEYS if shard_dir.name == "merge" else SHARD_KEYS
+    return shard_inputs(cfg, adapter_on, load_task(name, cfg.task_data.get(name))), keys
 
 
 def task_identity(task) -> dict:
