@@ -21,7 +21,9 @@ has more tasks than the site's MaxArraySize; `max_jobs` caps the sweep's jobs in
 with afterok dependencies on the stages named in `after`; the local and debug executors run
 stage after stage. Each submission is recorded before sbatch runs and once it has answered, so
 `--resume` after a launch cut off anywhere adopts the job sbatch made instead of a second copy.
-Models named by hub id are pinned first (hub.py): jobs get the snapshot's folder, offline. Jobs get Slurm's warning (--signal=B:USR2@signal_delay_s), save their state, exit 75
+Models named by hub id are pinned first (hub.py): jobs get the snapshot's folder, offline. Work
+a GPU job must not do runs in a CPU job after the stage (Stage.cpu_step): evaluate's judge=true
+becomes stage <name>-judge, which merges and judges the shards. Jobs get Slurm's warning (--signal=B:USR2@signal_delay_s), save their state, exit 75
 and are requeued from the batch script's host side; they resume where they stopped.
 
 Output (RUN_DIR/sweeps/): <sweep>.json (per task: config file, output folder, job id, log

@@ -5,6 +5,8 @@
     bioinstruct evaluate ... --shard 3/8              # one Slurm array task of eight
     bioinstruct evaluate --merge runs/v1/evaluate     # combine the shards' predictions
     bioinstruct evaluate ... --tasks conv2note judge=true judge_llm.model=gpt-4   # GPT-4 judge
+    bioinstruct evaluate --merge runs/v1/evaluate judge=true      # judge shards scored without it
+    bioinstruct evaluate ... --shard 1/8 merge=true judge=true    # a sweep's CPU step: merge, judge
 
 Input: a model directory (or hub id), optionally an adapter; tasks from the registry
 (bioinstruct/tasks/*/*.yaml; task data paths under $BIOINSTRUCT_DATA or set with
