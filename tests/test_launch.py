@@ -170,6 +170,12 @@ def test_evaluate_with_the_judge_runs_its_shards_without_it_and_a_cpu_job_per_sh
     assert task.outputs == [tmp_path / "run" / "evaluate" / "base" / "conv2note" / "merge"]
     assert report.after == ["evaluate", "evaluate-judge"]  # the report waits for the judge's scores
     assert [s.name for s in plan_of(tmp_path, text, "stages.evaluate.set.judge=false").stages] == ["evaluate", "report"]
+    # A GPU job inherits no API key (the default variable and any a config names); the CPU step keeps it.
+    plan = plan_of(tmp_path, text, "stages.evaluate.set.judge_llm.api_key_env=LAB_KEY")
+    evaluate, judge, _ = plan.stages
+    assert plan.job(evaluate, evaluate.tasks, []).unset == ["LAB_KEY", "OPENAI_API_KEY"]
+    assert plan.job(judge, judge.tasks, []).unset == []
+    assert "unset LAB_KEY OPENAI_API_KEY" in SlurmExecutor().script(plan.job(evaluate, evaluate.tasks, []))
 
 
 @pytest.mark.unit

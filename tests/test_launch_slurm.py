@@ -589,7 +589,8 @@ def test_a_judged_generation_task_gets_its_judge_scores_from_a_cpu_job_and_no_gp
     gpu = next((logs / "evaluate" / "logs").glob("*_submission.sh")).read_text()
     cpu = next((logs / "evaluate-judge" / "logs").glob("*_submission.sh")).read_text()
     assert "--gpus-per-node=1" in gpu and "gpus" not in cpu, cpu
-    assert "sk-judge-test" not in gpu + cpu
+    # The key stays in the environment: the GPU job drops it, the CPU job (which needs it) keeps it.
+    assert "unset OPENAI_API_KEY" in gpu and "OPENAI_API_KEY" not in cpu and "sk-judge-test" not in gpu + cpu
 
 
 def test_a_sweep_job_cap_submits_what_fits_and_resume_the_rest(local_slurm, tmp_path, capsys):

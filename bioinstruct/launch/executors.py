@@ -104,6 +104,7 @@ class Job:
     container: Container
     binds: list[str]  # always bound (the run directory)
     after: list[str]  # job ids to wait for (afterok)
+    unset: list[str] = dataclasses.field(default_factory=list)  # variables the job must not inherit (API keys)
 
     @property
     def array(self) -> bool:
@@ -168,7 +169,8 @@ class SlurmExecutor:
             "dependency": "afterok:" + ":".join(job.after) if job.after else None,
             # Compute nodes may have no network: models come pinned (launch/hub.py), nothing is fetched.
             "setup": [f"source {shlex.quote(str(COMMON_SH))}", f"export BI_MAX_REQUEUES={r.max_requeues}",
-                      "export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1"],
+                      "export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1",
+                      *([f"unset {' '.join(job.unset)}"] if job.unset else [])],
             # Python is started by our own srun line, inside bi_run (see python()).
             "use_srun": False,
             "additional_parameters": {

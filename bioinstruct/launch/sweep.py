@@ -21,6 +21,7 @@ from typing import Any, Literal, TextIO
 
 from ..runs.config import at_least, load_config
 from ..errors import ConfigError, StageConflict
+from ..llm import LLMConfig
 from ..paths import SOURCE_TREE, source_path
 from ..stages.pipeline import KINDS
 from .executors import Container, Job, Resources
@@ -115,8 +116,21 @@ class Plan:
 
     def job(self, stage: PlannedStage, tasks: list[Task], after: list[str]) -> Job:
         calls = [(stage.kind, str(self.task_files(stage, t)[0]), str(self.task_files(stage, t)[1])) for t in tasks]
+        # No GPU job talks to an API (Stage.cpu_step moves the calls to a CPU job): none gets a key.
+        keys = sorted({LLMConfig.api_key_env, *(k for t in tasks for k in api_key_names(t.cfg))}) \
+            if stage.resources.gpus_per_node else []
         return Job(name=f"{self.sweep.name}-{stage.name}", folder=self.dir / stage.name / "logs", calls=calls,
-                   resources=stage.resources, container=stage.container, binds=[str(self.run_dir)], after=after)
+                   resources=stage.resources, container=stage.container, binds=[str(self.run_dir)], after=after,
+                   unset=keys)
+
+
+def api_key_names(cfg: Any) -> list[str]:
+    """The variables that hold API keys for a config: every LLMConfig's api_key_env in it."""
+    if isinstance(cfg, LLMConfig):
+        return [cfg.api_key_env]
+    if dataclasses.is_dataclass(cfg):
+        return [k for f in dataclasses.fields(cfg) for k in api_key_names(getattr(cfg, f.name))]
+    return []
 
 
 # ---- the sweep file -----------------------------------------------------------------------
