@@ -136,6 +136,9 @@ def launch(plan: Plan, executor, *, source: str, out: TextIO) -> dict:
     atomic_write_text(plan.dir.with_suffix(".yaml"),
                       dump_config(dataclasses.replace(plan.sweep, run_dir=str(plan.run_dir), cluster=executor.name)))
     order = list(plan.sweep.stages)
+    for stage in plan.stages:  # a CPU step (Stage.cpu_step) goes right after its stage
+        if stage.name not in order:
+            order.insert(order.index(stage.after[0]) + 1, stage.name)
     # The per-sweep job cap counts this sweep's jobs still in the queue (an array task is a job).
     live = {t["job_id"] for t in producers.values()}
     budget = None if plan.sweep.max_jobs is None else \
