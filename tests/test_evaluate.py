@@ -79,6 +79,30 @@ def test_merge_with_judge_true_judges_shards_scored_without_it(tiny_model_dir, t
     assert {k: v for k, v in written.items() if not k.startswith("judge")} == json.loads(json.dumps(scored["metrics"]))
 
 
+def test_the_merge_step_judges_complete_shards_once_and_redoes_it_for_another_judge(tiny_model_dir, tmp_path):
+    """A sweep's CPU step after shards scored without the judge (evaluate merge=true judge=true):
+    it loads no model, judges, and is complete in OUT/<model>/<task>/merge; the same step again
+    does nothing, another judge model is a conflict named by key, and a shard config with the
+    judge on counts the judge-less shards as complete (the judge is no part of a shard)."""
+    out = tmp_path / "e"
+    c = cfg(tiny_model_dir, None, out, tasks=["conv2note"], limit=2, shard="1/2")
+    run(c)
+    run(dataclasses.replace(c, shard="2/2"))
+    offline = LLMConfig(backend="offline")
+    step = dataclasses.replace(c, judge=True, judge_llm=offline, merge=True)
+    [judged] = run(step)
+    assert {"judge_factuality", "judge_mean"} <= set(judged["metrics"])
+    done = out / "base" / "conv2note" / "merge" / "manifest.json"
+    assert json.loads(done.read_text())["status"] == "complete"
+    assert run(step) == [judged]  # complete: skipped, results.json as it was
+    with pytest.raises(StageConflict, match="judge_llm.model"):
+        run(dataclasses.replace(step, judge_llm=dataclasses.replace(offline, model="gpt-4o")))
+    shard = out / "base" / "conv2note" / "shard-2-of-2" / "predictions.jsonl"
+    before = shard.stat().st_mtime_ns
+    [again] = run(dataclasses.replace(c, shard="2/2", judge=True, judge_llm=offline))
+    assert shard.stat().st_mtime_ns == before and json.loads(json.dumps(again["metrics"])) == judged["metrics"]
+
+
 def test_shards_merge_to_the_unsharded_result_by_the_last_shard_and_the_merge_guard(tiny_model_dir, tmp_path):
     whole = run(cfg(tiny_model_dir, None, tmp_path / "whole", tasks=["pubmedqa", "mednli"]))
     sharded = tmp_path / "sharded"

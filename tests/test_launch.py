@@ -154,6 +154,53 @@ def test_an_image_gets_a_writable_cache_bind_or_the_launch_refuses_before_submit
 
 
 @pytest.mark.unit
+def test_evaluate_with_the_judge_runs_its_shards_without_it_and_a_cpu_job_per_shard_set_judges(tmp_path):
+    text = """
+        stages:
+          evaluate: {kind: evaluate, set: {model: /m, tasks: [conv2note], judge: true},
+                     grid: {shard: [1/2, 2/2]}, resources: {gpus_per_node: 1, partition: gpu}}
+          report: {kind: report, after: [evaluate]}
+        """
+    evaluate, judge, report = plan_of(tmp_path, text).stages
+    assert [t.cfg.judge for t in evaluate.tasks] == [False, False]
+    assert (judge.name, judge.kind, judge.after, judge.resources.gpus_per_node, judge.resources.partition) == \
+        ("evaluate-judge", "evaluate", ["evaluate"], 0, None)
+    [task] = judge.tasks  # both shards of the set: one job
+    assert (task.cfg.judge, task.cfg.merge, task.cfg.shard) == (True, True, "1/2")
+    assert task.outputs == [tmp_path / "run" / "evaluate" / "base" / "conv2note" / "merge"]
+    assert report.after == ["evaluate", "evaluate-judge"]  # the report waits for the judge's scores
+    assert [s.name for s in plan_of(tmp_path, text, "stages.evaluate.set.judge=false").stages] == ["evaluate", "report"]
+    # A GPU job inherits no API key (the default variable and any a config names); the CPU step keeps it.
+    plan = plan_of(tmp_path, text, "stages.evaluate.set.judge_llm.api_key_env=LAB_KEY")
+    evaluate, judge, _ = plan.stages
+    assert plan.job(evaluate, evaluate.tasks, []).unset == ["LAB_KEY", "OPENAI_API_KEY"]
+    assert plan.job(judge, judge.tasks, []).unset == []
+    assert "unset LAB_KEY OPENAI_API_KEY" in SlurmExecutor().script(plan.job(evaluate, evaluate.tasks, []))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("enforce, warned", [("associations,limits,safe", True), ("none", False)])
+def test_a_launch_without_an_account_warns_where_the_site_enforces_accounts(tmp_path, capsys, monkeypatch, enforce,
+                                                                            warned):
+    import bioinstruct.launch.submit as submit
+
+    config = {"AccountingStorageEnforce": enforce}
+    monkeypatch.setattr(SlurmExecutor, "site_config", lambda self, key: config.get(key))
+    monkeypatch.setattr(submit, "launch", lambda *a, **k: None)  # nothing reaches sbatch
+    monkeypatch.setattr(submit, "print_status", lambda *a: 0)
+    path = write_sweep(tmp_path, "stages: {subsets: {kind: subsets}}")
+    assert main(["launch", str(path), "--cluster", "slurm", f"run_dir={tmp_path / 'run'}"]) == 0
+    err = capsys.readouterr().err
+    line = (f"bioinstruct launch: warning: no Slurm account set, and this site enforces them "
+            f"(AccountingStorageEnforce={enforce}): defaults.all.resources.account=NAME (sacctmgr show "
+            f"associations user=$USER lists yours)\n")
+    assert err == (line if warned else ""), err
+    assert main(["launch", str(path), "--cluster", "slurm", f"run_dir={tmp_path / 'run'}",
+                 "defaults.all.resources.account=lab"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.unit
 def test_commands_piped_into_head_end_quietly():
     command = f"set -o pipefail; {sys.executable} -m bioinstruct launch launch/paper.yaml --dry-run | head -2"
     out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=REPO)

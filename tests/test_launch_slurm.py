@@ -23,6 +23,7 @@ from bioinstruct.stages.generate import load_seeds
 from bioinstruct.launch.sweep import Sweep, make_plan
 from bioinstruct.launch.executors import SlurmExecutor
 from bioinstruct.launch.status import read_manifests, task_rows
+from bioinstruct.testing.openai_server import OpenAIServer
 
 pytestmark = pytest.mark.slurm
 
@@ -541,6 +542,55 @@ def test_a_sweep_naming_its_model_by_hub_id_runs_offline_from_a_pinned_snapshot(
     assert main(["launch", str(sweep), f"run_dir={run}", "stages.evaluate.set.limit=3"]) == 2
     err = capsys.readouterr().err
     assert "model tiny-org/llama: the snapshot at" in err and "config.json changed" in err, err
+
+
+def test_a_judged_generation_task_gets_its_judge_scores_from_a_cpu_job_and_no_gpu_job_calls_the_api(
+        local_slurm, tmp_path, tiny_model_dir, monkeypatch):
+    """evaluate with judge=true in a sweep: its shards run on GPU nodes without the judge, and
+    a CPU job after them merges and judges. At each request the API server asks Slurm which
+    jobs are running: only that CPU job, never one holding a GPU."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-judge-test")  # the jobs inherit it; no script holds it
+    running: list[list[str]] = []
+
+    def grader(body):
+        out = subprocess.run(["squeue", "--noheader", "--states=RUNNING", "--format=%j|%b"],
+                             capture_output=True, text=True, check=True).stdout
+        running.append(sorted(line for line in out.splitlines() if line.startswith("judged-")))
+        return "coherence: 7\ncompleteness: 6\nnaturalness: 8\nfactuality: 9"
+
+    demo = "{repo}/bioinstruct/data/demo_tasks"
+    with OpenAIServer(grader) as server:
+        sweep = write(tmp_path, "judged.yaml", f"""
+            name: judged
+            defaults: {{all: {{resources: {{cpus_per_task: 1, mem_gb: 1, time_limit_min: 5}}}}}}
+            stages:
+              evaluate:
+                kind: evaluate
+                set: {{model: {tiny_model_dir}, tasks: [conv2note], limit: 2, max_new_tokens: 4, judge: true,
+                       judge_llm: {{base_url: "{server.base_url}"}}, task_data: {{conv2note: {{root: "{demo}"}}}}}}
+                grid: {{shard: [1/2, 2/2]}}
+                resources: {{gpus_per_node: 1}}
+            """)
+        run = tmp_path / "run"
+        assert main(["launch", str(sweep), f"run_dir={run}"]) == 0
+        rows = wait_for_sweeps(run, timeout=300)
+        assert [r["state"] for r in rows] == ["done"] * 3, rows
+    task = run / "evaluate" / "base" / "conv2note"
+    metrics = json.loads((task / "results.json").read_text())["metrics"]
+    assert metrics["judge_mean"]["value"] == 7.5 and metrics["judge_unscored"]["value"] == 0, metrics
+    # Two rows, one request each, every one made while only the CPU job ran.
+    assert running == [["judged-evaluate-judge|N/A"]] * 2, running
+    shards = [json.loads((task / f"shard-{i}-of-2" / "manifest.json").read_text()) for i in (1, 2)]
+    assert [m["config"]["judge"] for m in shards] == [False, False]
+    merge = json.loads((task / "merge" / "manifest.json").read_text())
+    assert merge["config"]["judge"] and merge["slurm_job_id"] not in {m["slurm_job_id"] for m in shards}
+    logs = run / "sweeps" / "judged"
+    gpu = next((logs / "evaluate" / "logs").glob("*_submission.sh")).read_text()
+    cpu = next((logs / "evaluate-judge" / "logs").glob("*_submission.sh")).read_text()
+    assert "--gpus-per-node=1" in gpu and "gpus" not in cpu, cpu
+    # The key stays in the environment: the GPU job drops it, the CPU job (which needs it) keeps it.
+    assert "unset OPENAI_API_KEY" in gpu and "OPENAI_API_KEY" not in cpu and "sk-judge-test" not in gpu + cpu
 
 
 def test_a_sweep_job_cap_submits_what_fits_and_resume_the_rest(local_slurm, tmp_path, capsys):

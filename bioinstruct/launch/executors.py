@@ -103,6 +103,7 @@ class Job:
     container: Container
     binds: list[str]  # always bound (the run directory)
     after: list[str]  # job ids to wait for (afterok)
+    unset: list[str] = dataclasses.field(default_factory=list)  # variables the job must not inherit (API keys)
 
     @property
     def array(self) -> bool:
@@ -167,7 +168,8 @@ class SlurmExecutor:
             "dependency": "afterok:" + ":".join(job.after) if job.after else None,
             # Compute nodes may have no network: models come pinned (launch/hub.py), nothing is fetched.
             "setup": [f"source {shlex.quote(str(COMMON_SH))}", f"export BI_MAX_REQUEUES={r.max_requeues}",
-                      "export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1"],
+                      "export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1",
+                      *([f"unset {' '.join(job.unset)}"] if job.unset else [])],
             # Python is started by our own srun line, inside bi_run (see python()).
             "use_srun": False,
             "additional_parameters": {
@@ -214,17 +216,27 @@ class SlurmExecutor:
             raise UserError(f"sbatch refused job {job.name}: {'; '.join(str(e).strip().splitlines())}") from None
         return [j.job_id for j in jobs]
 
-    def max_array_size(self) -> int | None:
-        """The site's MaxArraySize (an array's task indices are below it), None where
-        scontrol cannot tell (no Slurm here: a dry run on a laptop)."""
-        if not hasattr(self, "_max_array_size"):
+    def site_config(self, key: str) -> str | None:
+        """A setting of the site's Slurm (``scontrol show config``), None where scontrol cannot
+        tell (no Slurm here: a dry run on a laptop)."""
+        if not hasattr(self, "_site_config"):
             try:
                 out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60)
-                found = re.search(r"^MaxArraySize\s*=\s*(\d+)", out.stdout, re.M) if not out.returncode else None
+                lines = out.stdout.splitlines() if not out.returncode else []
             except (FileNotFoundError, subprocess.TimeoutExpired):
-                found = None
-            self._max_array_size = int(found.group(1)) if found else None
-        return self._max_array_size
+                lines = []
+            self._site_config = dict(m.groups() for m in map(re.compile(r"^(\w+)\s*=\s*(.*?)\s*$").match, lines) if m)
+        return self._site_config.get(key)
+
+    def max_array_size(self) -> int | None:
+        """The site's MaxArraySize (an array's task indices are below it), or None."""
+        found = self.site_config("MaxArraySize")
+        return int(found) if found and found.isdigit() else None
+
+    def enforced_accounts(self) -> str | None:
+        """AccountingStorageEnforce where it makes jobs need an account (associations or limits)."""
+        value = self.site_config("AccountingStorageEnforce") or ""
+        return value if re.search(r"associations|limits", value) else None
 
     def unrecorded(self, folder: Path, known: set[str]) -> dict[str, bool]:
         """Jobs in the queue that write their logs to ``folder`` and are none of ``known``
@@ -298,6 +310,9 @@ class LocalExecutor:
         return None
 
     def max_array_size(self) -> None:
+        return None
+
+    def enforced_accounts(self) -> None:
         return None
 
     def unrecorded(self, folder: Path, known: set[str]) -> dict[str, bool]:

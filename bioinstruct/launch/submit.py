@@ -21,7 +21,9 @@ has more tasks than the site's MaxArraySize; `max_jobs` caps the sweep's jobs in
 with afterok dependencies on the stages named in `after`; the local and debug executors run
 stage after stage. Each submission is recorded before sbatch runs and once it has answered, so
 `--resume` after a launch cut off anywhere adopts the job sbatch made instead of a second copy.
-Models named by hub id are pinned first (hub.py): jobs get the snapshot's folder, offline. Jobs get Slurm's warning (--signal=B:USR2@signal_delay_s), save their state, exit 75
+Models named by hub id are pinned first (hub.py): jobs get the snapshot's folder, offline. Work
+a GPU job must not do runs in a CPU job after the stage (Stage.cpu_step): evaluate's judge=true
+becomes stage <name>-judge, which merges and judges the shards. Jobs get Slurm's warning (--signal=B:USR2@signal_delay_s), save their state, exit 75
 and are requeued from the batch script's host side; they resume where they stopped.
 
 Output (RUN_DIR/sweeps/): <sweep>.json (per task: config file, output folder, job id, log
@@ -48,7 +50,7 @@ from .executors import EXECUTORS, log_paths
 from .hub import PinnedModels
 from .jobs import done as task_done
 from .status import manifest_path, print_status, read_manifests
-from .sweep import Plan, Sweep, make_plan, print_plan
+from .sweep import Plan, Sweep, make_plan, no_account, print_plan
 
 __doc__ = __doc__.replace("(KINDS)", f"({', '.join(KINDS)})")  # the registry's, in pipeline order
 
@@ -134,6 +136,9 @@ def launch(plan: Plan, executor, *, source: str, out: TextIO) -> dict:
     atomic_write_text(plan.dir.with_suffix(".yaml"),
                       dump_config(dataclasses.replace(plan.sweep, run_dir=str(plan.run_dir), cluster=executor.name)))
     order = list(plan.sweep.stages)
+    for stage in plan.stages:  # a CPU step (Stage.cpu_step) goes right after its stage
+        if stage.name not in order:
+            order.insert(order.index(stage.after[0]) + 1, stage.name)
     # The per-sweep job cap counts this sweep's jobs still in the queue (an array task is a job).
     live = {t["job_id"] for t in producers.values()}
     budget = None if plan.sweep.max_jobs is None else \
@@ -270,5 +275,9 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if args.resume and not manifest_path(plan.run_dir, sweep.name).exists():
         raise UserError(f"--resume: sweep '{sweep.name}' was never launched in {plan.run_dir}")
+    enforced = executor.enforced_accounts()
+    if enforced and any(s.resources.account is None for s in plan.stages):
+        why = f"this site enforces them (AccountingStorageEnforce={enforced})"
+        print(f"bioinstruct launch: warning: {no_account(why)}", file=sys.stderr)
     launch(plan, executor, source=source, out=sys.stdout)
     return print_status(plan.run_dir, executor, sweep.name, sys.stdout)

@@ -21,6 +21,7 @@ from typing import Any, Literal, TextIO
 
 from ..runs.config import at_least, load_config
 from ..errors import ConfigError, StageConflict
+from ..llm import LLMConfig
 from ..paths import SOURCE_TREE, source_path
 from ..stages.pipeline import KINDS
 from .executors import Container, Job, Resources
@@ -79,6 +80,8 @@ class Task:
     cfg: Any  # the resolved config
     outputs: list[Path]  # folders whose manifests mark the task complete
     done: bool  # complete with this config: skipped
+    # (name, all overrides) of the CPU step after this task's job (Stage.cpu_step), or None
+    then: tuple[str, list[str]] | None = None
 
     @property
     def slug(self) -> str:
@@ -113,8 +116,21 @@ class Plan:
 
     def job(self, stage: PlannedStage, tasks: list[Task], after: list[str]) -> Job:
         calls = [(stage.kind, str(self.task_files(stage, t)[0]), str(self.task_files(stage, t)[1])) for t in tasks]
+        # No GPU job talks to an API (Stage.cpu_step moves the calls to a CPU job): none gets a key.
+        keys = sorted({LLMConfig.api_key_env, *(k for t in tasks for k in api_key_names(t.cfg))}) \
+            if stage.resources.gpus_per_node else []
         return Job(name=f"{self.sweep.name}-{stage.name}", folder=self.dir / stage.name / "logs", calls=calls,
-                   resources=stage.resources, container=stage.container, binds=[str(self.run_dir)], after=after)
+                   resources=stage.resources, container=stage.container, binds=[str(self.run_dir)], after=after,
+                   unset=keys)
+
+
+def api_key_names(cfg: Any) -> list[str]:
+    """The variables that hold API keys for a config: every LLMConfig's api_key_env in it."""
+    if isinstance(cfg, LLMConfig):
+        return [cfg.api_key_env]
+    if dataclasses.is_dataclass(cfg):
+        return [k for f in dataclasses.fields(cfg) for k in api_key_names(getattr(cfg, f.name))]
+    return []
 
 
 # ---- the sweep file -----------------------------------------------------------------------
@@ -254,16 +270,42 @@ def _tasks(name: str, spec: StageSpec, names: dict[str, str], where: str, models
             cfg = load_config(kind.config, task_config, overrides)
             pinned = [_override(key, models.snapshot(value)) for key in kind.hub_models
                       if models and is_hub_id(value := _dotted(cfg, key))]
-            if pinned:
-                overrides += pinned
+            step = kind.cpu_step(cfg) if kind.cpu_step else None
+            overrides += pinned
+            then = (step[0], overrides + step[2]) if step else None
+            if pinned or step:
+                overrides += step[1] if step else []
                 cfg = load_config(kind.config, task_config, overrides)
             label = kind.task_name(cfg) if kind.task_name else label
             outputs = [p.resolve() for p in kind.outputs(cfg)]
             done = all(task_done(kind, cfg, o) for o in outputs)
         except (ConfigError, StageConflict) as e:  # a conflict: complete, but made with another config
             raise type(e)(f"{where}, task {index} ({label}): {e}") from None
-        tasks.append(Task(index, label, task_config, overrides, cfg, outputs, done))
+        tasks.append(Task(index, label, task_config, overrides, cfg, outputs, done,
+                          then))
     return tasks
+
+
+def _cpu_step(stage: PlannedStage, resources: Resources, where: str) -> PlannedStage | None:
+    """The CPU job(s) after a stage whose tasks hand work on (Stage.cpu_step: evaluate's judge),
+    one task per distinct config (the shards of one set share one), with the sweep's resources
+    less any GPU, and the stage's container."""
+    kind = KINDS[stage.kind]
+    tasks: dict[tuple, Task] = {}
+    for t in (t for t in stage.tasks if t.then):
+        overrides = t.then[1]
+        try:
+            cfg = load_config(kind.config, t.config, overrides)
+            outputs = [p.resolve() for p in kind.outputs(cfg)]
+            done = all(task_done(kind, cfg, o) for o in outputs)
+        except (ConfigError, StageConflict) as e:
+            raise type(e)(f"{where}, {t.then[0]} after task {t.index} ({t.label}): {e}") from None
+        tasks.setdefault(tuple(outputs), Task(len(tasks), t.label, t.config, overrides, cfg, outputs, done))
+    if not tasks:
+        return None
+    name = next(t.then[0] for t in stage.tasks if t.then)
+    return PlannedStage(f"{stage.name}-{name}", stage.kind, [stage.name], resources, stage.container,
+                        list(tasks.values()))
 
 
 def make_plan(sweep: Sweep, where: str, selected: list[str] | None = None, models=None) -> Plan:
@@ -276,6 +318,7 @@ def make_plan(sweep: Sweep, where: str, selected: list[str] | None = None, model
             raise ConfigError(f"{where}: defaults.{key}: not a stage kind (or 'all')")
     everywhere = sweep.defaults.get("all", StageDefaults())
     stages, writers = [], {}
+    steps: dict[str, str] = {}  # stage -> its CPU step, which the stage's dependents wait for too
     for name in _order(sweep, selected, where):
         spec = sweep.stages[name]
         here = f"{where}: stage '{name}'"
@@ -302,8 +345,13 @@ def make_plan(sweep: Sweep, where: str, selected: list[str] | None = None, model
                     raise ConfigError(f"{here}: task {task.index} ({task.label}) writes to {output}, as does "
                                       f"{writers[output]}: give each task its own output")
                 writers[output] = f"stage '{name}' task {task.index}"
-        stages.append(PlannedStage(name, spec.kind, [a for a in spec.after if not selected or a in selected],
-                            resources, container, tasks))
+        after = [a for a in spec.after if not selected or a in selected]
+        stages.append(PlannedStage(name, spec.kind, after + [steps[a] for a in after if a in steps],
+                                   resources, container, tasks))
+        step = _cpu_step(stages[-1], merge(BASE, everywhere.resources, Resources(gpus_per_node=0)), here)
+        if step:
+            stages.append(step)
+            steps[name] = step.name
     return Plan(sweep, run_dir, stages)
 
 
@@ -317,6 +365,12 @@ def _resource_line(r: Resources) -> str:
     return text + "".join(f" --{k}={v}" for k, v in (r.sbatch or {}).items())
 
 
+def no_account(why: str) -> str:
+    """The line that says a sweep names no Slurm account, and why that matters here."""
+    return (f"no Slurm account set, and {why}: defaults.all.resources.account=NAME "
+            f"(sacctmgr show associations user=$USER lists yours)")
+
+
 def print_plan(plan: Plan, executor, out: TextIO, source: str) -> None:
     """The dry run: stages, tasks, dependencies and, for Slurm, the exact sbatch scripts.
     Upstream job ids are unknown before submission: dependencies name the stage in <...>."""
@@ -325,8 +379,7 @@ def print_plan(plan: Plan, executor, out: TextIO, source: str) -> None:
     print(f"sweep '{plan.sweep.name}' from {source}: {len(plan.stages)} stages, {n} tasks "
           f"({todo} to run, {n - todo} complete); run directory {plan.run_dir}; cluster {executor.name}", file=out)
     if executor.name == "slurm" and any(s.resources.account is None for s in plan.stages):
-        print("note: no Slurm account set, and most sites require one: defaults.all.resources.account=NAME "
-              "(sacctmgr show associations user=$USER lists yours)", file=out)
+        print(f"note: {no_account('most sites require one')}", file=out)
     for stage in plan.stages:
         run = [t for t in stage.tasks if not t.done]
         print(f"\nstage {stage.name} (kind {stage.kind}): {len(stage.tasks)} task(s), "

@@ -5,6 +5,8 @@
     bioinstruct evaluate ... --shard 3/8              # one Slurm array task of eight
     bioinstruct evaluate --merge runs/v1/evaluate     # combine the shards' predictions
     bioinstruct evaluate ... --tasks conv2note judge=true judge_llm.model=gpt-4   # GPT-4 judge
+    bioinstruct evaluate --merge runs/v1/evaluate judge=true      # judge shards scored without it
+    bioinstruct evaluate ... --shard 1/8 merge=true judge=true    # a sweep's CPU step: merge, judge
 
 Input: a model directory (or hub id), optionally an adapter; tasks from the registry
 (bioinstruct/tasks/*/*.yaml; task data paths under $BIOINSTRUCT_DATA or set with
@@ -50,7 +52,7 @@ from ..modeling import metrics as M
 from ..runs.config import FieldError, add_config_arguments, at_least, config_from_args
 from ..errors import ConfigError, UserError
 from ..runs.identity import adapter_identity, base_matches, model_fingerprint, path_identity
-from ..io.rows import atomic_write_json, read_jsonl
+from ..io.rows import atomic_write_json, read_json, read_jsonl
 from ..llm import LLMConfig
 from ..modeling.models import check_adapter, check_model
 from ..modeling.predictions import score_shard
@@ -65,6 +67,10 @@ from .stage import Stage
 # output lives, which other tasks and models the same call scores), never as strings.
 IDENTITY_KEYS = ("model", "adapter", "run_dir", "out", "shard", "tasks", "task_data", "name", "compare_base",
                  "allow_base_mismatch", "prompt")
+# Keys that change results.json but not a shard's predictions: a shard scored without the judge
+# is complete for a config with it (the merge judges), never a conflict. The merge step's own
+# folder compares them.
+SHARD_KEYS = IDENTITY_KEYS + ("judge", "judge_llm", "merge")
 
 
 @dataclasses.dataclass
@@ -92,6 +98,10 @@ class EvaluateConfig:
     judge_llm: LLMConfig = dataclasses.field(
         default_factory=lambda: LLMConfig(backend="openai", temperature=0.0, max_tokens=60))
     allow_base_mismatch: bool = False  # score an adapter on a model other than its recorded base
+    # Score nothing and load no model: combine this config's complete shards (of shard I/N, the
+    # set of N) into results.json, judging them when judge=true. A sweep's CPU step after its
+    # GPU shards, which run with judge=false (no GPU job talks to the judge's API).
+    merge: bool = False
 
     def __post_init__(self):
         shard_of(self.shard)
@@ -224,6 +234,8 @@ def run(cfg: EvaluateConfig, *, force: bool = False) -> list[dict]:
     check_writable(str(cfg.out_dir()), "--out")
     i, n = shard_of(cfg.shard)
     tasks = [load_task(name, cfg.task_data.get(name)) for name in cfg.tasks]
+    if cfg.merge:
+        return merge_shards(cfg, tasks, force=force)
     if cfg.decontamination:  # a bad decisions file shows up before any scoring
         from .decontaminate import touched_items
 
@@ -247,7 +259,7 @@ def run(cfg: EvaluateConfig, *, force: bool = False) -> list[dict]:
                                   f"use another --out, or the shard count it was started with")
             inputs[label, task.name] = shard_inputs(cfg, adapter_on, task)
             check_resumable(task_dir / f"shard-{i}-of-{n}", "evaluate", cfg, force=force,
-                            inputs=inputs[label, task.name], ignore=IDENTITY_KEYS)
+                            inputs=inputs[label, task.name], ignore=SHARD_KEYS)
     from ..modeling.scoring import LM
 
     lm = LM(cfg.model, cfg.adapter, dtype=cfg.dtype, batch_size=cfg.batch_size)
@@ -261,10 +273,34 @@ def run(cfg: EvaluateConfig, *, force: bool = False) -> list[dict]:
             with (lm.base() if not adapter_on else _nothing()):
                 run_stage(task_dir / f"shard-{i}-of-{n}", "evaluate", cfg,
                           lambda d: score_shard(lm, task, mine, adapter_on, cfg, d), force=force,
-                          inputs=inputs[label, task.name], ignore=IDENTITY_KEYS)
+                          inputs=inputs[label, task.name], ignore=SHARD_KEYS)
             if all(is_complete(task_dir / f"shard-{j}-of-{n}") for j in range(1, n + 1)):
                 results.append(merge_task(task, task_dir, cfg, label))
     return results
+
+
+def merge_shards(cfg: EvaluateConfig, tasks: list, *, force: bool = False) -> list[dict]:
+    """cfg.merge: each model x task's results.json from its complete shards, under the stage
+    contract in OUT/<model>/<task>/merge (its manifest marks the step done for `launch`)."""
+    results = []
+    for label, adapter_on in cfg.models():
+        for task in tasks:
+            task_dir = cfg.out_dir() / label / task.name
+            run_stage(task_dir / "merge", "evaluate", cfg,
+                      lambda _, task=task, task_dir=task_dir, label=label: {
+                          "n": merge_task(task, task_dir, cfg, label)["n"]},
+                      force=force, inputs=shard_inputs(cfg, adapter_on, task), ignore=IDENTITY_KEYS)
+            results.append(read_json(task_dir / "results.json"))
+    return results
+
+
+def judge_after(cfg: EvaluateConfig) -> tuple[str, list[str], list[str]] | None:
+    """Stage.cpu_step: with judge=true, the GPU shards score without the judge and one CPU job
+    per shard set merges and judges them (compute nodes may have no network, and a GPU would
+    idle while the API answers)."""
+    if not cfg.judge or cfg.merge:
+        return None
+    return "judge", ["judge=false"], ["judge=true", "merge=true", f"shard=1/{shard_of(cfg.shard)[1]}"]
 
 
 def shard_inputs(cfg: EvaluateConfig, adapter_on: bool, task) -> dict:
@@ -278,12 +314,14 @@ def shard_inputs(cfg: EvaluateConfig, adapter_on: bool, task) -> dict:
 
 def shard_identity(cfg: EvaluateConfig, shard_dir: Path) -> tuple[dict, tuple[str, ...]]:
     """(inputs, keys compared through them) of the shard folder ``OUT/<model>/<task>/shard-I-of-N``
-    of this config: what `bioinstruct launch` asks before counting a shard as done."""
+    of this config (or its merge step's OUT/<model>/<task>/merge): what `bioinstruct launch` asks
+    before counting a shard as done."""
     from ..tasks import load_task
 
     name = shard_dir.parent.name
     adapter_on = dict(cfg.models()).get(shard_dir.parent.parent.name, False)
-    return shard_inputs(cfg, adapter_on, load_task(name, cfg.task_data.get(name))), IDENTITY_KEYS
+    keys = IDENTITY_KEYS if shard_dir.name == "merge" else SHARD_KEYS
+    return shard_inputs(cfg, adapter_on, load_task(name, cfg.task_data.get(name))), keys
 
 
 def task_identity(task) -> dict:
@@ -371,9 +409,11 @@ def main(args: argparse.Namespace) -> int:
 
 
 def shard_dirs(cfg: EvaluateConfig) -> list[Path]:
-    """The folders of this config's shard: OUT/<model>/<task>/shard-I-of-N, per model x task."""
+    """The folders of this config's shard: OUT/<model>/<task>/shard-I-of-N (merge: .../merge),
+    per model x task."""
     i, n = shard_of(cfg.shard)
-    return [cfg.out_dir() / label / task / f"shard-{i}-of-{n}" for label, _ in cfg.models() for task in cfg.tasks]
+    folder = "merge" if cfg.merge else f"shard-{i}-of-{n}"
+    return [cfg.out_dir() / label / task / folder for label, _ in cfg.models() for task in cfg.tasks]
 
 
 def _quickstart(q) -> EvaluateConfig | list[EvaluateConfig]:
@@ -401,9 +441,9 @@ def _real_quickstart(q) -> list[EvaluateConfig]:
 
 
 # One launch task scores one shard of each of its models x tasks; the shard that completes a
-# task's set writes its results.json, so no merge job is needed.
+# task's set writes its results.json, so no merge job is needed, except to judge (cpu_step).
 STAGE = Stage(
     "evaluate", "score base and tuned models on the paper's nine tasks", __name__,
     config=EvaluateConfig, run=run, outputs=shard_dirs, identity=shard_identity, quickstart=_quickstart,
-    hub_models=("model",),
+    hub_models=("model",), cpu_step=judge_after,
     resources={"gpus_per_node": 1, "cpus_per_task": 8, "mem_gb": 64, "time_limit_min": 8 * 60, "signal_delay_s": 300})

@@ -39,6 +39,11 @@ class Stage:
     resources: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     # Config keys naming a model that may be a hub id: `launch` pins it to a snapshot's folder.
     hub_models: tuple[str, ...] = ()
+    # Work a GPU job must not do (evaluate's judge: API calls from nodes that may have no network):
+    # cpu_step(cfg) -> (the step's name, overrides for the stage's own task, overrides that make
+    # the config of a CPU job of this kind run after the stage's jobs), or None. `launch`
+    # submits one such job per distinct config.
+    cpu_step: Callable[[Any], tuple[str, list[str], list[str]] | None] | None = None
     # The stage's config in `bioinstruct quickstart` from its QuickstartConfig (whose run_dir
     # is a Path there); None: the quickstart skips the step this time.
     quickstart: Callable[[Any], Any] | None = None
