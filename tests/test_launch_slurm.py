@@ -623,9 +623,14 @@ def test_training_whose_time_limit_is_lowered_while_it_runs_requeues_and_ends_wi
     saves, exits 75 and is requeued, and resumes (with its limit set back) to the adapter of
     an uninterrupted run."""
     monkeypatch.chdir(REPO)
+    # Both runs sleep 0.25 s before each forward (2 a step on each rank), so that training
+    # outlasts Slurm's warning however fast the machine is: it comes 30-60 s after the limit
+    # drops (at Slurm's next time check, every 30 s), and 200 steps take over 100 s. Without
+    # this, an idle machine finished the run first.
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "tests" / "faults"))
+    monkeypatch.setenv("BIOINSTRUCT_TEST_SLOW_FORWARD", "0.25")
     runs = {name: tmp_path / name for name in ("reference", "lowered")}
-    for name, run in runs.items():  # one per node, side by side
-        # Long enough to outlast Slurm's next time check (every 30 s) after the limit drops.
+    for name, run in runs.items():  # one per node, side by side, in the same conditions
         sweep = train_sweep(tmp_path, name, tiny_model_dir, train_data, steps=200)
         assert main(["launch", str(sweep), "--cluster", "slurm", f"run_dir={run}",
                      "stages.train.resources.signal_delay_s=90"]) == 0

@@ -8,6 +8,9 @@ start-up when this folder is on PYTHONPATH). Nothing happens unless a variable i
     BIOINSTRUCT_TEST_FAULT_IN=generate   only in generate(): log-likelihood passes run
 
 Every raise is counted on a line of BIOINSTRUCT_TEST_FAULT_LOG (a file), when set.
+
+    BIOINSTRUCT_TEST_SLOW_FORWARD=S  sleep S seconds before each forward pass of the model: a run
+                                     that lasts on a fast machine as on a slow one, numbers unchanged
 """
 
 import os
@@ -45,3 +48,17 @@ if os.environ.get("BIOINSTRUCT_TEST_FAULT_ABOVE"):
         GenerationMixin.generate = _wrap(GenerationMixin.generate, _rows)
     else:
         LlamaForCausalLM.forward = _wrap(LlamaForCausalLM.forward, _rows)
+
+if os.environ.get("BIOINSTRUCT_TEST_SLOW_FORWARD"):
+    import time
+
+    from transformers.models.llama.modeling_llama import LlamaForCausalLM
+
+    _delay = float(os.environ["BIOINSTRUCT_TEST_SLOW_FORWARD"])
+    _forward = LlamaForCausalLM.forward
+
+    def _slow_forward(self, *args, **kwargs):
+        time.sleep(_delay)
+        return _forward(self, *args, **kwargs)
+
+    LlamaForCausalLM.forward = _slow_forward
