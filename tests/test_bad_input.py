@@ -276,7 +276,8 @@ KEY_CASES = {
     "filter words": (["filter", "--in", "{good}", "rules.min_instruction_words=200"], ["min_instruction_words"]),
     "filter no input": (["filter", "--out", "{run}/filter/kept.jsonl"], ["no input"]),
     "filter out file": (["filter", "--in", "{good}", "--out", "{ws}/a-file/kept.jsonl"], ["a-file"]),
-    "filter embedding_model missing": (["filter", "--in", "{good}", "mode=embedding", "embedding_model={ws}/nowhere"],
+    "filter embedding_model missing": (["filter", "--in", "{good}", "run_dir={run}", "mode=embedding",
+                                         "embedding_model={ws}/nowhere"],
                                        ["embedding_model: no such directory: {ws}/nowhere"]),
     "filter blacklist": (["filter", "--in", "{good}", "rules.blacklist=everything"], ["blacklist"]),
     # generate

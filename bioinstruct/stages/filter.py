@@ -219,6 +219,9 @@ def run(cfg: FilterConfig, *, force: bool = False) -> dict:
         raise ConfigError("no input: give --in FILE (or input=FILE)")
     candidates = read_records(cfg.input)
     seeds = pool_instructions(cfg.pool)
+    if cfg.mode == "embedding":  # named before the run directory is touched, not from inside the stage
+        from ..similarity.embed import check_model_dir, default_model_dir
+        check_model_dir(Path(cfg.embedding_model) if cfg.embedding_model else default_model_dir())
     cfg = cfg.resolved()
     out = Path(cfg.output)
     decisions_path = Path(cfg.decisions) if cfg.decisions else out.with_name("decisions.jsonl")
